@@ -1,0 +1,457 @@
+"""Rotated, permuted and split streams as ordinary Avalanche benchmarks.
+
+Every generator keeps one shared ``uint8`` copy of its data source and gives
+each experience a lazy view of it (see :mod:`.tensor_data`), so building
+``PermutedMNIST()`` with its 100 experiences costs one copy of MNIST. The
+returned object is an Avalanche ``CLScenario`` with ``train_stream`` and
+``test_stream``; experiences carry ``task_label``/``task_labels`` and the
+classes timeline (``classes_in_this_experience`` and friends), so Avalanche's
+strategies, evaluators and forgetting metrics work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, EagerCLStream
+
+from .sources import PathLike, load_cifar100, load_digits, load_fashion_mnist, load_mnist, load_svhn
+from .tensor_data import LazyImageData, make_classification_dataset
+
+__all__ = [
+    "DATASETS",
+    "NeuromodBenchmark",
+    "load_source",
+    "RotatedMNIST",
+    "PermutedMNIST",
+    "SplitMNIST",
+    "SplitCIFAR100",
+    "SeqSVHN",
+]
+
+MNIST_MEAN_STD = (0.1307, 0.3081)
+FASHION_MNIST_MEAN_STD = (0.2860, 0.3530)
+CIFAR100_MEAN = (0.491, 0.482, 0.447)
+CIFAR100_STD = (0.247, 0.243, 0.262)
+
+DATASETS = ("mnist", "fashion_mnist", "digits")
+"""The grey-scale 28x28 sources the rotated, permuted and split streams accept."""
+
+
+class NeuromodBenchmark(CLScenario):
+    """An Avalanche ``CLScenario`` that also describes itself.
+
+    :param streams: the streams (``train``, ``test``, ...).
+    :param name: the generator that built it, e.g. ``"RotatedMNIST"``.
+    :param dataset: the data source's name.
+    :param n_classes: number of distinct labels over the benchmark.
+    :param details: per-experience facts (angles, class splits, seeds).
+    """
+
+    def __init__(
+        self,
+        streams: Sequence[Any],
+        *,
+        name: str,
+        dataset: str,
+        n_classes: int,
+        details: Optional[Dict[str, Any]] = None,
+    ):
+        super().__init__(streams)
+        self.name = name
+        self.dataset = dataset
+        self.n_classes = n_classes
+        self.details: Dict[str, Any] = dict(details or {})
+
+    @property
+    def n_experiences(self) -> int:
+        """Number of training experiences."""
+        return len(self.train_stream)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.name}(dataset={self.dataset!r}, n_experiences={self.n_experiences}, "
+            f"n_classes={self.n_classes})"
+        )
+
+
+def load_source(
+    dataset: str, dataset_root: Optional[PathLike] = None
+) -> Tuple[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor], Tuple[float, float]]:
+    """Train and test tensors of a grey-scale source plus its mean and std.
+
+    :param dataset: one of :data:`DATASETS`.
+    :param dataset_root: data folder for the torchvision sources.
+    """
+    if dataset == "mnist":
+        return load_mnist(dataset_root, True), load_mnist(dataset_root, False), MNIST_MEAN_STD
+    if dataset == "fashion_mnist":
+        return (
+            load_fashion_mnist(dataset_root, True),
+            load_fashion_mnist(dataset_root, False),
+            FASHION_MNIST_MEAN_STD,
+        )
+    if dataset == "digits":
+        if dataset_root is not None:
+            raise ValueError(
+                "dataset='digits' is bundled with scikit-learn and takes no "
+                "dataset_root; drop dataset_root or choose dataset='mnist'."
+            )
+        train = load_digits(train=True)
+        scaled = train[0].float() / 255.0
+        return train, load_digits(train=False), (scaled.mean().item(), scaled.std().item())
+    raise ValueError(
+        f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}."
+    )
+
+
+def _check_count(name: str, n: int, low: int, high: Optional[int], hint: str = "") -> None:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
+        raise ValueError(f"{name} must be an integer, got {n!r}.")
+    if n < low or (high is not None and n > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be {bound}, got {n}.{(' ' + hint) if hint else ''}")
+
+
+def _experience(dataset, index: int, task_label: int, classes: List[int]) -> DatasetExperience:
+    exp = DatasetExperience(dataset=dataset, current_experience=index)
+    exp.task_label = task_label
+    exp.task_labels = [task_label]
+    exp.classes_in_this_experience = sorted(classes)
+    return exp
+
+
+def _stream(name: str, exps: List[DatasetExperience]) -> EagerCLStream:
+    seen: set = set()
+    all_classes = set().union(*(e.classes_in_this_experience for e in exps)) if exps else set()
+    for exp in exps:
+        exp.previous_classes = sorted(seen)
+        seen |= set(exp.classes_in_this_experience)
+        exp.classes_seen_so_far = sorted(seen)
+        exp.future_classes = sorted(all_classes - seen)
+    return EagerCLStream(name, exps)
+
+
+def _view_benchmark(
+    name: str,
+    dataset: str,
+    dataset_root: Optional[PathLike],
+    views: List[Dict[str, Any]],
+    return_task_id: bool,
+    train_transform: Any,
+    eval_transform: Any,
+    details: Dict[str, Any],
+) -> NeuromodBenchmark:
+    """Domain-incremental benchmark: the same samples under one view per experience."""
+    (train_x, train_y), (test_x, test_y), (mean, std) = load_source(dataset, dataset_root)
+    classes = sorted(set(train_y.tolist()))
+    streams = []
+    for stream_name, (x, y) in (("train", (train_x, train_y)), ("test", (test_x, test_y))):
+        exps = []
+        for i, view in enumerate(views):
+            task = i if return_task_id else 0
+            data = LazyImageData(x, y, mean=(mean,), std=(std,), **view)
+            ds = make_classification_dataset(data, task, train_transform, eval_transform)
+            exps.append(_experience(ds, i, task, classes))
+        streams.append(_stream(stream_name, exps))
+    return NeuromodBenchmark(
+        streams, name=name, dataset=dataset, n_classes=len(classes), details=details
+    )
+
+
+def RotatedMNIST(
+    n_experiences: int = 36,
+    *,
+    rotations_list: Optional[Sequence[float]] = None,
+    return_task_id: bool = False,
+    dataset: str = "mnist",
+    dataset_root: Optional[PathLike] = None,
+    interpolation: str = "nearest",
+    train_transform: Optional[Callable] = None,
+    eval_transform: Optional[Callable] = None,
+    seed: Optional[int] = None,
+) -> NeuromodBenchmark:
+    """Rotated MNIST: experience ``i`` shows every image rotated by ``10 * i`` degrees.
+
+    The CRWN protocol: 36 experiences (0 to 350 degrees), all 10 classes in
+    each, the full train and test sets per experience, images normalised
+    with MNIST's mean and std after rotation.
+
+    :param n_experiences: number of experiences (1 to 36 with the default
+        angles; any number with ``rotations_list``).
+    :param rotations_list: explicit angles in degrees, one per experience.
+    :param return_task_id: experience ``i`` gets task label ``i`` (else 0).
+    :param dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"digits"``.
+    :param dataset_root: data folder (torchvision layout) for MNIST and
+        Fashion-MNIST.
+    :param interpolation: ``"nearest"`` (as PIL and Avalanche) or ``"bilinear"``.
+    :param train_transform: optional per-sample transform on the train stream
+        (it disables the fast read path).
+    :param eval_transform: optional per-sample transform on the test stream.
+    :param seed: unused by the fixed angle schedule; accepted for
+        compatibility with Avalanche's generator signature.
+    """
+    if rotations_list is not None:
+        rotations = [float(a) for a in rotations_list]
+        if len(rotations) != n_experiences:
+            raise ValueError(
+                f"rotations_list has {len(rotations)} angles but n_experiences is "
+                f"{n_experiences}; pass one angle per experience."
+            )
+        _check_count("n_experiences", n_experiences, 1, None)
+    else:
+        _check_count(
+            "n_experiences", n_experiences, 1, 36,
+            "Beyond 36, 10-degree steps repeat angles; pass rotations_list to choose them.",
+        )
+        rotations = [10.0 * i for i in range(n_experiences)]
+    views = [{"angles": a, "interpolation": interpolation} for a in rotations]
+    return _view_benchmark(
+        "RotatedMNIST", dataset, dataset_root, views, return_task_id,
+        train_transform, eval_transform, {"rotations": rotations},
+    )
+
+
+def _pixel_permutation(n_pixels: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(np.random.RandomState(seed).permutation(n_pixels))
+
+
+def PermutedMNIST(
+    n_experiences: int = 100,
+    *,
+    seed: int = 0,
+    first_experience_permuted: bool = True,
+    return_task_id: bool = False,
+    dataset: str = "mnist",
+    dataset_root: Optional[PathLike] = None,
+    train_transform: Optional[Callable] = None,
+    eval_transform: Optional[Callable] = None,
+) -> NeuromodBenchmark:
+    """Permuted MNIST: experience ``i`` shuffles the pixels with its own permutation.
+
+    The permutation of experience ``i`` is
+    ``np.random.RandomState(i + seed).permutation(784)`` (SupSup's
+    ``np.random.seed(i + seed)``), applied after normalisation. By default
+    experience 0 is permuted too; ``first_experience_permuted=False`` gives
+    Avalanche's convention of an unpermuted first experience.
+
+    :param n_experiences: number of experiences (at least 1).
+    :param seed: offset of the per-experience permutation seeds.
+    :param first_experience_permuted: permute experience 0 as well.
+    :param return_task_id: experience ``i`` gets task label ``i`` (else 0).
+    :param dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"digits"``.
+    :param dataset_root: data folder for MNIST and Fashion-MNIST.
+    :param train_transform: optional per-sample transform (train stream).
+    :param eval_transform: optional per-sample transform (test stream).
+    """
+    _check_count("n_experiences", n_experiences, 1, None)
+    if not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}.")
+    permutations: List[Optional[torch.Tensor]] = []
+    for i in range(n_experiences):
+        if i == 0 and not first_experience_permuted:
+            permutations.append(None)
+        else:
+            permutations.append(_pixel_permutation(28 * 28, i + seed))
+    views = [{"permutation": p} for p in permutations]
+    return _view_benchmark(
+        "PermutedMNIST", dataset, dataset_root, views, return_task_id,
+        train_transform, eval_transform,
+        {"seed": seed, "first_experience_permuted": first_experience_permuted},
+    )
+
+
+def _class_order(n_classes: int, fixed_class_order, shuffle: bool, seed: Optional[int]) -> List[int]:
+    if fixed_class_order is not None:
+        order = [int(c) for c in fixed_class_order]
+        if sorted(order) != list(range(n_classes)):
+            raise ValueError(
+                f"fixed_class_order must be a permutation of 0..{n_classes - 1}, got {order}."
+            )
+        return order
+    if shuffle:
+        return np.random.RandomState(seed).permutation(n_classes).tolist()
+    return list(range(n_classes))
+
+
+def _split_benchmark(
+    name: str,
+    dataset: str,
+    train: Tuple[torch.Tensor, torch.Tensor],
+    test: Tuple[torch.Tensor, torch.Tensor],
+    n_experiences: int,
+    class_order: List[int],
+    return_task_id: bool,
+    class_ids_from_zero_in_each_exp: bool,
+    view: Dict[str, Any],
+    train_transform: Any,
+    eval_transform: Any,
+) -> NeuromodBenchmark:
+    """Class-incremental benchmark: disjoint groups of classes, in order."""
+    groups = [g.tolist() for g in np.array_split(np.asarray(class_order), n_experiences)]
+    streams = []
+    for stream_name, (x, y) in (("train", train), ("test", test)):
+        exps = []
+        for i, group in enumerate(groups):
+            task = i if return_task_id else 0
+            indices = torch.from_numpy(np.flatnonzero(np.isin(y.numpy(), group)))
+            labels = y
+            exp_classes = list(group)
+            if class_ids_from_zero_in_each_exp:
+                mapping = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
+                mapping[torch.tensor(group)] = torch.arange(len(group))
+                labels = mapping[y]
+                exp_classes = list(range(len(group)))
+            data = LazyImageData(x, labels, indices, **view)
+            ds = make_classification_dataset(data, task, train_transform, eval_transform)
+            exps.append(_experience(ds, i, task, exp_classes))
+        streams.append(_stream(stream_name, exps))
+    return NeuromodBenchmark(
+        streams,
+        name=name,
+        dataset=dataset,
+        n_classes=len(class_order),
+        details={"class_order": class_order, "classes_per_experience": groups},
+    )
+
+
+def SplitMNIST(
+    n_experiences: int = 5,
+    *,
+    return_task_id: bool = False,
+    seed: Optional[int] = None,
+    fixed_class_order: Optional[Sequence[int]] = None,
+    shuffle: bool = False,
+    class_ids_from_zero_in_each_exp: bool = False,
+    dataset: str = "mnist",
+    dataset_root: Optional[PathLike] = None,
+    channels: int = 3,
+    normalize: bool = False,
+    train_transform: Optional[Callable] = None,
+    eval_transform: Optional[Callable] = None,
+) -> NeuromodBenchmark:
+    """Split (Sequential) MNIST: disjoint groups of classes, class-incremental.
+
+    Dynamos' protocol by default: 5 experiences of 2 classes in label order
+    (0-1, 2-3, ...), images as 3x28x28 (grey repeated), no normalisation,
+    no augmentation, every experience with task label 0.
+
+    :param n_experiences: number of experiences, 1 to 10; classes are split
+        as evenly as possible.
+    :param return_task_id: experience ``i`` gets task label ``i`` (task-
+        incremental); else all experiences have task label 0.
+    :param seed: seed of the class order when ``shuffle`` is True.
+    :param fixed_class_order: an explicit class order.
+    :param shuffle: draw the class order at random from ``seed``.
+    :param class_ids_from_zero_in_each_exp: relabel each experience's
+        classes 0..k-1 (for multi-head task-incremental use).
+    :param dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"digits"``.
+    :param dataset_root: data folder for MNIST and Fashion-MNIST.
+    :param channels: 3 (Dynamos) or 1.
+    :param normalize: normalise with the source's mean and std.
+    :param train_transform: optional per-sample transform (train stream).
+    :param eval_transform: optional per-sample transform (test stream).
+    """
+    _check_count("n_experiences", n_experiences, 1, 10)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}.")
+    if fixed_class_order is not None and shuffle:
+        raise ValueError("pass either fixed_class_order or shuffle=True, not both.")
+    train, test, (mean, std) = load_source(dataset, dataset_root)
+    view: Dict[str, Any] = {"channels": channels}
+    if normalize:
+        view.update(mean=(mean,), std=(std,))
+    return _split_benchmark(
+        "SplitMNIST", dataset, train, test, n_experiences,
+        _class_order(10, fixed_class_order, shuffle, seed),
+        return_task_id, class_ids_from_zero_in_each_exp, view,
+        train_transform, eval_transform,
+    )
+
+
+def _cifar_transforms(augment: bool):
+    from torchvision import transforms as T
+
+    normalise = T.Normalize(CIFAR100_MEAN, CIFAR100_STD)
+    train = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+    return T.Compose(train + [normalise]), normalise
+
+
+def SplitCIFAR100(
+    n_experiences: int = 20,
+    *,
+    return_task_id: bool = False,
+    seed: Optional[int] = 0,
+    fixed_class_order: Optional[Sequence[int]] = None,
+    class_ids_from_zero_in_each_exp: bool = False,
+    dataset_root: Optional[PathLike] = None,
+    augment: bool = True,
+    train_transform: Optional[Callable] = None,
+    eval_transform: Optional[Callable] = None,
+) -> NeuromodBenchmark:
+    """Split CIFAR-100: 20 experiences of 5 classes from a seeded class order.
+
+    CRWN's protocol: the class order is a random permutation drawn from
+    ``seed``; training images get RandomCrop(32, padding=4) and a horizontal
+    flip; all images are normalised with (0.491, 0.482, 0.447) /
+    (0.247, 0.243, 0.262). Needs the CIFAR-100 files (downloaded by
+    torchvision where the internet is reachable).
+
+    :param n_experiences: number of experiences, 1 to 100.
+    :param return_task_id: experience ``i`` gets task label ``i``.
+    :param seed: seed of the class order (None: label order).
+    :param fixed_class_order: an explicit class order.
+    :param class_ids_from_zero_in_each_exp: relabel classes 0..k-1 per experience.
+    :param dataset_root: folder holding ``cifar-100-python``.
+    :param augment: use the crop and flip augmentation on the train stream.
+    :param train_transform: replaces the default train transform.
+    :param eval_transform: replaces the default eval transform.
+    """
+    _check_count("n_experiences", n_experiences, 1, 100)
+    default_train, default_eval = _cifar_transforms(augment)
+    train = load_cifar100(dataset_root, True)
+    test = load_cifar100(dataset_root, False)
+    order = _class_order(100, fixed_class_order, seed is not None and fixed_class_order is None, seed)
+    return _split_benchmark(
+        "SplitCIFAR100", "cifar100", train, test, n_experiences, order,
+        return_task_id, class_ids_from_zero_in_each_exp, {},
+        train_transform or default_train, eval_transform or default_eval,
+    )
+
+
+def SeqSVHN(
+    n_experiences: int = 5,
+    *,
+    return_task_id: bool = False,
+    fixed_class_order: Optional[Sequence[int]] = None,
+    class_ids_from_zero_in_each_exp: bool = False,
+    dataset_root: Optional[PathLike] = None,
+    train_transform: Optional[Callable] = None,
+    eval_transform: Optional[Callable] = None,
+) -> NeuromodBenchmark:
+    """Sequential SVHN (Dynamos): 5 experiences of 2 digit classes, 3x32x32.
+
+    Images are only scaled to [0, 1] (ToTensor), as in Dynamos. Needs the
+    SVHN ``.mat`` files (downloaded by torchvision where possible).
+
+    :param n_experiences: number of experiences, 1 to 10.
+    :param return_task_id: experience ``i`` gets task label ``i``.
+    :param fixed_class_order: an explicit class order (default label order).
+    :param class_ids_from_zero_in_each_exp: relabel classes 0..k-1 per experience.
+    :param dataset_root: folder holding ``train_32x32.mat`` and ``test_32x32.mat``.
+    :param train_transform: optional per-sample transform (train stream).
+    :param eval_transform: optional per-sample transform (test stream).
+    """
+    _check_count("n_experiences", n_experiences, 1, 10)
+    train = load_svhn(dataset_root, True)
+    test = load_svhn(dataset_root, False)
+    return _split_benchmark(
+        "SeqSVHN", "svhn", train, test, n_experiences,
+        _class_order(10, fixed_class_order, False, None),
+        return_task_id, class_ids_from_zero_in_each_exp, {},
+        train_transform, eval_transform,
+    )
