@@ -11,6 +11,14 @@ from .sources import (
     read_idx,
     resolve_dataset_root,
 )
+from .mnist360 import (
+    MNIST360,
+    MNIST360Benchmark,
+    MNIST360Schedule,
+    mnist360_chunks,
+    mnist360_schedule,
+    mnist360_test_angles,
+)
 from .streams import (
     DATASETS,
     NeuromodBenchmark,
@@ -36,6 +44,9 @@ __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
     "LazyImageData",
+    "MNIST360",
+    "MNIST360Benchmark",
+    "MNIST360Schedule",
     "NeuromodBenchmark",
     "PermutedMNIST",
     "RotatedMNIST",
@@ -51,6 +62,9 @@ __all__ = [
     "load_source",
     "load_svhn",
     "make_classification_dataset",
+    "mnist360_chunks",
+    "mnist360_schedule",
+    "mnist360_test_angles",
     "permute_pixels",
     "read_idx",
     "resolve_dataset_root",

@@ -1,0 +1,106 @@
+"""Figures of continual-learning results, as functions returning matplotlib figures."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from ..evaluation.results import ContinualResults
+
+__all__ = ["plot_accuracy_matrix", "plot_final_accuracy", "plot_accuracy_curves"]
+
+ResultsLike = Union[ContinualResults, np.ndarray]
+
+
+def _as_results(r: ResultsLike) -> ContinualResults:
+    return r if isinstance(r, ContinualResults) else ContinualResults(np.asarray(r, dtype=float))
+
+
+def _figure(ax, figsize):
+    import matplotlib
+
+    if ax is not None:
+        return ax.figure, ax
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    return fig, ax
+
+
+def plot_accuracy_matrix(results: ResultsLike, ax=None, title: Optional[str] = None, annotate: Optional[bool] = None):
+    """Heatmap of ``A[i, j]``: accuracy on experience ``j`` after training ``i``.
+
+    :param results: a :class:`ContinualResults` or a matrix.
+    :param ax: draw into this axes (else a new figure).
+    :param title: defaults to the results' name.
+    :param annotate: write the values in the cells (default: when small).
+    :return: the matplotlib figure.
+    """
+    r = _as_results(results)
+    m = r.matrix
+    fig, ax = _figure(ax, (1.0 + 0.45 * m.shape[1], 1.0 + 0.4 * m.shape[0]))
+    im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xlabel("evaluated on experience")
+    ax.set_ylabel("after training experience")
+    ax.set_title(title if title is not None else (r.name or "accuracy matrix"))
+    if annotate is None:
+        annotate = m.shape[0] * m.shape[1] <= 150
+    if annotate:
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                if not np.isnan(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] < 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def plot_final_accuracy(results: Sequence[ResultsLike], ax=None, title: str = "final accuracy per experience"):
+    """Grouped bars of the final accuracy on each experience, one colour per method.
+
+    :param results: one entry per method.
+    :param ax: draw into this axes (else a new figure).
+    :param title: the title.
+    :return: the matplotlib figure.
+    """
+    rs = [_as_results(r) for r in results]
+    n_exp = max(r.matrix.shape[1] for r in rs)
+    fig, ax = _figure(ax, (max(5.0, 0.5 * n_exp * len(rs) ** 0.5 + 3), 3.5))
+    width = 0.8 / len(rs)
+    for k, r in enumerate(rs):
+        acc = r.final_accuracies
+        ax.bar(np.arange(len(acc)) + k * width - 0.4 + width / 2, acc, width,
+               label=f"{r.name or k} (avg {r.average_accuracy:.3f})")
+    ax.set_xticks(range(n_exp))
+    ax.set_xlabel("experience")
+    ax.set_ylabel("final accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_curves(results: Sequence[ResultsLike], ax=None, title: str = "average accuracy on seen experiences"):
+    """Average accuracy over the experiences seen so far, after each experience.
+
+    :param results: one entry per method.
+    :param ax: draw into this axes (else a new figure).
+    :param title: the title.
+    :return: the matplotlib figure.
+    """
+    rs = [_as_results(r) for r in results]
+    fig, ax = _figure(ax, (5.5, 3.5))
+    for k, r in enumerate(rs):
+        curve = r.accuracy_curve()
+        ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3, label=r.name or str(k))
+    ax.set_xlabel("experiences trained")
+    ax.set_ylabel("average accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

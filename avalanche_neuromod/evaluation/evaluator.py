@@ -1,0 +1,89 @@
+"""A ready-made Avalanche evaluator with the metrics continual-learning papers report."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, List, Optional, Sequence, Union
+
+from avalanche.evaluation.metrics import (
+    accuracy_metrics,
+    bwt_metrics,
+    forgetting_metrics,
+    loss_metrics,
+    timing_metrics,
+)
+from avalanche.logging import BaseLogger, CSVLogger, InteractiveLogger, TextLogger
+from avalanche.training.plugins import EvaluationPlugin
+
+from .params import ParametersPerExperience
+
+__all__ = ["make_evaluator"]
+
+
+def make_evaluator(
+    *,
+    accuracy: bool = True,
+    forgetting: bool = True,
+    bwt: bool = True,
+    timing: bool = True,
+    loss: bool = False,
+    parameters: bool = False,
+    progress_bar: bool = True,
+    text_log: bool = False,
+    csv_dir: Optional[Union[str, os.PathLike]] = None,
+    tensorboard_dir: Optional[Union[str, os.PathLike]] = None,
+    loggers: Optional[Sequence[BaseLogger]] = None,
+    extra_metrics: Iterable = (),
+    strict_checks: bool = False,
+) -> EvaluationPlugin:
+    """Build an ``EvaluationPlugin`` with accuracy, forgetting, BWT and timing.
+
+    Accuracy and forgetting are recorded per experience and per stream, so
+    :func:`~avalanche_neuromod.evaluation.accuracy_matrix` can rebuild the
+    full matrix afterwards. Call ``strategy.eval(test_stream)`` after every
+    ``strategy.train(experience)``: forgetting needs it.
+
+    :param accuracy: experience and stream accuracy (eval), epoch accuracy (train).
+    :param forgetting: experience and stream forgetting.
+    :param bwt: experience and stream backward transfer.
+    :param timing: seconds per epoch (train) and per experience (eval).
+    :param loss: experience and stream loss.
+    :param parameters: learnable parameters per training experience
+        (:class:`~avalanche_neuromod.evaluation.ParametersPerExperience`).
+    :param progress_bar: log with Avalanche's interactive progress bar; when
+        False and no other logger is given, metrics are only stored.
+    :param text_log: also print every metric value as text.
+    :param csv_dir: also write CSV files into this folder.
+    :param tensorboard_dir: also write TensorBoard logs into this folder.
+    :param loggers: extra Avalanche loggers.
+    :param extra_metrics: extra Avalanche plugin metrics.
+    :param strict_checks: Avalanche's check that eval follows every train.
+    """
+    metrics: List = []
+    if accuracy:
+        metrics += accuracy_metrics(epoch=True, experience=True, stream=True)
+    if loss:
+        metrics += loss_metrics(experience=True, stream=True)
+    if forgetting:
+        metrics += forgetting_metrics(experience=True, stream=True)
+    if bwt:
+        metrics += bwt_metrics(experience=True, stream=True)
+    if timing:
+        metrics += timing_metrics(epoch=True, experience=True)
+    if parameters:
+        metrics.append(ParametersPerExperience())
+    metrics += list(extra_metrics)
+
+    all_loggers: List[BaseLogger] = list(loggers or [])
+    if progress_bar:
+        all_loggers.append(InteractiveLogger())
+    if text_log:
+        all_loggers.append(TextLogger())
+    if csv_dir is not None:
+        os.makedirs(csv_dir, exist_ok=True)
+        all_loggers.append(CSVLogger(log_folder=str(csv_dir)))
+    if tensorboard_dir is not None:
+        from avalanche.logging import TensorboardLogger
+
+        all_loggers.append(TensorboardLogger(tb_log_dir=str(tensorboard_dir)))
+    return EvaluationPlugin(*metrics, loggers=all_loggers, strict_checks=strict_checks)

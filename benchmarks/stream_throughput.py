@@ -1,0 +1,707 @@
+"""Training throughput of our Permuted-MNIST stream against a plain loop and Avalanche.
+
+One epoch of a 784-256-256-10 ReLU MLP (SGD, lr 0.01, batch 128) over one
+Permuted-MNIST training experience (60,000 images) is timed in four ways,
+side by side in one process with 2 torch threads:
+
+* ``plain_dataloader`` (a): precomputed float tensors of the permuted,
+  normalised training set, ``DataLoader(TensorDataset(x, y), batch_size=128,
+  shuffle=True)`` and a hand-written forward/backward/step loop. The ratio
+  targets are measured against this one.
+* ``plain_indexed`` (a2): the same loop, but batches are cut from the tensors
+  with a random permutation of indices (no DataLoader): the floor for this
+  model on this machine.
+* ``ours_first_epoch`` / ``ours_warm`` (b):
+  ``avalanche_neuromod.benchmarks.PermutedMNIST(return_task_id=True)`` trained
+  with Avalanche's ``Naive`` strategy (no loggers, no metrics). The first
+  ``strategy.train`` on a fresh experience includes its lazy materialisation;
+  the second, on the same experience, is the warm epoch.
+* ``avalanche`` (c): Avalanche's own
+  ``avalanche.benchmarks.classic.PermutedMNIST(n_experiences=2, seed=0)`` with
+  the same ``Naive`` set-up, reading a temporary copy of the MNIST files under
+  a network guard (Avalanche's MNIST always asks torchvision to download, and
+  writes the extracted files next to the archives).
+
+Each measurement is repeated ``--repeats`` times, round-robin, so that machine
+noise falls on all of them alike; medians and minima are reported.
+
+Separately, one subprocess per generator (``--memory-probe permuted|rotated``)
+builds ``PermutedMNIST()`` (100 experiences) or ``RotatedMNIST()`` (36
+experiences), reads the first and last sample of every train and test
+experience, and reports its resident memory after the import and at its peak.
+
+Run (takes several minutes on 2 CPU cores)::
+
+    python benchmarks/stream_throughput.py --dataset-root /work/shared/data
+
+``--dataset-root`` defaults to ``$AVALANCHE_NEUROMOD_DATA``; the folder must
+hold ``MNIST/raw/*-ubyte.gz`` (torchvision layout). Results go to
+``benchmarks/results/stream_throughput.json`` (``--out``) and to a delimited
+section of ``docs/results.md`` (skip it with ``--no-docs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import gzip
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "stream_throughput.json"
+RESULTS_MD = REPO_ROOT / "docs" / "results.md"
+DATA_ROOT_ENV = "AVALANCHE_NEUROMOD_DATA"
+SECTION_START = "<!-- stream_throughput:start -->"
+SECTION_END = "<!-- stream_throughput:end -->"
+PROBE_MARKER = "MEMORY_PROBE_RESULT "
+
+N_THREADS = 2
+BATCH_SIZE = 128
+LR = 0.01
+HIDDEN = 256
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+PERMUTATION_SEED = 0
+PLAIN_EXPERIENCE = 0
+AVALANCHE_EXPERIENCES = 2
+
+TARGET_RATIO_TO_PLAIN = 1.5
+TARGET_SPEEDUP_OVER_AVALANCHE = 4.0
+MEMORY_LIMIT_BYTES = 2 * 2**30
+MIB = 2**20
+
+MEASUREMENTS = (
+    ("plain_dataloader", "(a) plain loop, DataLoader(TensorDataset)"),
+    ("plain_indexed", "(a2) plain loop, indexed tensors"),
+    ("ours_first_epoch", "(b) ours, Naive, first epoch (materialises)"),
+    ("ours_warm", "(b) ours, Naive, second epoch (warm)"),
+    ("avalanche", "(c) Avalanche PermutedMNIST, Naive"),
+)
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time one Permuted-MNIST epoch: plain loop vs our stream vs Avalanche's.",
+    )
+    parser.add_argument(
+        "--dataset-root",
+        default=os.environ.get(DATA_ROOT_ENV),
+        help=f"folder holding MNIST/raw/*.gz (default: ${DATA_ROOT_ENV}).",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each measurement.")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file.")
+    parser.add_argument(
+        "--no-docs", action="store_true", help="do not update docs/results.md."
+    )
+    parser.add_argument(
+        "--memory-probe",
+        choices=("permuted", "rotated"),
+        help="internal: run one memory probe and print its result.",
+    )
+    args = parser.parse_args(argv)
+    if not args.dataset_root:
+        parser.error(
+            f"no dataset root: pass --dataset-root <folder> or set ${DATA_ROOT_ENV} "
+            "to a folder holding MNIST/raw/*-ubyte.gz (torchvision layout)."
+        )
+    args.dataset_root = Path(args.dataset_root).expanduser().resolve()
+    mnist_raw = args.dataset_root / "MNIST" / "raw"
+    if not mnist_raw.is_dir():
+        parser.error(f"{mnist_raw} does not exist; --dataset-root must hold MNIST/raw/*.gz.")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1.")
+    return args
+
+
+# ---------------------------------------------------------------- memory
+
+
+def current_rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_probe(kind: str, dataset_root: Path) -> Dict[str, Any]:
+    """Build one generator, touch every experience, report RSS; run in a child process."""
+    rss_start = current_rss_bytes()
+    import torch
+
+    torch.set_num_threads(N_THREADS)
+    import avalanche_neuromod.benchmarks as anb
+
+    rss_after_import = current_rss_bytes()
+    peak_after_import = peak_rss_bytes()
+    t0 = time.perf_counter()
+    generator = anb.PermutedMNIST if kind == "permuted" else anb.RotatedMNIST
+    bm = generator(dataset_root=dataset_root)
+    build_s = time.perf_counter() - t0
+    rss_after_build = current_rss_bytes()
+    t0 = time.perf_counter()
+    n_touched = 0
+    for stream in (bm.train_stream, bm.test_stream):
+        for exp in stream:
+            dataset = exp.dataset
+            dataset[0]
+            dataset[len(dataset) - 1]
+            n_touched += 1
+    touch_s = time.perf_counter() - t0
+    return {
+        "generator": f"{generator.__name__}(dataset_root=...)",
+        "n_train_experiences": len(bm.train_stream),
+        "n_experiences_touched": n_touched,
+        "rss_start_bytes": rss_start,
+        "rss_after_import_bytes": rss_after_import,
+        "peak_after_import_bytes": peak_after_import,
+        "rss_after_build_bytes": rss_after_build,
+        "rss_end_bytes": current_rss_bytes(),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "build_s": build_s,
+        "touch_all_s": touch_s,
+        "cache_info": anb.cache_info(),
+    }
+
+
+def run_memory_probe_subprocess(kind: str, dataset_root: Path) -> Dict[str, Any]:
+    """A fresh interpreter per probe, so that its peak RSS is its own."""
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()),
+        "--dataset-root", str(dataset_root), "--memory-probe", kind,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe {kind!r} failed:\n{proc.stderr[-4000:]}")
+    for line in proc.stdout.splitlines():
+        if line.startswith(PROBE_MARKER):
+            return json.loads(line[len(PROBE_MARKER):])
+    raise RuntimeError(f"memory probe {kind!r} printed no result:\n{proc.stdout[-4000:]}")
+
+
+# ---------------------------------------------------------------- data
+
+
+def read_idx_gz(path: Path) -> np.ndarray:
+    """Independent IDX reader, so the plain baseline shares no code with the package."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def plain_permuted_train_set(dataset_root: Path, experience: int) -> Tuple[Any, Any]:
+    """Float ``(N, 1, 28, 28)`` images of one Permuted-MNIST experience and their labels.
+
+    Uses the package's documented convention: normalise with MNIST's mean and
+    std, then permute pixels with ``RandomState(experience + seed).permutation(784)``.
+    """
+    import torch
+
+    raw = dataset_root / "MNIST" / "raw"
+    images = read_idx_gz(raw / "train-images-idx3-ubyte.gz").reshape(-1, 28 * 28)
+    labels = read_idx_gz(raw / "train-labels-idx1-ubyte.gz").astype(np.int64)
+    perm = np.random.RandomState(experience + PERMUTATION_SEED).permutation(28 * 28)
+    x = torch.from_numpy(images[:, perm].astype(np.float32) / 255.0)
+    x = ((x - MNIST_MEAN) / MNIST_STD).reshape(-1, 1, 28, 28).contiguous()
+    return x, torch.from_numpy(labels)
+
+
+def data_files(dataset_root: Path) -> List[Dict[str, Any]]:
+    raw = dataset_root / "MNIST" / "raw"
+    return [
+        {"path": str(p), "bytes": p.stat().st_size}
+        for p in sorted(raw.glob("*-ubyte.gz"))
+    ]
+
+
+def copy_mnist_to_temp(dataset_root: Path) -> Path:
+    """A writable copy of ``MNIST/`` for Avalanche, which extracts the archives in place."""
+    tmp = Path(tempfile.mkdtemp(prefix="stream_throughput_"))
+    shutil.copytree(dataset_root / "MNIST", tmp / "MNIST", copy_function=shutil.copyfile)
+    for folder in (tmp / "MNIST", tmp / "MNIST" / "raw"):
+        folder.chmod(0o755)  # copytree keeps the shared folder's read-only mode
+    return tmp
+
+
+@contextlib.contextmanager
+def no_network() -> Iterator[None]:
+    """Make any connection attempt fail loudly, proving a load really is offline."""
+    original = socket.socket.connect
+
+    def refuse(self: socket.socket, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("network access attempted while loading MNIST offline")
+
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        socket.socket.connect = original  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------- training
+
+
+def make_model() -> Any:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(28 * 28, HIDDEN), nn.ReLU(),
+        nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
+        nn.Linear(HIDDEN, 10),
+    )
+
+
+def _sgd_step(model: Any, optimizer: Any, xb: Any, yb: Any) -> None:
+    import torch.nn.functional as F
+
+    optimizer.zero_grad()
+    F.cross_entropy(model(xb), yb).backward()
+    optimizer.step()
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    # Collect leftovers of the previous measurement outside the timed region.
+    gc.collect()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_plain_dataloader(x: Any, y: Any) -> float:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH_SIZE, shuffle=True)
+
+    def epoch() -> None:
+        model.train()
+        for xb, yb in loader:
+            _sgd_step(model, optimizer, xb, yb)
+
+    return _timed(epoch)
+
+
+def time_plain_indexed(x: Any, y: Any) -> float:
+    import torch
+
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def epoch() -> None:
+        model.train()
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), BATCH_SIZE):
+            idx = order[start: start + BATCH_SIZE]
+            _sgd_step(model, optimizer, x[idx], y[idx])
+
+    return _timed(epoch)
+
+
+def make_naive() -> Any:
+    import torch
+    from avalanche.training import Naive
+
+    model = make_model()
+    # evaluator=None gives an EvaluationPlugin without metrics or loggers.
+    return Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=LR),
+        train_mb_size=BATCH_SIZE,
+        train_epochs=1,
+        device="cpu",
+        evaluator=None,
+    )
+
+
+def time_ours(benchmark: Any, experience: int) -> Tuple[float, float]:
+    """First epoch on a fresh experience (materialises it), then a warm epoch."""
+    strategy = make_naive()
+    exp = benchmark.train_stream[experience]
+    first = _timed(lambda: strategy.train(exp))
+    warm = _timed(lambda: strategy.train(exp))
+    return first, warm
+
+
+def time_avalanche(benchmark: Any, experience: int) -> float:
+    strategy = make_naive()
+    exp = benchmark.train_stream[experience]
+    return _timed(lambda: strategy.train(exp))
+
+
+def warm_up(x: Any, y: Any) -> None:
+    """Pay one-off costs (kernel set-up, Avalanche's lazy imports) outside any timing.
+
+    Uses scikit-learn's digits through our generator, so no MNIST experience
+    is materialised before its own first-epoch measurement.
+    """
+    import torch
+    from avalanche_neuromod.benchmarks import PermutedMNIST
+
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    for start in range(0, 20 * BATCH_SIZE, BATCH_SIZE):
+        _sgd_step(model, optimizer, x[start: start + BATCH_SIZE], y[start: start + BATCH_SIZE])
+    digits = PermutedMNIST(n_experiences=1, dataset="digits", return_task_id=True)
+    make_naive().train(digits.train_stream[0])
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_timings(dataset_root: Path, repeats: int) -> Dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(N_THREADS)
+    import avalanche_neuromod.benchmarks as anb
+    from avalanche.benchmarks.classic import PermutedMNIST as AvalanchePermutedMNIST
+
+    x, y = plain_permuted_train_set(dataset_root, PLAIN_EXPERIENCE)
+    warm_up(x, y)
+
+    t0 = time.perf_counter()
+    ours = anb.PermutedMNIST(dataset_root=dataset_root, return_task_id=True)
+    ours_build_s = time.perf_counter() - t0
+    if repeats > ours.n_experiences:
+        raise SystemExit(f"--repeats must be at most {ours.n_experiences} (one fresh experience each).")
+
+    avalanche_root = copy_mnist_to_temp(dataset_root)
+    try:
+        t0 = time.perf_counter()
+        with no_network():
+            theirs = AvalanchePermutedMNIST(
+                n_experiences=AVALANCHE_EXPERIENCES, seed=0, dataset_root=str(avalanche_root)
+            )
+        theirs_build_s = time.perf_counter() - t0
+
+        raw: Dict[str, List[float]] = {key: [] for key, _ in MEASUREMENTS}
+        ours_experiences: List[int] = []
+        for r in range(repeats):
+            raw["plain_dataloader"].append(time_plain_dataloader(x, y))
+            raw["plain_indexed"].append(time_plain_indexed(x, y))
+            first, warm = time_ours(ours, r)
+            ours_experiences.append(r)
+            raw["ours_first_epoch"].append(first)
+            raw["ours_warm"].append(warm)
+            raw["avalanche"].append(time_avalanche(theirs, r % AVALANCHE_EXPERIENCES))
+            print(
+                f"  repeat {r + 1}/{repeats}: "
+                + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in raw.items()),
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(avalanche_root, ignore_errors=True)
+
+    return {
+        "raw_seconds": raw,
+        "build_seconds": {"ours_PermutedMNIST_100": ours_build_s, "avalanche_PermutedMNIST_2": theirs_build_s},
+        "ours_experiences_timed": ours_experiences,
+        "avalanche_experiences_timed": [r % AVALANCHE_EXPERIENCES for r in range(repeats)],
+        "same_data_check": same_data_check(ours, x, y),
+        "ours_cache_info": anb.cache_info(),
+    }
+
+
+def same_data_check(benchmark: Any, x: Any, y: Any) -> Dict[str, Any]:
+    """Confirm the plain baseline trains on exactly our experience's samples."""
+    dataset = benchmark.train_stream[PLAIN_EXPERIENCE].dataset
+    positions = [0, 1, len(dataset) // 2, len(dataset) - 1]
+    max_abs_diff = 0.0
+    labels_equal = True
+    for i in positions:
+        image, label = dataset[i][0], dataset[i][1]
+        max_abs_diff = max(max_abs_diff, float((image - x[i]).abs().max()))
+        labels_equal &= int(label) == int(y[i])
+    return {
+        "experience": PLAIN_EXPERIENCE,
+        "positions": positions,
+        "max_abs_diff": max_abs_diff,
+        "labels_equal": labels_equal,
+        "ok": labels_equal and max_abs_diff < 1e-5 and len(dataset) == len(x),
+        "n_samples": len(dataset),
+    }
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summarise(raw: Dict[str, List[float]]) -> Dict[str, Dict[str, float]]:
+    reference = statistics.median(raw["plain_dataloader"])
+    summary = {}
+    for key, values in raw.items():
+        median = statistics.median(values)
+        summary[key] = {
+            "median_s": median,
+            "min_s": min(values),
+            "ratio_to_plain_dataloader": median / reference,
+            "samples_per_s": 60_000 / median,
+        }
+    return summary
+
+
+def evaluate_targets(summary: Dict[str, Dict[str, float]], memory: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    plain = summary["plain_dataloader"]["median_s"]
+    theirs = summary["avalanche"]["median_s"]
+    targets = []
+    for key, label in (("ours_warm", "warm"), ("ours_first_epoch", "first epoch")):
+        ratio = summary[key]["median_s"] / plain
+        targets.append({
+            "target": f"ours ({label}) within {TARGET_RATIO_TO_PLAIN}x of plain loop (a)",
+            "value": f"{ratio:.2f}x",
+            "pass": ratio <= TARGET_RATIO_TO_PLAIN,
+        })
+    for key, label in (("ours_first_epoch", "first epoch"), ("ours_warm", "warm")):
+        speedup = theirs / summary[key]["median_s"]
+        targets.append({
+            "target": f"ours ({label}) at least {TARGET_SPEEDUP_OVER_AVALANCHE:g}x faster than Avalanche (c)",
+            "value": f"{speedup:.1f}x",
+            "pass": speedup >= TARGET_SPEEDUP_OVER_AVALANCHE,
+        })
+    for kind, probe in memory.items():
+        targets.append({
+            "target": f"peak RSS of the {kind} probe under {MEMORY_LIMIT_BYTES // 2**30} GiB",
+            "value": f"{probe['peak_rss_bytes'] / MIB:.0f} MiB",
+            "pass": probe["peak_rss_bytes"] < MEMORY_LIMIT_BYTES,
+        })
+    return targets
+
+
+def machine_info() -> Dict[str, Any]:
+    import avalanche
+    import psutil
+    import torch
+
+    import avalanche_neuromod
+
+    cpu_model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    ) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu_model,
+        "memory_total_bytes": psutil.virtual_memory().total,
+        "cuda_available": torch.cuda.is_available(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "avalanche": avalanche.__version__,
+        "avalanche_neuromod": avalanche_neuromod.__version__,
+        "gc_freeze_env": os.environ.get("AVALANCHE_NEUROMOD_GC_FREEZE", "unset (freeze on)"),
+        "git": git_info(),
+    }
+
+
+def git_info() -> Dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain").splitlines()}
+
+
+def command_line() -> str:
+    python = sys.executable
+    with contextlib.suppress(ValueError):
+        if Path(python).resolve().is_relative_to(Path.cwd()):
+            python = os.path.relpath(python)
+    return shlex.join([python, *sys.argv])
+
+
+# ---------------------------------------------------------------- output
+
+
+def format_table(summary: Dict[str, Dict[str, float]], raw: Dict[str, List[float]]) -> str:
+    header = f"{'measurement':<48} {'median s':>9} {'min s':>8} {'x plain':>8} {'img/s':>8}  runs"
+    lines = [header, "-" * len(header)]
+    for key, label in MEASUREMENTS:
+        s = summary[key]
+        runs = " ".join(f"{v:.2f}" for v in raw[key])
+        lines.append(
+            f"{label:<48} {s['median_s']:>9.2f} {s['min_s']:>8.2f} "
+            f"{s['ratio_to_plain_dataloader']:>8.2f} {s['samples_per_s']:>8.0f}  {runs}"
+        )
+    return "\n".join(lines)
+
+
+def format_targets(targets: List[Dict[str, Any]]) -> str:
+    return "\n".join(
+        f"[{'PASS' if t['pass'] else 'FAIL'}] {t['target']}: {t['value']}" for t in targets
+    )
+
+
+def format_memory(memory: Dict[str, Dict[str, Any]]) -> str:
+    return "\n".join(
+        f"{p['generator']:<32} after import {p['rss_after_import_bytes'] / MIB:>6.0f} MiB, "
+        f"after build {p['rss_after_build_bytes'] / MIB:>6.0f} MiB, "
+        f"peak {p['peak_rss_bytes'] / MIB:>6.0f} MiB "
+        f"(build {p['build_s']:.1f} s, touching {p['n_experiences_touched']} experiences "
+        f"{p['touch_all_s']:.1f} s)"
+        for p in memory.values()
+    )
+
+
+def markdown_section(result: Dict[str, Any]) -> str:
+    summary, raw, machine = result["summary"], result["raw_seconds"], result["machine"]
+    lines = [
+        SECTION_START,
+        "## Stream throughput (issue 2)",
+        "",
+        f"Measured {result['timestamp_utc']} with `benchmarks/stream_throughput.py`:",
+        "",
+        "```",
+        result["command"],
+        "```",
+        "",
+        f"- Data: real MNIST read from `{result['data']['dataset_root']}` "
+        f"(torchvision layout, `MNIST/raw/*.gz`); one Permuted-MNIST training "
+        f"experience of {result['data']['n_train_images']:,} images.",
+        f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), no GPU, "
+        f"torch {machine['torch']} with {N_THREADS} threads, avalanche-lib {machine['avalanche']}.",
+        f"- Model: 784-256-256-10 ReLU MLP, SGD lr {LR}, batch {BATCH_SIZE}, one epoch; "
+        f"{result['repeats']} repeats, round-robin; ratio = median / median of (a).",
+        "",
+        "| measurement | median (s) | min (s) | ratio to plain loop (a) | images/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, label in MEASUREMENTS:
+        s = summary[key]
+        lines.append(
+            f"| {label} | {s['median_s']:.2f} | {s['min_s']:.2f} | "
+            f"{s['ratio_to_plain_dataloader']:.2f}x | {s['samples_per_s']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Raw seconds per repeat: "
+        + "; ".join(f"{key} " + ", ".join(f"{v:.2f}" for v in raw[key]) for key, _ in MEASUREMENTS)
+        + ".",
+        "",
+        "| target | measured | result |",
+        "|---|---:|---|",
+    ]
+    lines += [
+        f"| {t['target']} | {t['value']} | {'pass' if t['pass'] else 'FAIL'} |"
+        for t in result["targets"]
+    ]
+    lines += [
+        "",
+        "Memory probes (one fresh subprocess each; every train and test experience's "
+        "first and last sample read once):",
+        "",
+        "| generator | RSS after `import avalanche_neuromod.benchmarks` | RSS after build | peak RSS |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| `{p['generator']}` ({p['n_train_experiences']} experiences) | "
+        f"{p['rss_after_import_bytes'] / MIB:,.0f} MiB | {p['rss_after_build_bytes'] / MIB:,.0f} MiB | "
+        f"{p['peak_rss_bytes'] / MIB:,.0f} MiB |"
+        for p in result["memory"].values()
+    ]
+    lines.append(SECTION_END)
+    return "\n".join(lines)
+
+
+def update_results_md(section: str, path: Path = RESULTS_MD) -> None:
+    """Replace only this script's delimited section; other scripts own the rest."""
+    if path.exists():
+        text = path.read_text()
+    else:
+        text = (
+            "# Measured results\n\n"
+            "Numbers measured by the scripts in `benchmarks/`; each script rewrites only its own section.\n"
+        )
+    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.memory_probe:
+        print(PROBE_MARKER + json.dumps(memory_probe(args.memory_probe, args.dataset_root)))
+        return 0
+
+    print(f"Timing one epoch, {args.repeats} repeats, data from {args.dataset_root}", flush=True)
+    timings = run_timings(args.dataset_root, args.repeats)
+    print("Memory probes (subprocesses) ...", flush=True)
+    memory = {kind: run_memory_probe_subprocess(kind, args.dataset_root) for kind in ("permuted", "rotated")}
+
+    summary = summarise(timings["raw_seconds"])
+    result = {
+        "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command_line(),
+        "repeats": args.repeats,
+        "machine": machine_info(),
+        "data": {
+            "dataset_root": str(args.dataset_root),
+            "files": data_files(args.dataset_root),
+            "n_train_images": 60_000,
+            "plain_loop_experience": PLAIN_EXPERIENCE,
+            "permutation": f"np.random.RandomState(k + {PERMUTATION_SEED}).permutation(784), after normalisation",
+            "avalanche_generator": f"avalanche.benchmarks.classic.PermutedMNIST(n_experiences={AVALANCHE_EXPERIENCES}, seed=0) on a temporary copy, network blocked",
+        },
+        "settings": {"threads": N_THREADS, "batch_size": BATCH_SIZE, "lr": LR, "hidden": HIDDEN, "epochs": 1},
+        **timings,
+        "summary": summary,
+        "memory": memory,
+    }
+    result["targets"] = evaluate_targets(summary, memory)
+
+    print()
+    print(format_table(summary, timings["raw_seconds"]))
+    print()
+    print(format_targets(result["targets"]))
+    print()
+    print(format_memory(memory))
+    check = timings["same_data_check"]
+    print(f"\nPlain baseline uses our experience {check['experience']}'s samples: {check['ok']} "
+          f"(max |diff| {check['max_abs_diff']:.2e})")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nWrote {args.out}")
+    if not args.no_docs:
+        update_results_md(markdown_section(result))
+        print(f"Updated {RESULTS_MD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Shared fixtures. Avalanche writes ~/.avalanche on import: point HOME elsewhere first."""
+
+import os
+import tempfile
+
+os.environ["HOME"] = tempfile.mkdtemp(prefix="neuromod-home-")
+
+import gzip  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+DATA_ENV = "AVALANCHE_NEUROMOD_DATA"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The real data folder (CI: ../shared/data); skips the test when absent."""
+    root = os.environ.get(DATA_ENV)
+    if not root or not (Path(root) / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real data not available: set {DATA_ENV} to a folder with MNIST/raw")
+    return Path(root)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    """Write a uint8 array as an IDX file, the MNIST on-disk format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    payload = header + array.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def make_fake_mnist(root: Path, folder: str = "MNIST", n_train: int = 540, n_test: int = 90,
+                    compress: bool = True, seed: int = 0) -> None:
+    """A small MNIST-format dataset in torchvision's layout, labels cycling 0..9."""
+    rng = np.random.RandomState(seed)
+    raw = root / folder / "raw"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.randint(0, 256, (n, 28, 28)), compress)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, compress)
+
+
+@pytest.fixture
+def fake_mnist_root(tmp_path) -> Path:
+    make_fake_mnist(tmp_path)
+    return tmp_path

@@ -1,0 +1,136 @@
+"""Lazy experience data: rotation and permutation against their definitions, fast read path."""
+
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from avalanche.benchmarks.utils import AvalancheDataset
+from avalanche_neuromod.benchmarks import (
+    LazyImageData,
+    cache_info,
+    load_digits,
+    make_classification_dataset,
+    permute_pixels,
+    rotate_images,
+    set_cache_budget,
+)
+from avalanche_neuromod.benchmarks.tensor_data import _CACHE
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(train=False)
+
+
+@pytest.mark.parametrize("angle", [10, 30, 90, 135, 200, 350, 12.5])
+def test_rotation_matches_torchvision_exactly(digits, angle):
+    x = digits[0][:64]
+    expected = TF.rotate(x, angle, interpolation=InterpolationMode.NEAREST)
+    got = rotate_images(x.float(), angle).round().to(torch.uint8)
+    assert torch.equal(got, expected)
+
+
+def test_rotation_by_full_turns_and_quarter_turns(digits):
+    x = digits[0][:16].float()
+    assert torch.equal(rotate_images(x, 0.0), x)
+    assert torch.equal(rotate_images(x, 360.0), x)
+    assert torch.equal(rotate_images(x, 90.0), torch.rot90(x, 1, dims=(2, 3)))
+
+
+def test_per_sample_angles_equal_fixed_angles(digits):
+    x = digits[0][:8].float()
+    angles = torch.tensor([0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0])
+    batch = rotate_images(x, angles)
+    for i, a in enumerate(angles.tolist()):
+        assert torch.equal(batch[i : i + 1], rotate_images(x[i : i + 1], a))
+    with pytest.raises(ValueError, match="angles"):
+        rotate_images(x, torch.zeros(3))
+    with pytest.raises(ValueError, match="interpolation"):
+        rotate_images(x, 10.0, "cubic")
+
+
+def test_permute_pixels_definition():
+    x = torch.arange(2 * 1 * 2 * 2, dtype=torch.float32).reshape(2, 1, 2, 2)
+    perm = torch.tensor([3, 0, 2, 1])
+    out = permute_pixels(x, perm)
+    assert out[0].reshape(-1).tolist() == [3.0, 0.0, 2.0, 1.0]
+    assert out[1].reshape(-1).tolist() == [7.0, 4.0, 6.0, 5.0]
+    with pytest.raises(ValueError, match="permutation"):
+        permute_pixels(x, torch.tensor([0, 1]))
+
+
+def test_lazy_view_equals_rotate_normalise_permute(digits):
+    x, y = digits
+    perm = torch.from_numpy(__import__("numpy").random.RandomState(3).permutation(784))
+    data = LazyImageData(x, y, angles=30.0, permutation=perm, mean=(0.13,), std=(0.31,))
+    reference = permute_pixels((rotate_images(x.float() / 255.0, 30.0) - 0.13) / 0.31, perm)
+    assert torch.equal(data.materialise(), reference)
+    bilinear = LazyImageData(x, y, angles=30.0, interpolation="bilinear")
+    assert torch.allclose(bilinear.materialise(), rotate_images(x.float() / 255.0, 30.0, "bilinear"))
+
+
+def test_lazy_view_options(digits):
+    x, y = digits
+    idx = torch.tensor([5, 1, 7])
+    data = LazyImageData(x, y, idx, channels=3, flatten=True)
+    assert data.sample_shape == (3 * 784,)
+    out = data.materialise()
+    assert out.shape == (3, 3 * 784)
+    assert torch.equal(out[1, :784], x[1].reshape(-1).float() / 255.0)
+    assert [data[i][1] for i in range(3)] == y[idx].tolist()
+    with pytest.raises(ValueError, match="uint8"):
+        LazyImageData(x.float(), y)
+    with pytest.raises(ValueError, match="labels"):
+        LazyImageData(x, y[:3])
+
+
+def _generic(ds, i):
+    return AvalancheDataset.__getitem__(ds, i)
+
+
+def _same(a, b):
+    return len(a) == len(b) and torch.equal(a[0], b[0]) and list(a[1:]) == list(b[1:])
+
+
+def test_fast_path_returns_exactly_the_generic_items(digits):
+    x, y = digits
+    ds = make_classification_dataset(LazyImageData(x, y, angles=20.0), task_label=3)
+    views = [ds, ds.train(), ds.eval(), ds.subset([9, 2, 4, 100]), ds.subset(range(50, 80)).subset([3, 0, 7])]
+    for view in views:
+        assert view._resolve_direct() is not None
+        for i in range(len(view)):
+            assert _same(view[i], _generic(view, i))
+    assert ds[0][2] == 3
+
+
+def test_fast_path_steps_aside_for_transforms_and_concat(digits):
+    x, y = digits
+    flip = lambda img: img.flip(-1)  # noqa: E731
+    ds = make_classification_dataset(LazyImageData(x, y), task_label=0, train_transform=flip, eval_transform=None)
+    assert ds._resolve_direct() is None
+    assert torch.equal(ds.train()[0][0], ds.eval()[0][0].flip(-1))
+    a = make_classification_dataset(LazyImageData(x, y), task_label=0)
+    b = make_classification_dataset(LazyImageData(x, y, angles=90.0), task_label=1)
+    both = a.concat(b)
+    assert both._resolve_direct() is None
+    assert both[len(a)][2] == 1 and _same(both[len(a)], b[0])
+
+
+def test_cache_is_bounded(digits):
+    x, y = digits
+    previous = _CACHE.budget_bytes
+    try:
+        one = LazyImageData(x, y).materialise()
+        set_cache_budget(2.5 * one.numel() * 4 / 2**20)
+        _CACHE.clear()
+        datas = [LazyImageData(x, y, angles=float(a)) for a in range(5)]
+        for d in datas:
+            d[0]
+        info = cache_info()
+        assert info["entries"] == 2 and info["bytes"] <= info["budget_bytes"]
+        assert torch.equal(datas[0][0][0], datas[0].materialise()[0])
+        with pytest.raises(ValueError, match="budget"):
+            set_cache_budget(0)
+    finally:
+        _CACHE.budget_bytes = previous
