@@ -1,0 +1,128 @@
+"""Accuracy matrix, summary numbers, the parameter metric, the evaluator and the plots."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from avalanche.training import Naive  # noqa: E402
+from avalanche_neuromod.analysis import plot_accuracy_curves, plot_accuracy_matrix, plot_final_accuracy  # noqa: E402
+from avalanche_neuromod.benchmarks import PermutedMNIST  # noqa: E402
+from avalanche_neuromod.evaluation import (  # noqa: E402
+    ContinualResults,
+    ParametersPerExperience,
+    accuracy_matrix,
+    count_changed_parameters,
+    make_evaluator,
+    results_table,
+)
+
+KEY = "Top1_Acc_Exp/eval_phase/test_stream/Task{:03d}/Exp{:03d}"
+
+
+def _evals():
+    # after exp 0: [0.9, 0.1, 0.2]; after exp 1: [0.7, 0.8, 0.1]; after exp 2: [0.6, 0.75, 0.95]
+    rows = [[0.9, 0.1, 0.2], [0.7, 0.8, 0.1], [0.6, 0.75, 0.95]]
+    return [{KEY.format(j, j): v for j, v in enumerate(row)} | {"Loss": 1.0} for row in rows]
+
+
+def test_accuracy_matrix_and_summary_by_hand():
+    r = ContinualResults.from_eval(_evals(), "demo", seconds=3.0)
+    np.testing.assert_allclose(r.matrix, [[0.9, 0.1, 0.2], [0.7, 0.8, 0.1], [0.6, 0.75, 0.95]])
+    assert r.average_accuracy == pytest.approx((0.6 + 0.75 + 0.95) / 3)
+    np.testing.assert_allclose(r.forgetting, [0.9 - 0.6, 0.8 - 0.75])
+    assert r.average_forgetting == pytest.approx((0.3 + 0.05) / 2)
+    assert r.bwt == pytest.approx(-(0.3 + 0.05) / 2)
+    np.testing.assert_allclose(r.accuracy_curve(), [0.9, 0.75, (0.6 + 0.75 + 0.95) / 3])
+    table = results_table([r], digits=3)
+    assert "| demo | 0.767 | 0.175 | -0.175 | 3 |" in table
+    assert r.to_markdown(2).splitlines()[2] == "| exp 0 | 0.90 | 0.10 | 0.20 |"
+
+
+def test_accuracy_matrix_from_all_metrics_format():
+    all_metrics = {KEY.format(0, j): ([1, 2, 3], [0.5 + j * 0.1] * 3) for j in range(2)}
+    all_metrics["Top1_Acc_Exp/eval_phase/train_stream/Task000/Exp000"] = ([1], [0.0])
+    m = accuracy_matrix(all_metrics)
+    assert m.shape == (3, 2) and np.allclose(m[:, 1], 0.6)
+    assert accuracy_matrix(_evals(), n_experiences=5).shape == (3, 5)
+
+
+def test_accuracy_matrix_without_accuracy_says_what_to_do():
+    with pytest.raises(ValueError, match="accuracy_metrics"):
+        accuracy_matrix([{"Loss": 1.0}])
+
+
+def test_count_changed_parameters():
+    model = torch.nn.Linear(3, 2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        model.weight[0, 1] += 1.0
+    assert count_changed_parameters(before, model) == 1
+
+
+def _strategy(model, evaluator):
+    return Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                 criterion=torch.nn.CrossEntropyLoss(), train_mb_size=64, train_epochs=1,
+                 eval_mb_size=256, evaluator=evaluator)
+
+
+def test_parameters_per_experience_counts_what_training_changed():
+    torch.manual_seed(0)
+    # tanh, not ReLU: a dead ReLU unit would leave its outgoing weights unchanged
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.Tanh(), torch.nn.Linear(16, 10))
+    for p in model[1].parameters():
+        p.requires_grad_(False)
+    metric = ParametersPerExperience()
+    strategy = _strategy(model, make_evaluator(progress_bar=False, parameters=False, extra_metrics=[metric]))
+    bm = PermutedMNIST(n_experiences=2, dataset="digits", return_task_id=True)
+    for exp in bm.train_stream:
+        strategy.train(exp)
+    assert metric.history == [16 * 10 + 10, 16 * 10 + 10]
+    names = [k for k in strategy.evaluator.get_all_metrics() if k.startswith("LearnableParams_Exp")]
+    assert names == ["LearnableParams_Exp/train_phase/train_stream/Task000/Exp000",
+                     "LearnableParams_Exp/train_phase/train_stream/Task001/Exp001"]
+
+
+def test_parameters_declared_mode_asks_the_model():
+    class Declaring(torch.nn.Sequential):
+        def params_per_task(self):
+            return 42
+
+    model = Declaring(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    metric = ParametersPerExperience(mode="declared")
+    strategy = _strategy(model, make_evaluator(progress_bar=False, extra_metrics=[metric]))
+    strategy.train(PermutedMNIST(n_experiences=1, dataset="digits").train_stream[0])
+    assert metric.history == [42]
+    with pytest.raises(ValueError, match="mode"):
+        ParametersPerExperience(mode="sometimes")
+
+
+def test_evaluator_writes_csv_and_records_metrics(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    strategy = _strategy(model, make_evaluator(progress_bar=False, csv_dir=tmp_path / "csv", loss=True))
+    bm = PermutedMNIST(n_experiences=2, dataset="digits")
+    evals = []
+    for exp in bm.train_stream:
+        strategy.train(exp)
+        evals.append(strategy.eval(bm.test_stream))
+    assert (tmp_path / "csv" / "eval_results.csv").stat().st_size > 0
+    r = ContinualResults.from_eval(evals)
+    assert r.matrix.shape == (2, 2) and not np.isnan(r.matrix).any()
+    m = accuracy_matrix(strategy.evaluator.get_all_metrics())
+    np.testing.assert_allclose(m, r.matrix)
+    keys = evals[-1].keys()
+    assert any(k.startswith("StreamBWT") for k in keys) and any(k.startswith("Time_Exp") for k in keys)
+
+
+def test_plots_return_figures():
+    r = ContinualResults.from_eval(_evals(), "a")
+    fig = plot_accuracy_matrix(r)
+    assert fig.axes[0].get_xlabel() == "evaluated on experience"
+    assert len(fig.axes[0].texts) == 9
+    fig = plot_final_accuracy([r, ContinualResults(r.matrix * 0.5, "b")])
+    assert len(fig.axes[0].patches) == 6
+    fig = plot_accuracy_curves([r])
+    assert len(fig.axes[0].lines) == 1
