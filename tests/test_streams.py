@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from avalanche.training import EWC, Naive, Replay
+from avalanche.training import EWC, GEM, Naive, Replay
 from avalanche_neuromod.benchmarks import (
     PermutedMNIST,
     RotatedMNIST,
@@ -87,7 +87,7 @@ def test_permuted_avalanche_convention_leaves_first_unpermuted(digits_norm):
 
 def test_permuted_experiences_share_one_base_tensor():
     bm = PermutedMNIST(n_experiences=100, dataset="digits")
-    bases = {e.dataset._flat_data._datasets[0].images.data_ptr() for e in bm.train_stream}
+    bases = {e.dataset.lazy_source.images.data_ptr() for e in bm.train_stream}
     assert len(bases) == 1
 
 
@@ -150,12 +150,13 @@ def _mlp(channels=1):
         (lambda: SplitMNIST(n_experiences=2, dataset="digits"), 3),
     ],
 )
-@pytest.mark.parametrize("strategy_cls", [Naive, EWC, Replay])
+@pytest.mark.parametrize("strategy_cls", [Naive, EWC, Replay, GEM])
 def test_avalanche_strategies_train_and_evaluate(make_bm, channels, strategy_cls):
     torch.manual_seed(0)
     bm = make_bm()
     model = _mlp(channels)
-    extra = {"ewc_lambda": 1.0} if strategy_cls is EWC else {"mem_size": 50} if strategy_cls is Replay else {}
+    extra = {EWC: {"ewc_lambda": 1.0}, Replay: {"mem_size": 50},
+             GEM: {"patterns_per_exp": 16, "memory_strength": 0.5}}.get(strategy_cls, {})
     strategy = strategy_cls(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
         criterion=torch.nn.CrossEntropyLoss(), train_mb_size=64, train_epochs=1, eval_mb_size=256,

@@ -20,7 +20,11 @@ from .mnist360 import (
     mnist360_test_angles,
 )
 from .streams import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
     DATASETS,
+    FASHION_MNIST_MEAN_STD,
+    MNIST_MEAN_STD,
     NeuromodBenchmark,
     PermutedMNIST,
     RotatedMNIST,
@@ -40,6 +44,10 @@ from .tensor_data import (
 )
 
 __all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "FASHION_MNIST_MEAN_STD",
+    "MNIST_MEAN_STD",
     "DATA_ROOT_ENV",
     "DATASETS",
     "DatasetNotFoundError",

@@ -23,7 +23,11 @@ from .sources import PathLike, load_cifar100, load_digits, load_fashion_mnist, l
 from .tensor_data import LazyImageData, make_classification_dataset
 
 __all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
     "DATASETS",
+    "FASHION_MNIST_MEAN_STD",
+    "MNIST_MEAN_STD",
     "NeuromodBenchmark",
     "load_source",
     "RotatedMNIST",
@@ -34,9 +38,13 @@ __all__ = [
 ]
 
 MNIST_MEAN_STD = (0.1307, 0.3081)
+"""Mean and standard deviation of MNIST's training pixels (in [0, 1])."""
 FASHION_MNIST_MEAN_STD = (0.2860, 0.3530)
+"""Mean and standard deviation of Fashion-MNIST's training pixels."""
 CIFAR100_MEAN = (0.491, 0.482, 0.447)
+"""Per-channel mean used by CRWN for Split CIFAR-100."""
 CIFAR100_STD = (0.247, 0.243, 0.262)
+"""Per-channel standard deviation used by CRWN for Split CIFAR-100."""
 
 DATASETS = ("mnist", "fashion_mnist", "digits")
 """The grey-scale 28x28 sources the rotated, permuted and split streams accept."""

@@ -362,6 +362,31 @@ def _constant_value(seq: Any) -> Optional[int]:
     return None
 
 
+def _walk_chain(flat: Any):
+    """Follow single-dataset links down to a :class:`LazyImageData`.
+
+    :return: ``(leaf, index mapping or None, transform-free)``, or None when
+        the chain branches (concatenations) or ends elsewhere.
+    """
+    mapping: Optional[np.ndarray] = None
+    identity = True
+    node: Any = flat
+    while not isinstance(node, LazyImageData):
+        if isinstance(node, AvalancheDataset):
+            node = node._flat_data
+            continue
+        if not isinstance(node, _FlatDataWithTransform) or len(node._datasets) != 1:
+            return None
+        identity = identity and _is_identity(node._transform_groups) and _is_identity(
+            node._frozen_transform_groups
+        )
+        if node._indices is not None:
+            local = np.asarray(node._indices, dtype=np.int64)
+            mapping = local if mapping is None else local[mapping]
+        node = node._datasets[0]
+    return node, mapping, identity
+
+
 class TensorClassificationDataset(ClassificationDataset):
     """An Avalanche ``ClassificationDataset`` with a direct read path.
 
@@ -374,6 +399,12 @@ class TensorClassificationDataset(ClassificationDataset):
 
     _direct_for: Any = None
     _direct: Any = None
+
+    @property
+    def lazy_source(self) -> Optional[LazyImageData]:
+        """The :class:`LazyImageData` this dataset is a chain of subsets of, if any."""
+        chain = _walk_chain(self._flat_data)
+        return None if chain is None else chain[0]
 
     def _resolve_direct(self):
         flat = self._flat_data
@@ -388,25 +419,11 @@ class TensorClassificationDataset(ClassificationDataset):
             task_label = _constant_value(getitem_attrs[0])
             if task_label is None:
                 return None
-        mapping: Optional[np.ndarray] = None
-        node: Any = flat
-        while True:
-            if isinstance(node, AvalancheDataset):
-                node = node._flat_data
-                continue
-            if isinstance(node, LazyImageData):
-                break
-            if not isinstance(node, _FlatDataWithTransform):
-                return None
-            if not (_is_identity(node._transform_groups) and _is_identity(node._frozen_transform_groups)):
-                return None
-            if len(node._datasets) != 1:
-                return None
-            if node._indices is not None:
-                local = np.asarray(node._indices, dtype=np.int64)
-                mapping = local if mapping is None else local[mapping]
-            node = node._datasets[0]
-        self._direct = (node, None if mapping is None else mapping.tolist(), task_label)
+        chain = _walk_chain(flat)
+        if chain is None or not chain[2]:
+            return None
+        leaf, mapping, _ = chain
+        self._direct = (leaf, None if mapping is None else mapping.tolist(), task_label)
         return self._direct
 
     def __getitem__(self, idx):
