@@ -41,7 +41,7 @@ def strategies(epochs: int, batch: int):
 
     def make(cls, **kwargs):
         model = mlp()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         evaluator = make_evaluator(progress_bar=False, parameters=True)
         return cls(model=model, optimizer=optimizer, evaluator=evaluator, **common, **kwargs)
 
@@ -89,7 +89,7 @@ def main() -> None:
         trained = [v for k, (_, vals) in params.items() if k.startswith("LearnableParams_Exp") for v in vals]
         results.append(ContinualResults.from_eval(
             evals, name, seconds=seconds,
-            **{"params/exp": float(sum(trained) / len(trained))} if trained else {},
+            **{"params/exp": int(round(sum(trained) / len(trained)))} if trained else {},
         ))
     bar.close()
 

@@ -126,3 +126,14 @@ def test_plots_return_figures():
     assert len(fig.axes[0].patches) == 6
     fig = plot_accuracy_curves([r])
     assert len(fig.axes[0].lines) == 1
+
+
+def test_evaluator_optional_loggers(tmp_path):
+    from avalanche.logging import InteractiveLogger, TensorboardLogger, TextLogger
+
+    plugin = make_evaluator(tensorboard_dir=tmp_path / "tb", text_log=True)
+    kinds = {type(logger) for logger in plugin.loggers}
+    assert kinds == {InteractiveLogger, TextLogger, TensorboardLogger}
+    assert not make_evaluator(progress_bar=False).loggers
+    names = {str(m) for m in make_evaluator(parameters=True, timing=False, bwt=False).metrics}
+    assert "LearnableParams_Exp" in names and "StreamBWT" not in names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterable, List, Optional, Sequence, Union
 
 from avalanche.evaluation.metrics import (
@@ -86,4 +87,7 @@ def make_evaluator(
         from avalanche.logging import TensorboardLogger
 
         all_loggers.append(TensorboardLogger(tb_log_dir=str(tensorboard_dir)))
-    return EvaluationPlugin(*metrics, loggers=all_loggers, strict_checks=strict_checks)
+    with warnings.catch_warnings():
+        # Storing metrics without printing them is a deliberate choice here.
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(*metrics, loggers=all_loggers, strict_checks=strict_checks)
