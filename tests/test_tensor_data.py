@@ -134,3 +134,20 @@ def test_cache_is_bounded(digits):
             set_cache_budget(0)
     finally:
         _CACHE.budget_bytes = previous
+
+
+def test_fast_collate_equals_default_collate(digits):
+    from torch.utils.data import default_collate
+
+    from avalanche_neuromod.benchmarks.tensor_data import fast_collate
+
+    x, y = digits
+    ds = make_classification_dataset(LazyImageData(x, y, angles=10.0), task_label=2)
+    batch = [ds[i] for i in range(5)]
+    fast, slow = fast_collate(batch), default_collate(batch)
+    assert len(fast) == len(slow) == 3
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b) and a.dtype == b.dtype
+    odd = [(torch.zeros(2), torch.tensor(1)), (torch.ones(2), torch.tensor(0))]
+    assert torch.equal(fast_collate(odd)[1], torch.tensor([1, 0]))
+    assert ds.collate_fn is fast_collate
