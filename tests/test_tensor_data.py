@@ -129,6 +129,7 @@ def test_cache_is_bounded(digits):
             d[0]
         info = cache_info()
         assert info["entries"] == 2 and info["bytes"] <= info["budget_bytes"]
+        assert [d._hot_rows is None for d in datas] == [True, True, True, False, False]
         assert torch.equal(datas[0][0][0], datas[0].materialise()[0])
         with pytest.raises(ValueError, match="budget"):
             set_cache_budget(0)

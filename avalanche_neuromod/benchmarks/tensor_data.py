@@ -152,7 +152,9 @@ class _MaterialisedCache:
         self.budget_bytes = budget_bytes
         # Each entry: the materialised tensor and its rows as a tuple of views
         # (indexing a tuple is 20x cheaper than indexing the tensor per sample).
-        self._items: "OrderedDict[int, Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]]" = OrderedDict()
+        # The owner holds its rows in `_hot_rows` while cached, so reading a
+        # sample skips the lock; eviction clears it through the weak reference.
+        self._items: "OrderedDict[int, Tuple[torch.Tensor, Tuple[torch.Tensor, ...], Any]]" = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -166,7 +168,7 @@ class _MaterialisedCache:
             return entry
 
     def put(self, owner: "LazyImageData", tensor: torch.Tensor):
-        entry = (tensor, tensor.unbind(0))
+        entry = (tensor, tensor.unbind(0), weakref.ref(owner))
         with self._lock:
             self.misses += 1
             key = id(owner)
@@ -175,7 +177,11 @@ class _MaterialisedCache:
             self._items[key] = entry
             self._items.move_to_end(key)
             while len(self._items) > 1 and self.nbytes > self.budget_bytes:
-                self._items.popitem(last=False)
+                _, (_, _, ref) = self._items.popitem(last=False)
+                evicted = ref()
+                if evicted is not None:
+                    evicted._hot_rows = None
+        owner._hot_rows = entry[1]
         return entry
 
     def _drop(self, key: int) -> None:
@@ -184,10 +190,14 @@ class _MaterialisedCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t, _ in self._items.values())
+        return sum(t.element_size() * t.numel() for t, _, _ in self._items.values())
 
     def clear(self) -> None:
         with self._lock:
+            for _, _, ref in self._items.values():
+                owner = ref()
+                if owner is not None:
+                    owner._hot_rows = None
             self._items.clear()
 
 
@@ -362,6 +372,8 @@ class LazyImageData(Dataset):
     collate_fn = staticmethod(fast_collate)
     """Picked up by Avalanche's datasets built on this one."""
 
+    _hot_rows: Optional[Tuple[torch.Tensor, ...]] = None
+
     def _entry(self):
         entry = _CACHE.get(self)
         if entry is None:
@@ -374,7 +386,14 @@ class LazyImageData(Dataset):
 
     def rows(self) -> Tuple[torch.Tensor, ...]:
         """The samples as a tuple of views of :meth:`tensor`."""
-        return self._entry()[1]
+        rows = self._hot_rows
+        return rows if rows is not None else self._entry()[1]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_hot_rows", None)
+        state.pop("_pixel_map_cache", None)
+        return state
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
         return self.rows()[i], self._labels_list[i]
@@ -462,6 +481,13 @@ class TensorClassificationDataset(ClassificationDataset):
         leaf, mapping, _ = chain
         self._direct = (leaf, None if mapping is None else mapping.tolist(), task_label)
         return self._direct
+
+    def subset(self, indices):
+        # Avalanche's task-balanced loader takes subset(range(len)) every
+        # epoch: the same dataset, so skip the extra index layer it would add.
+        if isinstance(indices, range) and indices == range(len(self)):
+            return self
+        return super().subset(indices)
 
     def __getitem__(self, idx):
         if isinstance(idx, (int, np.integer)):

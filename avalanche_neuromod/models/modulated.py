@@ -1,0 +1,207 @@
+"""Neuromodulated layers: fixed random weights, per-task context and random strength.
+
+CRWN (Hong & Pavlic) never trains a layer's weight ``R``. Each task ``t``
+learns only a *context* ``c_t`` shaped like the layer's fan-in (local
+modulation) and one scalar *random strength* ``a_t`` (global modulation):
+
+- linear: ``y = a_t * R (c_t * x)``, i.e. ``W_t = a_t * R * diag(c_t)``;
+- conv: ``W_t = a_t * (R * C_t)`` with ``C_t`` of shape ``(c_in, k, k)``
+  broadcast over the output filters.
+
+``R`` is a registered buffer, not a parameter, so no optimiser (Avalanche's
+adds every parameter of the model) can ever touch it. A batch may mix task
+labels: each sample gathers its own context in one vectorised pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["derive_generator", "TaskModulation", "ModulatedLinear", "ModulatedConv2d"]
+
+INITS = ("gaussian", "pytorch")
+
+
+def derive_generator(*keys: int) -> torch.Generator:
+    """A torch generator seeded from a tuple of integers (seed, layer, task...).
+
+    Distinct key tuples give statistically independent streams, so a task's
+    context is the same whatever else was drawn before it.
+
+    :param keys: non-negative integers.
+    """
+    seed = int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class TaskModulation(nn.Module):
+    """Per-task contexts and random strengths of one layer.
+
+    A new task's context is drawn from a xavier-normal distribution for a
+    ``(1, fan_in)`` matrix, std ``sqrt(2 / (fan_in + 1))``; its random
+    strength from ``N(0, 1)``.
+
+    :param context_shape: shape of one task's context.
+    :param seed: seed of the layer; task ``t`` draws from ``(seed, t)``.
+    :param local_only: keep the random strengths fixed (the paper's
+        "local only" ablation): they stay at their random initial value.
+    """
+
+    def __init__(self, context_shape: Sequence[int], seed: int = 0, local_only: bool = False):
+        super().__init__()
+        self.context_shape = tuple(int(s) for s in context_shape)
+        self.seed = int(seed)
+        self.local_only = bool(local_only)
+        self.contexts = nn.ParameterList()
+        self.strengths = nn.ParameterList()
+
+    @property
+    def n_tasks(self) -> int:
+        """Number of tasks this layer holds parameters for."""
+        return len(self.contexts)
+
+    def add_task(self) -> int:
+        """Create the next task's context and strength; return its index."""
+        task = self.n_tasks
+        g = derive_generator(self.seed, task)
+        fan_in = math.prod(self.context_shape)
+        std = math.sqrt(2.0 / (fan_in + 1))
+        context = torch.randn(self.context_shape, generator=g) * std
+        strength = torch.randn(1, generator=g)
+        device = self._device()
+        self.contexts.append(nn.Parameter(context.to(device)))
+        self.strengths.append(nn.Parameter(strength.to(device), requires_grad=not self.local_only))
+        return task
+
+    def _device(self) -> torch.device:
+        for p in self.contexts:
+            return p.device
+        return torch.device("cpu")
+
+    def task_parameters(self, task: int) -> List[nn.Parameter]:
+        """The learnable parameters of ``task`` in this layer."""
+        params = [self.contexts[task]]
+        if not self.local_only:
+            params.append(self.strengths[task])
+        return params
+
+    def params_per_task(self) -> int:
+        """Learnable scalars per task: the context plus the strength (if learned)."""
+        return math.prod(self.context_shape) + (0 if self.local_only else 1)
+
+    def gather(self, task_labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Context and strength of every sample.
+
+        Only the tasks present in the batch enter the graph, so no gradient
+        ever reaches another task's parameters.
+
+        :param task_labels: ``(B,)`` task label of each sample.
+        :return: contexts ``(B or 1, *context_shape)`` and strengths ``(B or 1,)``.
+        """
+        uniq, inverse = torch.unique(task_labels, return_inverse=True)
+        if len(uniq) == 1:
+            t = int(uniq[0])
+            return self.contexts[t].unsqueeze(0), self.strengths[t]
+        tasks = uniq.tolist()
+        contexts = torch.stack([self.contexts[t] for t in tasks])[inverse]
+        strengths = torch.cat([self.strengths[t] for t in tasks])[inverse]
+        return contexts, strengths
+
+
+def _random_weight(shape: Sequence[int], fan_in: int, init: str, generator: torch.Generator) -> torch.Tensor:
+    if init == "gaussian":
+        return torch.randn(tuple(shape), generator=generator)
+    if init == "pytorch":
+        # nn.Linear / nn.Conv2d default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        bound = 1.0 / math.sqrt(fan_in)
+        return torch.rand(tuple(shape), generator=generator) * (2 * bound) - bound
+    raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+
+
+class ModulatedLinear(nn.Module):
+    """``y = a_t * R (c_t * x)`` with a fixed random ``R`` and no bias.
+
+    :param in_features: input size.
+    :param out_features: output size.
+    :param init: ``"gaussian"`` (zero-mean, unit-variance ``R``, the paper)
+        or ``"pytorch"`` (``nn.Linear``'s default uniform).
+    :param seed: seed of ``R`` and of the per-task initialisations.
+    :param local_only: keep random strengths fixed.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, init: str = "gaussian",
+                 seed: int = 0, local_only: bool = False):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer(
+            "weight", _random_weight((out_features, in_features), in_features, init, derive_generator(seed))
+        )
+        self.modulation = TaskModulation((in_features,), seed=seed + 1, local_only=local_only)
+
+    def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
+        contexts, strengths = self.modulation.gather(task_labels)
+        return F.linear(x * contexts, self.weight) * strengths.unsqueeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, tasks={self.modulation.n_tasks}"
+
+
+class ModulatedConv2d(nn.Module):
+    """``W_t = a_t * (R * C_t)``: a fixed random kernel modulated per task.
+
+    ``C_t`` has shape ``(c_in, k, k)`` and is shared by all output filters.
+    Because the kernel differs per task, a mixed batch runs one grouped
+    convolution per task present.
+
+    :param in_channels: input channels.
+    :param out_channels: output channels.
+    :param kernel_size: square kernel side.
+    :param stride: convolution stride.
+    :param padding: convolution padding.
+    :param init: ``"gaussian"`` or ``"pytorch"``.
+    :param seed: seed of ``R`` and of the per-task initialisations.
+    :param local_only: keep random strengths fixed.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
+                 padding: int = 0, init: str = "gaussian", seed: int = 0, local_only: bool = False):
+        super().__init__()
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        fan_in = in_channels * kernel_size * kernel_size
+        self.register_buffer(
+            "weight",
+            _random_weight((out_channels, in_channels, kernel_size, kernel_size), fan_in, init, derive_generator(seed)),
+        )
+        self.modulation = TaskModulation((in_channels, kernel_size, kernel_size), seed=seed + 1, local_only=local_only)
+
+    def _conv(self, x: torch.Tensor, task: int) -> torch.Tensor:
+        kernel = self.weight * self.modulation.contexts[task].unsqueeze(0) * self.modulation.strengths[task]
+        return F.conv2d(x, kernel, stride=self.stride, padding=self.padding)
+
+    def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
+        uniq = torch.unique(task_labels)
+        if len(uniq) == 1:
+            return self._conv(x, int(uniq[0]))
+        out: Optional[torch.Tensor] = None
+        for t in uniq.tolist():
+            mask = task_labels == t
+            part = self._conv(x[mask], t)
+            if out is None:
+                out = part.new_empty((x.shape[0],) + part.shape[1:])
+            out[mask] = part
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, tasks={self.modulation.n_tasks}")

@@ -1,0 +1,5 @@
+"""Strategies and plugins."""
+
+from .crwn import CRWN
+
+__all__ = ["CRWN"]

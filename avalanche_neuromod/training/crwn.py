@@ -1,0 +1,197 @@
+"""CRWN training: each experience learns only its task's contexts and strengths.
+
+For every training experience the strategy selects the experience's task,
+builds a fresh optimiser over just that task's parameters (RMSProp, lr 0.01
+by default), trains for a fixed number of mini-batches (the paper's 1,000 of
+128) or epochs, and freezes them. Nothing shared is ever updated, so the
+outputs of earlier tasks never change: zero forgetting by construction.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, Optional, Sequence, Type, Union
+
+import torch
+from torch import nn
+
+from avalanche.training.plugins.evaluation import default_evaluator
+from avalanche.training.templates import SupervisedTemplate
+
+from ..models.crwn import CRWNModule
+
+__all__ = ["CRWN"]
+
+
+class CRWN(SupervisedTemplate):
+    """Task-incremental training of a CRWN network (FlyNet, NeuroModNet).
+
+    Works with Avalanche's evaluators, loggers and plugins like any
+    ``SupervisedTemplate``. The benchmark must give task ids
+    (``return_task_id=True``), one new task label per training experience.
+
+    :param model: a :class:`~avalanche_neuromod.models.CRWNModule`.
+    :param optimizer_cls: the torch optimiser built for every task.
+    :param optimizer_kwargs: its arguments (default ``{"lr": 0.01}``).
+    :param n_iterations: mini-batches per task (the paper: 1,000); None
+        trains ``train_epochs`` full epochs instead.
+    :param criterion: loss (default cross-entropy).
+    :param train_mb_size: training batch size (the paper: 128).
+    :param train_epochs: epochs per task when ``n_iterations`` is None.
+    :param eval_mb_size: evaluation batch size.
+    :param device: torch device.
+    :param plugins: Avalanche plugins.
+    :param evaluator: Avalanche evaluation plugin.
+    :param eval_every: Avalanche's periodic evaluation setting.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: CRWNModule,
+        optimizer_cls: Type[torch.optim.Optimizer] = torch.optim.RMSprop,
+        optimizer_kwargs: Optional[Dict[str, Any]] = None,
+        n_iterations: Optional[int] = 1000,
+        criterion: Optional[nn.Module] = None,
+        train_mb_size: int = 128,
+        train_epochs: int = 1,
+        eval_mb_size: int = 256,
+        device: Any = "cpu",
+        plugins: Optional[Sequence[Any]] = None,
+        evaluator: Any = default_evaluator,
+        eval_every: int = -1,
+        **base_kwargs: Any,
+    ):
+        if not isinstance(model, CRWNModule):
+            raise TypeError(
+                f"CRWN trains CRWN networks (FlyNet, NeuroModNet); got {type(model).__name__}. "
+                f"Use avalanche_neuromod.models.FlyNet or NeuroModNet."
+            )
+        if n_iterations is not None and n_iterations < 1:
+            raise ValueError(f"n_iterations must be positive or None, got {n_iterations}.")
+        self.optimizer_cls = optimizer_cls
+        self.optimizer_kwargs = dict(optimizer_kwargs if optimizer_kwargs is not None else {"lr": 0.01})
+        self.n_iterations = n_iterations
+        self._iterations_in_task = 0
+        # A real optimiser is built per task in make_optimizer; until the first
+        # task exists, the template needs one to hold.
+        placeholder = optimizer_cls([nn.Parameter(torch.zeros(1))], **self.optimizer_kwargs)
+        super().__init__(
+            model=model,
+            optimizer=placeholder,
+            criterion=criterion if criterion is not None else nn.CrossEntropyLoss(),
+            train_mb_size=train_mb_size,
+            train_epochs=train_epochs,
+            eval_mb_size=eval_mb_size,
+            device=device,
+            plugins=list(plugins) if plugins else None,
+            evaluator=evaluator,
+            eval_every=eval_every,
+            **base_kwargs,
+        )
+
+    @property
+    def current_task(self) -> int:
+        """The task label of the experience being trained or evaluated."""
+        labels = getattr(self.experience, "task_labels", None)
+        if labels is None or not hasattr(self.experience.dataset, "targets_task_labels"):
+            raise ValueError(
+                "CRWN needs the task id of every experience, and this one has no task "
+                "labels: build the benchmark with return_task_id=True."
+            )
+        if len(labels) != 1:
+            raise ValueError(
+                f"a CRWN training experience must hold exactly one task, got task labels {list(labels)}."
+            )
+        return int(labels[0])
+
+    def make_optimizer(self, **kwargs: Any) -> None:
+        """A fresh optimiser over the current task's contexts and strengths only."""
+        task = self.current_task
+        if task >= self.model.n_tasks:
+            return  # called once before the model grew; called again after
+        params = [p for p in self.model.task_parameters(task) if p.requires_grad]
+        if not params:
+            raise ValueError(
+                f"task {task} was already learned and its parameters are frozen. Every "
+                f"training experience needs a new task label (return_task_id=True), or "
+                f"train on a fresh model."
+            )
+        self.optimizer = self.optimizer_cls(params, **self.optimizer_kwargs)
+        self.optimized_param_id = {}
+
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        self.current_task  # fails early, with the fix, on experiences without task ids
+        self._iterations_in_task = 0
+        super()._before_training_exp(**kwargs)
+        if self.n_iterations is not None:
+            self.train_epochs = math.ceil(self.n_iterations / max(1, len(self.dataloader)))
+
+    def _before_eval_exp(self, **kwargs: Any) -> None:
+        labels = getattr(self.experience, "task_labels", None)
+        if labels is None or not hasattr(self.experience.dataset, "targets_task_labels"):
+            raise ValueError(
+                "CRWN evaluates each sample under its task id, and this experience has "
+                "no task labels: build the benchmark with return_task_id=True."
+            )
+        super()._before_eval_exp(**kwargs)
+
+    def backward(self) -> None:
+        if not torch.isfinite(self.loss).all():
+            raise FloatingPointError(
+                f"the loss became {self.loss.item()} at iteration {self._iterations_in_task} "
+                f"of task {self.current_task}: lower the learning rate "
+                f"(optimizer_kwargs={{'lr': ...}}, now {self.optimizer_kwargs})."
+            )
+        super().backward()
+
+    def _after_training_iteration(self, **kwargs: Any) -> None:
+        self._iterations_in_task += 1
+        if self.n_iterations is not None and self._iterations_in_task >= self.n_iterations:
+            self.stop_training()
+        super()._after_training_iteration(**kwargs)
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        self.model.freeze_task(self.current_task)
+        super()._after_training_exp(**kwargs)
+
+    _CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs",
+                     "train_exp_iterations", "train_epoch_iterations", "total_iterations")
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to resume between experiences.
+
+        The model's state (fixed weights, every task's context and strength,
+        the trained tasks), the strategy's clock, and torch's random state, so
+        a resumed run draws the same mini-batches as an uninterrupted one.
+        """
+        clock = {k: int(getattr(self.clock, k)) for k in self._CLOCK_FIELDS if hasattr(self.clock, k)}
+        return {"model": self.model.state_dict(), "clock": clock, "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (the model grows as needed).
+
+        :param state: a dictionary from :meth:`state_dict`.
+        """
+        self.model.load_state_dict(state["model"])
+        for task in self.model.trained_tasks:
+            self.model.freeze_task(task)
+        for key, value in state.get("clock", {}).items():
+            setattr(self.clock, key, value)
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
+
+    def save_checkpoint(self, path: Union[str, os.PathLike]) -> None:
+        """Write :meth:`state_dict` to ``path`` (a plain ``torch.save``).
+
+        :param path: file to write.
+        """
+        torch.save(self.state_dict(), path)
+
+    def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
+        """Resume from a file written by :meth:`save_checkpoint`.
+
+        :param path: file to read (loaded with ``weights_only=True``).
+        """
+        self.load_state_dict(torch.load(path, weights_only=True))

@@ -1,0 +1,226 @@
+"""CRWN: layer math, parameter counts, zero forgetting, isolation of tasks, errors, resume."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from avalanche_neuromod.benchmarks import RotatedMNIST
+from avalanche_neuromod.evaluation import ParametersPerExperience, make_evaluator
+from avalanche_neuromod.models import FlyNet, ModulatedConv2d, ModulatedLinear, NeuroModNet, SparseFlyEncoder
+from avalanche_neuromod.training import CRWN
+
+
+@pytest.fixture(scope="module")
+def rotated():
+    return RotatedMNIST(n_experiences=3, dataset="digits", return_task_id=True)
+
+
+def _grown(model, n, trained=True):
+    model.ensure_tasks(n)
+    if trained:
+        model.known_train_tasks_labels = set(range(n))
+    return model
+
+
+def _strategy(model, iterations=30, **kwargs):
+    return CRWN(model=model, n_iterations=iterations, train_mb_size=64,
+                evaluator=make_evaluator(progress_bar=False, **kwargs.pop("evaluator_kwargs", {})), **kwargs)
+
+
+@pytest.mark.parametrize("expansion, expected", [(10, 7841), (20, 15681), (30, 23521), (40, 31361)])
+def test_flynet_params_per_task(expansion, expected):
+    model = _grown(FlyNet(expansion), 1)
+    assert model.params_per_task() == expected
+    assert sum(p.numel() for p in model.task_parameters(0)) == expected
+
+
+def test_neuromodnet_params_per_task_and_local_only():
+    assert _grown(NeuroModNet((4096, 4096)), 1).params_per_task() == 8979
+    assert _grown(NeuroModNet((256, 256)), 1).params_per_task() == 1299
+    local = _grown(NeuroModNet((256, 256), local_only=True), 1)
+    assert local.params_per_task() == 1296
+    assert all(not s.requires_grad for m in local.modulations() for s in m.strengths)
+
+
+def test_random_weights_are_buffers_not_parameters():
+    model = _grown(NeuroModNet((32,)), 2)
+    names = [n for n, _ in model.named_parameters()]
+    assert all(".modulation." in n for n in names)
+    assert {n for n, _ in model.named_buffers()} == {"layers.0.weight", "layers.1.weight"}
+    assert sum(p.numel() for p in model.parameters()) == 2 * model.params_per_task()
+
+
+def test_modulated_linear_is_a_t_R_diag_c_t():
+    layer = ModulatedLinear(5, 3, seed=1)
+    layer.modulation.add_task()
+    layer.modulation.add_task()
+    x = torch.randn(4, 5)
+    c, a = layer.modulation.contexts[1], layer.modulation.strengths[1]
+    expected = x @ (a * layer.weight * c.unsqueeze(0)).t()
+    assert torch.allclose(layer(x, torch.ones(4, dtype=torch.long)), expected, atol=1e-6)
+
+
+def test_modulated_conv_is_a_t_R_times_C_t():
+    conv = ModulatedConv2d(2, 4, 3, padding=1, seed=3)
+    for _ in range(2):
+        conv.modulation.add_task()
+    x = torch.randn(5, 2, 6, 6)
+    tasks = torch.tensor([0, 1, 1, 0, 1])
+    out = conv(x, tasks)
+    for t in (0, 1):
+        kernel = conv.modulation.strengths[t] * (conv.weight * conv.modulation.contexts[t].unsqueeze(0))
+        ref = F.conv2d(x[tasks == t], kernel, padding=1)
+        assert torch.allclose(out[tasks == t], ref, atol=1e-5)
+
+
+def test_context_initialisation_and_seeds():
+    a, b, c = (_grown(NeuroModNet((64,), seed=s), 2) for s in (0, 0, 1))
+    assert torch.equal(a.layers[0].weight, b.layers[0].weight)
+    assert not torch.equal(a.layers[0].weight, c.layers[0].weight)
+    assert torch.equal(a.layers[0].modulation.contexts[1], b.layers[0].modulation.contexts[1])
+    assert not torch.equal(a.layers[0].modulation.contexts[0], a.layers[0].modulation.contexts[1])
+    big = _grown(NeuroModNet((4096,)), 1)
+    std = big.layers[1].modulation.contexts[0].std().item()
+    assert abs(std - math.sqrt(2 / 4097)) < 0.1 * math.sqrt(2 / 4097)
+    uniform = NeuroModNet((64,), init="pytorch").layers[0].weight
+    assert uniform.abs().max() <= 1 / math.sqrt(784)
+    with pytest.raises(ValueError, match="init"):
+        NeuroModNet(init="xavier")
+
+
+def test_fly_encoder_definition():
+    enc = SparseFlyEncoder(20, 50, inputs_per_unit=7, seed=0)
+    rows = enc.connections
+    assert rows.shape == (50, 7)
+    assert all(len(set(r.tolist())) == 7 for r in rows)
+    dense = torch.zeros(50, 20)
+    dense[torch.arange(50).repeat_interleave(7), rows.reshape(-1)] = 1.0
+    x = torch.randn(8, 20)
+    h = x @ dense.t()
+    assert torch.allclose(enc(x), torch.relu(h - h.mean(dim=1, keepdim=True)), atol=1e-5)
+    with pytest.raises(ValueError, match="inputs_per_unit"):
+        SparseFlyEncoder(5, 10, inputs_per_unit=6)
+
+
+@pytest.mark.parametrize("make", [lambda: FlyNet(2), lambda: NeuroModNet((64, 64))])
+def test_mixed_task_batch_equals_per_task_runs(make):
+    model = _grown(make(), 3).eval()
+    x = torch.randn(12, 1, 28, 28)
+    tasks = torch.tensor([0, 2, 1, 1, 0, 2, 2, 0, 1, 0, 1, 2])
+    mixed = model(x, tasks)
+    for t in range(3):
+        alone = model(x[tasks == t], t)
+        # Same math; only BLAS's summation order changes with the batch size.
+        assert torch.allclose(mixed[tasks == t], alone, rtol=1e-6, atol=1e-5)
+
+
+def test_gradients_reach_only_the_current_task():
+    model = _grown(NeuroModNet((32,)), 3).train()
+    loss = model(torch.randn(4, 1, 28, 28), torch.full((4,), 1)).sum()
+    loss.backward()
+    for m in model.modulations():
+        assert m.contexts[1].grad is not None and m.contexts[1].grad.abs().sum() > 0
+        assert m.contexts[0].grad is None and m.contexts[2].grad is None
+        assert m.strengths[0].grad is None and m.strengths[2].grad is None
+
+
+@pytest.mark.parametrize("make", [lambda: FlyNet(1), lambda: NeuroModNet((64, 64))])
+def test_zero_forgetting_is_exact(rotated, make):
+    torch.manual_seed(0)
+    model = make()
+    strategy = _strategy(model)
+    probe = torch.stack([rotated.test_stream[0].dataset[i][0] for i in range(64)])
+    before = {}
+    for exp in rotated.train_stream:
+        strategy.train(exp)
+        model.eval()
+        with torch.no_grad():
+            before[exp.task_label] = model(probe, exp.task_label)
+            for t, out in before.items():
+                assert torch.equal(model(probe, t), out), f"task {t} changed"
+    assert model.trained_tasks == [0, 1, 2]
+    assert all(not p.requires_grad for t in range(3) for p in model.task_parameters(t))
+
+
+def test_crwn_trains_the_iteration_budget_with_rmsprop(rotated):
+    model = FlyNet(1)
+    metric = ParametersPerExperience(mode="declared")
+    strategy = _strategy(model, iterations=25, evaluator_kwargs={"extra_metrics": [metric]})
+    strategy.train(rotated.train_stream[0])
+    assert strategy.clock.train_exp_iterations == 25
+    assert isinstance(strategy.optimizer, torch.optim.RMSprop)
+    assert strategy.optimizer.param_groups[0]["lr"] == 0.01
+    assert {id(p) for g in strategy.optimizer.param_groups for p in g["params"]} == {id(p) for p in model.task_parameters(0)}
+    assert metric.history == [785]
+    res = strategy.eval(rotated.test_stream[:1])
+    assert res["Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"] > 0.5
+
+
+def test_epoch_mode_and_other_optimisers(rotated):
+    model = NeuroModNet((32,))
+    strategy = CRWN(model=model, n_iterations=None, train_epochs=1, train_mb_size=200,
+                    optimizer_cls=torch.optim.Adam, optimizer_kwargs={"lr": 0.05},
+                    evaluator=make_evaluator(progress_bar=False))
+    strategy.train(rotated.train_stream[0])
+    assert strategy.clock.train_exp_iterations == math.ceil(1347 / 200)
+    assert isinstance(strategy.optimizer, torch.optim.Adam)
+
+
+def test_missing_and_untrained_task_ids_are_errors(rotated):
+    model = FlyNet(1)
+    strategy = _strategy(model, iterations=3)
+    strategy.train(rotated.train_stream[0])
+    with pytest.raises(ValueError, match="never trained|out of range"):
+        strategy.eval(rotated.test_stream[1:2])
+    with pytest.raises(ValueError, match="task id"):
+        model.eval()(torch.zeros(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="2 task labels for a batch of 3"):
+        model(torch.zeros(3, 1, 28, 28), torch.tensor([0, 0]))
+    no_ids = RotatedMNIST(n_experiences=2, dataset="digits")
+    fresh = _strategy(FlyNet(1), iterations=3)
+    fresh.train(no_ids.train_stream[0])
+    with pytest.raises(ValueError, match="return_task_id=True"):
+        fresh.train(no_ids.train_stream[1])
+
+
+def test_wrong_model_and_arguments():
+    with pytest.raises(TypeError, match="FlyNet or NeuroModNet"):
+        CRWN(model=torch.nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="n_iterations"):
+        CRWN(model=FlyNet(1), n_iterations=0)
+    with pytest.raises(ValueError, match="expansion"):
+        FlyNet(0)
+
+
+def test_nan_loss_is_reported(rotated):
+    class NanLoss(torch.nn.Module):
+        def forward(self, out, y):
+            return out.sum() * float("nan")
+
+    strategy = _strategy(FlyNet(1), iterations=3, criterion=NanLoss())
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        strategy.train(rotated.train_stream[0])
+
+
+def test_checkpoint_and_resume_give_identical_results(rotated, tmp_path):
+    def run(resume_after=None):
+        torch.manual_seed(0)
+        strategy = _strategy(NeuroModNet((32,), seed=4), iterations=20)
+        for exp in rotated.train_stream:
+            if resume_after is not None and exp.current_experience == resume_after + 1:
+                strategy.save_checkpoint(tmp_path / "crwn.pt")
+                torch.manual_seed(1234)  # the killed process's RNG is gone
+                strategy = _strategy(NeuroModNet((32,), seed=4), iterations=20)
+                strategy.load_checkpoint(tmp_path / "crwn.pt")
+                assert strategy.model.trained_tasks == list(range(resume_after + 1))
+            strategy.train(exp)
+        return strategy.model.state_dict()
+
+    uninterrupted, resumed = run(), run(resume_after=0)
+    assert uninterrupted.keys() == resumed.keys()
+    for key in uninterrupted:
+        if key != "_extra_state":
+            assert torch.equal(uninterrupted[key], resumed[key]), key
+    assert uninterrupted["_extra_state"] == resumed["_extra_state"]
