@@ -224,3 +224,64 @@ def test_checkpoint_and_resume_give_identical_results(rotated, tmp_path):
         if key != "_extra_state":
             assert torch.equal(uninterrupted[key], resumed[key]), key
     assert uninterrupted["_extra_state"] == resumed["_extra_state"]
+
+
+def test_context_similarity_and_plot():
+    from avalanche_neuromod.analysis import context_similarity, plot_context_similarity
+
+    model = _grown(NeuroModNet((16,)), 3)
+    with torch.no_grad():
+        for m in model.modulations():
+            m.contexts[2].copy_(m.contexts[0] * 3.0)
+    sim = context_similarity(model)
+    assert sim.shape == (3, 3)
+    assert sim[0, 2] == pytest.approx(1.0) and sim[0, 0] == pytest.approx(1.0)
+    assert abs(sim[0, 1]) < 0.5
+    last = context_similarity(model, layer=-1, tasks=[1, 0])
+    assert last.shape == (2, 2)
+    with pytest.raises(ValueError, match="layer"):
+        context_similarity(model, layer=5)
+    fig = plot_context_similarity(model, labels=["0", "10", "20"])
+    assert fig.axes[0].get_title() == "context similarity between tasks"
+
+
+@pytest.mark.parametrize("width, contexts", [(1, 4947), (2, 9867), (4, 19707), (6, 29547)])
+def test_resnet_context_counts(width, contexts):
+    from avalanche_neuromod.models import NeuroModResNet18
+
+    model = _grown(NeuroModResNet18(width), 1)
+    assert model.context_params_per_task() == contexts
+    assert model.params_per_task() == contexts + 21  # one random strength per modulated layer
+
+
+def test_resnet_zero_forgetting_with_per_task_batch_norm():
+    from avalanche_neuromod.models import NeuroModResNet18
+
+    torch.manual_seed(0)
+    model = _grown(NeuroModResNet18(1, n_classes=5), 1)
+    x = torch.randn(16, 3, 32, 32)
+    y = torch.randint(0, 5, (16,))
+
+    def train(task):
+        model.train()
+        opt = torch.optim.RMSprop(model.task_parameters(task), lr=0.01)
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x, task), y).backward()
+            opt.step()
+        model.freeze_task(task)
+
+    train(0)
+    model.eval()
+    with torch.no_grad():
+        before = model(x, 0)
+    model.ensure_tasks(2)
+    model.known_train_tasks_labels.add(1)
+    train(1)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x, 0), before)
+        mixed = model(x, torch.tensor([0, 1] * 8))
+        assert torch.allclose(mixed[::2], before[::2], atol=1e-5)
+    assert len(model.bn1.norms) == 2
+    assert not any(p.requires_grad for p in model.parameters())

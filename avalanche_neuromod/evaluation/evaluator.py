@@ -28,7 +28,7 @@ def make_evaluator(
     bwt: bool = True,
     timing: bool = True,
     loss: bool = False,
-    parameters: bool = False,
+    parameters: Union[bool, str] = False,
     progress_bar: bool = True,
     text_log: bool = False,
     csv_dir: Optional[Union[str, os.PathLike]] = None,
@@ -50,7 +50,9 @@ def make_evaluator(
     :param timing: seconds per epoch (train) and per experience (eval).
     :param loss: experience and stream loss.
     :param parameters: learnable parameters per training experience
-        (:class:`~avalanche_neuromod.evaluation.ParametersPerExperience`).
+        (:class:`~avalanche_neuromod.evaluation.ParametersPerExperience`):
+        True or ``"changed"`` counts what training changed, ``"declared"``
+        asks the model (CRWN networks' ``params_per_task()``).
     :param progress_bar: log with Avalanche's interactive progress bar; when
         False and no other logger is given, metrics are only stored.
     :param text_log: also print every metric value as text.
@@ -72,7 +74,7 @@ def make_evaluator(
     if timing:
         metrics += timing_metrics(epoch=True, experience=True)
     if parameters:
-        metrics.append(ParametersPerExperience())
+        metrics.append(ParametersPerExperience("changed" if parameters is True else parameters))
     metrics += list(extra_metrics)
 
     all_loggers: List[BaseLogger] = list(loggers or [])

@@ -97,15 +97,17 @@ class ContinualResults:
     extras: Dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_eval(cls, results, name: str = "", stream: str = "test_stream", **extras) -> "ContinualResults":
+    def from_eval(cls, results, name: str = "", stream: str = "test_stream",
+                  n_experiences: Optional[int] = None, **extras) -> "ContinualResults":
         """Build from what ``strategy.eval`` returned after each experience.
 
         :param results: see :func:`accuracy_matrix`.
         :param name: label.
         :param stream: evaluated stream name.
+        :param n_experiences: number of columns (default: inferred).
         :param extras: extra numbers for tables.
         """
-        return cls(accuracy_matrix(results, stream), name, dict(extras))
+        return cls(accuracy_matrix(results, stream, n_experiences), name, dict(extras))
 
     @property
     def final_accuracies(self) -> np.ndarray:
@@ -114,7 +116,7 @@ class ContinualResults:
 
     @property
     def average_accuracy(self) -> float:
-        """Mean final accuracy over the experiences evaluated."""
+        """Mean final accuracy over the experiences evaluated at the end."""
         return float(np.nanmean(self.final_accuracies))
 
     @property

@@ -1,7 +1,7 @@
 """Networks: neuromodulated layers and the CRWN models (FlyNet, NeuroModNet)."""
 
-from .crwn import CRWNModule, FlyNet, NeuroModNet, SparseFlyEncoder
-from .modulated import ModulatedConv2d, ModulatedLinear, TaskModulation, derive_generator
+from .crwn import CRWNModule, FlyNet, NeuroModNet, NeuroModResNet18, SparseFlyEncoder
+from .modulated import ModulatedConv2d, ModulatedLinear, TaskBatchNorm2d, TaskModulation, derive_generator
 
 __all__ = [
     "CRWNModule",
@@ -9,7 +9,9 @@ __all__ = [
     "ModulatedConv2d",
     "ModulatedLinear",
     "NeuroModNet",
+    "NeuroModResNet18",
     "SparseFlyEncoder",
+    "TaskBatchNorm2d",
     "TaskModulation",
     "derive_generator",
 ]

@@ -8,6 +8,7 @@ label (training only), and refuse a task label they were never trained on.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Dict, List, Sequence, Union
 
@@ -17,9 +18,9 @@ from torch import nn
 
 from avalanche.models import MultiTaskModule
 
-from .modulated import ModulatedLinear, TaskModulation, derive_generator
+from .modulated import ModulatedConv2d, ModulatedLinear, TaskBatchNorm2d, TaskModulation, derive_generator
 
-__all__ = ["CRWNModule", "SparseFlyEncoder", "FlyNet", "NeuroModNet"]
+__all__ = ["CRWNModule", "SparseFlyEncoder", "FlyNet", "NeuroModNet", "NeuroModResNet18"]
 
 
 class CRWNModule(MultiTaskModule):
@@ -44,8 +45,9 @@ class CRWNModule(MultiTaskModule):
         return sorted(self.known_train_tasks_labels)
 
     def add_task(self) -> int:
-        """Grow every modulated layer by one task; return the new task's index."""
-        indices = {m.add_task() for m in self.modulations()}
+        """Grow every per-task module (contexts, batch-norm statistics) by one task."""
+        growing = [m for m in self.modules() if isinstance(m, (TaskModulation, TaskBatchNorm2d))]
+        indices = {m.add_task() for m in growing}
         (task,) = indices
         return task
 
@@ -254,3 +256,79 @@ class NeuroModNet(CRWNModule):
             if i < len(self.layers) - 1:
                 h = F.relu(h)
         return h
+
+
+class _ModulatedBasicBlock(nn.Module):
+    """ResNet basic block with modulated convolutions and per-task batch norm."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, make_conv):
+        super().__init__()
+        self.conv1 = make_conv(in_planes, planes, 3, stride=stride, padding=1)
+        self.bn1 = TaskBatchNorm2d(planes)
+        self.conv2 = make_conv(planes, planes, 3, stride=1, padding=1)
+        self.bn2 = TaskBatchNorm2d(planes)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = make_conv(in_planes, planes, 1, stride=stride, padding=0)
+            self.shortcut_bn = TaskBatchNorm2d(planes)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x, t), t))
+        out = self.bn2(self.conv2(out, t), t)
+        skip = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x, t), t)
+        return F.relu(out + skip)
+
+
+class NeuroModResNet18(CRWNModule):
+    """NeuroModNet, convolutional: the reduced ResNet-18 of GEM/SupSup, every layer modulated.
+
+    ``nf = 10 * width`` filters in the first stage (the "reduced" net halves
+    GEM's 20), stages of ``nf, 2nf, 4nf, 8nf`` with two basic blocks each,
+    global average pooling and a modulated linear output. Batch norm keeps
+    per-task running statistics with no affine parameters. Per task it learns
+    the contexts (4,947 / 9,867 / 19,707 / 29,547 for width 1 / 2 / 4 / 6)
+    plus one random strength for each of its 21 modulated layers.
+
+    :param width: width multiplier (1d, 2d, 4d, 6d in the paper).
+    :param n_classes: outputs.
+    :param in_channels: input channels (3 for CIFAR).
+    :param init: ``R``'s distribution, ``"gaussian"`` or ``"pytorch"``.
+    :param local_only: keep random strengths fixed.
+    :param seed: seed of every ``R`` and of the task initialisations.
+    """
+
+    def __init__(self, width: int = 1, *, n_classes: int = 10, in_channels: int = 3,
+                 init: str = "gaussian", local_only: bool = False, seed: int = 0):
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"width must be a positive integer, got {width}.")
+        self.width = width
+        nf = 10 * width
+        counter = iter(range(1, 10_000))
+
+        def make_conv(c_in: int, c_out: int, k: int, stride: int, padding: int) -> ModulatedConv2d:
+            return ModulatedConv2d(c_in, c_out, k, stride=stride, padding=padding, init=init,
+                                   seed=seed + 1000 * next(counter), local_only=local_only)
+
+        self.conv1 = make_conv(in_channels, nf, 3, stride=1, padding=1)
+        self.bn1 = TaskBatchNorm2d(nf)
+        blocks = []
+        in_planes = nf
+        for planes, stride in ((nf, 1), (2 * nf, 2), (4 * nf, 2), (8 * nf, 2)):
+            for s in (stride, 1):
+                blocks.append(_ModulatedBasicBlock(in_planes, planes, s, make_conv))
+                in_planes = planes
+        self.blocks = nn.ModuleList(blocks)
+        self.linear = ModulatedLinear(8 * nf, n_classes, init=init, seed=seed + 1000 * next(counter),
+                                      local_only=local_only)
+
+    def context_params_per_task(self) -> int:
+        """Context entries per task, without the random strengths."""
+        return sum(math.prod(m.context_shape) for m in self.modulations())
+
+    def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x, task_labels), task_labels))
+        for block in self.blocks:
+            out = block(out, task_labels)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out, task_labels)

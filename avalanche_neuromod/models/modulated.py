@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["derive_generator", "TaskModulation", "ModulatedLinear", "ModulatedConv2d"]
+__all__ = ["derive_generator", "TaskModulation", "ModulatedLinear", "ModulatedConv2d", "TaskBatchNorm2d"]
 
 INITS = ("gaussian", "pytorch")
 
@@ -205,3 +205,40 @@ class ModulatedConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, tasks={self.modulation.n_tasks}")
+
+
+class TaskBatchNorm2d(nn.Module):
+    """Batch norm with per-task running statistics and no affine parameters.
+
+    SupSup's non-affine multitask batch norm, as CRWN's convolutional nets
+    use it: each task normalises with its own statistics, so training a new
+    task never moves an earlier task's.
+
+    :param num_features: channels.
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+        self.norms = nn.ModuleList()
+
+    @property
+    def n_tasks(self) -> int:
+        """Number of tasks this layer holds statistics for."""
+        return len(self.norms)
+
+    def add_task(self) -> int:
+        """Create the next task's statistics; return its index."""
+        device = self.norms[0].running_mean.device if len(self.norms) else torch.device("cpu")
+        self.norms.append(nn.BatchNorm2d(self.num_features, affine=False).to(device))
+        return len(self.norms) - 1
+
+    def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
+        uniq = torch.unique(task_labels)
+        if len(uniq) == 1:
+            return self.norms[int(uniq[0])](x)
+        out = torch.empty_like(x)
+        for t in uniq.tolist():
+            mask = task_labels == t
+            out[mask] = self.norms[t](x[mask])
+        return out
