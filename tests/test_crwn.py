@@ -285,3 +285,32 @@ def test_resnet_zero_forgetting_with_per_task_batch_norm():
         assert torch.allclose(mixed[::2], before[::2], atol=1e-5)
     assert len(model.bn1.norms) == 2
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_pretrained_mode_trains_shared_weights_on_the_first_task_only(rotated, tmp_path):
+    torch.manual_seed(0)
+    model = NeuroModNet((32,), pretrained=True, seed=2)
+    initial = [layer.weight.clone() for layer in model.modulated_layers()]
+    assert len(model.shared_parameters()) == 2
+    strategy = _strategy(model, iterations=20)
+    strategy.train(rotated.train_stream[0])
+    assert model.shared_parameters() == []
+    after_first = [layer.weight.clone() for layer in model.modulated_layers()]
+    assert all(not torch.equal(a, b) for a, b in zip(initial, after_first))
+    assert {n for n, _ in model.named_buffers()} == {"layers.0.weight", "layers.1.weight"}
+    probe = torch.stack([rotated.test_stream[0].dataset[i][0] for i in range(32)])
+    model.eval()
+    with torch.no_grad():
+        before = model(probe, 0)
+    strategy.save_checkpoint(tmp_path / "pre.pt")
+    strategy.train(rotated.train_stream[1])
+    assert all(torch.equal(a, l.weight) for a, l in zip(after_first, model.modulated_layers()))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(probe, 0), before)
+    resumed = _strategy(NeuroModNet((32,), pretrained=True, seed=2), iterations=20)
+    resumed.load_checkpoint(tmp_path / "pre.pt")
+    resumed.model.eval()
+    assert resumed.model.shared_parameters() == []
+    with torch.no_grad():
+        assert torch.equal(resumed.model(probe, 0), before)

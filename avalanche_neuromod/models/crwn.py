@@ -26,8 +26,31 @@ __all__ = ["CRWNModule", "SparseFlyEncoder", "FlyNet", "NeuroModNet", "NeuroModR
 class CRWNModule(MultiTaskModule):
     """Base class: task bookkeeping shared by every CRWN network.
 
-    Subclasses build their modulated layers and implement :meth:`forward_tasks`.
+    Subclasses build their modulated layers, implement :meth:`forward_tasks`
+    and call :meth:`_set_pretrained` at the end of their constructor.
     """
+
+    pretrained: bool = False
+
+    def _set_pretrained(self, pretrained: bool) -> None:
+        """The paper's "pretrained mode" ablation (Table 4).
+
+        The first task trains the shared weights together with its contexts
+        and strengths, like an ordinary network; they are frozen with that
+        task, and every later task learns only its contexts and strengths.
+        """
+        self.pretrained = bool(pretrained)
+        if self.pretrained:
+            for layer in self.modulated_layers():
+                layer.unfreeze_weight()
+
+    def modulated_layers(self) -> List[nn.Module]:
+        """The layers holding a fixed random weight, in order."""
+        return [m for m in self.modules() if isinstance(m, (ModulatedLinear, ModulatedConv2d))]
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """Shared weights still being trained (pretrained mode, first task only)."""
+        return [m.shared_weight for m in self.modulated_layers() if m.shared_weight is not None]
 
     def modulations(self) -> List[TaskModulation]:
         """The per-task parameter holders of every modulated layer, in order."""
@@ -69,14 +92,21 @@ class CRWNModule(MultiTaskModule):
         super().adaptation(experience)
 
     def task_parameters(self, task: int) -> List[nn.Parameter]:
-        """The learnable parameters of ``task`` across all layers."""
+        """The learnable parameters of ``task`` across all layers.
+
+        In pretrained mode the first task also trains the shared weights.
+        """
         self._check_known(task, allow_untrained=True)
-        return [p for m in self.modulations() for p in m.task_parameters(task)]
+        own = [p for m in self.modulations() for p in m.task_parameters(task)]
+        return own + (self.shared_parameters() if task == 0 else [])
 
     def freeze_task(self, task: int) -> None:
         """Stop gradients to ``task``'s parameters (after it was learned)."""
         for p in self.task_parameters(task):
             p.requires_grad_(False)
+        if task == 0:
+            for layer in self.modulated_layers():
+                layer.freeze_weight()
 
     def params_per_task(self) -> int:
         """Learnable parameters one task costs."""
@@ -133,6 +163,10 @@ class CRWNModule(MultiTaskModule):
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.known_train_tasks_labels = set(int(t) for t in state["trained_tasks"])
+        if self.pretrained and 0 in self.known_train_tasks_labels:
+            # the saved buffers already hold the trained shared weights
+            for layer in self.modulated_layers():
+                layer.shared_weight = None
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load a state dict, first growing to the number of tasks it holds."""
@@ -206,11 +240,14 @@ class FlyNet(CRWNModule):
     :param inputs_per_unit: input pixels per hidden unit.
     :param init: ``R``'s distribution, ``"gaussian"`` or ``"pytorch"``.
     :param local_only: keep random strengths fixed.
+    :param pretrained: train the decoder's shared weight with the first task,
+        then freeze it (ablation; the encoder always stays fixed).
     :param seed: seed of the encoder, of ``R`` and of the task initialisations.
     """
 
     def __init__(self, expansion: int = 10, *, input_size: int = 784, n_classes: int = 10,
-                 inputs_per_unit: int = 7, init: str = "gaussian", local_only: bool = False, seed: int = 0):
+                 inputs_per_unit: int = 7, init: str = "gaussian", local_only: bool = False,
+                 pretrained: bool = False, seed: int = 0):
         super().__init__()
         if expansion < 1:
             raise ValueError(f"expansion must be a positive integer, got {expansion}.")
@@ -218,6 +255,7 @@ class FlyNet(CRWNModule):
         hidden = expansion * input_size
         self.encoder = SparseFlyEncoder(input_size, hidden, inputs_per_unit, seed=seed)
         self.decoder = ModulatedLinear(hidden, n_classes, init=init, seed=seed + 1000, local_only=local_only)
+        self._set_pretrained(pretrained)
 
     def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x), task_labels)
@@ -234,11 +272,14 @@ class NeuroModNet(CRWNModule):
     :param n_classes: outputs.
     :param init: ``R``'s distribution, ``"gaussian"`` or ``"pytorch"``.
     :param local_only: keep random strengths fixed.
+    :param pretrained: train the shared weights with the first task, then
+        freeze them (the paper's Table 4 ablation).
     :param seed: seed of every ``R`` and of the task initialisations.
     """
 
     def __init__(self, hidden_sizes: Sequence[int] = (256, 256), *, input_size: int = 784,
-                 n_classes: int = 10, init: str = "gaussian", local_only: bool = False, seed: int = 0):
+                 n_classes: int = 10, init: str = "gaussian", local_only: bool = False,
+                 pretrained: bool = False, seed: int = 0):
         super().__init__()
         sizes = [input_size, *[int(h) for h in hidden_sizes], n_classes]
         if any(s < 1 for s in sizes):
@@ -248,6 +289,7 @@ class NeuroModNet(CRWNModule):
             ModulatedLinear(a, b, init=init, seed=seed + 1000 * i, local_only=local_only)
             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
         )
+        self._set_pretrained(pretrained)
 
     def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], -1)
@@ -294,11 +336,13 @@ class NeuroModResNet18(CRWNModule):
     :param in_channels: input channels (3 for CIFAR).
     :param init: ``R``'s distribution, ``"gaussian"`` or ``"pytorch"``.
     :param local_only: keep random strengths fixed.
+    :param pretrained: train the shared kernels with the first task, then freeze them.
     :param seed: seed of every ``R`` and of the task initialisations.
     """
 
     def __init__(self, width: int = 1, *, n_classes: int = 10, in_channels: int = 3,
-                 init: str = "gaussian", local_only: bool = False, seed: int = 0):
+                 init: str = "gaussian", local_only: bool = False, pretrained: bool = False,
+                 seed: int = 0):
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be a positive integer, got {width}.")
@@ -321,6 +365,7 @@ class NeuroModResNet18(CRWNModule):
         self.blocks = nn.ModuleList(blocks)
         self.linear = ModulatedLinear(8 * nf, n_classes, init=init, seed=seed + 1000 * next(counter),
                                       local_only=local_only)
+        self._set_pretrained(pretrained)
 
     def context_params_per_task(self) -> int:
         """Context entries per task, without the random strengths."""

@@ -124,7 +124,37 @@ def _random_weight(shape: Sequence[int], fan_in: int, init: str, generator: torc
     raise ValueError(f"init must be one of {INITS}, got {init!r}.")
 
 
-class ModulatedLinear(nn.Module):
+
+
+class _FixedWeightMixin:
+    """The fixed random weight, with an optional trainable phase.
+
+    CRWN's "pretrained mode" ablation trains the shared weight on the first
+    task like an ordinary network, then freezes it: :meth:`unfreeze_weight`
+    puts a trainable copy in place of the buffer, :meth:`freeze_weight`
+    writes it back into the buffer and drops the parameter.
+    """
+
+    shared_weight: Optional[nn.Parameter]
+
+    def unfreeze_weight(self) -> nn.Parameter:
+        """Make the weight trainable (a parameter initialised from the buffer)."""
+        if self.shared_weight is None:
+            self.shared_weight = nn.Parameter(self.weight.detach().clone())
+        return self.shared_weight
+
+    def freeze_weight(self) -> None:
+        """Write the trained weight back into the fixed buffer and stop training it."""
+        if self.shared_weight is not None:
+            with torch.no_grad():
+                self.weight.copy_(self.shared_weight)
+            self.shared_weight = None
+
+    def current_weight(self) -> torch.Tensor:
+        """The weight the layer computes with."""
+        return self.weight if self.shared_weight is None else self.shared_weight
+
+class ModulatedLinear(_FixedWeightMixin, nn.Module):
     """``y = a_t * R (c_t * x)`` with a fixed random ``R`` and no bias.
 
     :param in_features: input size.
@@ -144,16 +174,17 @@ class ModulatedLinear(nn.Module):
             "weight", _random_weight((out_features, in_features), in_features, init, derive_generator(seed))
         )
         self.modulation = TaskModulation((in_features,), seed=seed + 1, local_only=local_only)
+        self.shared_weight = None
 
     def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         contexts, strengths = self.modulation.gather(task_labels)
-        return F.linear(x * contexts, self.weight) * strengths.unsqueeze(-1)
+        return F.linear(x * contexts, self.current_weight()) * strengths.unsqueeze(-1)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, tasks={self.modulation.n_tasks}"
 
 
-class ModulatedConv2d(nn.Module):
+class ModulatedConv2d(_FixedWeightMixin, nn.Module):
     """``W_t = a_t * (R * C_t)``: a fixed random kernel modulated per task.
 
     ``C_t`` has shape ``(c_in, k, k)`` and is shared by all output filters.
@@ -184,9 +215,10 @@ class ModulatedConv2d(nn.Module):
             _random_weight((out_channels, in_channels, kernel_size, kernel_size), fan_in, init, derive_generator(seed)),
         )
         self.modulation = TaskModulation((in_channels, kernel_size, kernel_size), seed=seed + 1, local_only=local_only)
+        self.shared_weight = None
 
     def _conv(self, x: torch.Tensor, task: int) -> torch.Tensor:
-        kernel = self.weight * self.modulation.contexts[task].unsqueeze(0) * self.modulation.strengths[task]
+        kernel = self.current_weight() * self.modulation.contexts[task].unsqueeze(0) * self.modulation.strengths[task]
         return F.conv2d(x, kernel, stride=self.stride, padding=self.padding)
 
     def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
