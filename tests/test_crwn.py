@@ -314,3 +314,33 @@ def test_pretrained_mode_trains_shared_weights_on_the_first_task_only(rotated, t
     assert resumed.model.shared_parameters() == []
     with torch.no_grad():
         assert torch.equal(resumed.model(probe, 0), before)
+
+
+def test_plugin_puts_crwn_under_avalanche_naive(rotated):
+    from avalanche.training import Naive
+
+    from avalanche_neuromod.training import CRWNPlugin
+
+    torch.manual_seed(0)
+    model = FlyNet(1)
+    strategy = Naive(model=model, optimizer=torch.optim.RMSprop(model.parameters(), lr=0.01),
+                     criterion=torch.nn.CrossEntropyLoss(), train_mb_size=64, train_epochs=1,
+                     eval_mb_size=256, plugins=[CRWNPlugin()], evaluator=make_evaluator(progress_bar=False))
+    probe = torch.stack([rotated.test_stream[0].dataset[i][0] for i in range(32)])
+    strategy.train(rotated.train_stream[0])
+    trained = {id(p) for g in strategy.optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in model.task_parameters(0)}
+    model.eval()
+    with torch.no_grad():
+        before = model(probe, 0)
+    strategy.train(rotated.train_stream[1])
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(probe, 0), before)
+    res = strategy.eval(rotated.test_stream[:2])
+    assert res["Top1_Acc_Exp/eval_phase/test_stream/Task001/Exp001"] > 0.5
+    with pytest.raises(TypeError, match="CRWN networks"):
+        lin = torch.nn.Linear(2, 2)
+        Naive(model=lin, optimizer=torch.optim.SGD(lin.parameters(), lr=0.1),
+              criterion=torch.nn.CrossEntropyLoss(), plugins=[CRWNPlugin()],
+              evaluator=make_evaluator(progress_bar=False)).train(rotated.train_stream[0])

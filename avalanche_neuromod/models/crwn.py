@@ -27,18 +27,22 @@ class CRWNModule(MultiTaskModule):
     """Base class: task bookkeeping shared by every CRWN network.
 
     Subclasses build their modulated layers, implement :meth:`forward_tasks`
-    and call :meth:`_set_pretrained` at the end of their constructor.
+    and call :meth:`_finish_init` at the end of their constructor.
     """
 
     pretrained: bool = False
 
-    def _set_pretrained(self, pretrained: bool) -> None:
-        """The paper's "pretrained mode" ablation (Table 4).
+    def _finish_init(self, pretrained: bool) -> None:
+        """Create the first task's parameters and set up the pretrained mode.
 
-        The first task trains the shared weights together with its contexts
-        and strengths, like an ordinary network; they are frozen with that
-        task, and every later task learns only its contexts and strengths.
+        The first task exists from the start so that an optimiser can be
+        built over ``model.parameters()`` right away (as Avalanche users do).
+        In the paper's "pretrained mode" ablation (Table 4) the first task
+        trains the shared weights together with its contexts and strengths,
+        like an ordinary network; they are frozen with that task, and every
+        later task learns only its contexts and strengths.
         """
+        self.ensure_tasks(1)
         self.pretrained = bool(pretrained)
         if self.pretrained:
             for layer in self.modulated_layers():
@@ -255,7 +259,7 @@ class FlyNet(CRWNModule):
         hidden = expansion * input_size
         self.encoder = SparseFlyEncoder(input_size, hidden, inputs_per_unit, seed=seed)
         self.decoder = ModulatedLinear(hidden, n_classes, init=init, seed=seed + 1000, local_only=local_only)
-        self._set_pretrained(pretrained)
+        self._finish_init(pretrained)
 
     def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x), task_labels)
@@ -289,7 +293,7 @@ class NeuroModNet(CRWNModule):
             ModulatedLinear(a, b, init=init, seed=seed + 1000 * i, local_only=local_only)
             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
         )
-        self._set_pretrained(pretrained)
+        self._finish_init(pretrained)
 
     def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], -1)
@@ -365,7 +369,7 @@ class NeuroModResNet18(CRWNModule):
         self.blocks = nn.ModuleList(blocks)
         self.linear = ModulatedLinear(8 * nf, n_classes, init=init, seed=seed + 1000 * next(counter),
                                       local_only=local_only)
-        self._set_pretrained(pretrained)
+        self._finish_init(pretrained)
 
     def context_params_per_task(self) -> int:
         """Context entries per task, without the random strengths."""

@@ -1,5 +1,5 @@
 """Strategies and plugins."""
 
-from .crwn import CRWN
+from .crwn import CRWN, CRWNPlugin
 
-__all__ = ["CRWN"]
+__all__ = ["CRWN", "CRWNPlugin"]

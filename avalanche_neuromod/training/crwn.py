@@ -16,12 +16,77 @@ from typing import Any, Dict, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 
+from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
 from ..models.crwn import CRWNModule
 
-__all__ = ["CRWN"]
+__all__ = ["CRWN", "CRWNPlugin"]
+
+
+def experience_task(experience) -> int:
+    """The single task label of a CRWN experience, or a ValueError saying how to get one.
+
+    :param experience: an Avalanche experience.
+    """
+    labels = getattr(experience, "task_labels", None)
+    if labels is None or not hasattr(experience.dataset, "targets_task_labels"):
+        raise ValueError(
+            "CRWN needs the task id of every experience, and this one has no task "
+            "labels: build the benchmark with return_task_id=True."
+        )
+    if len(labels) != 1:
+        raise ValueError(
+            f"a CRWN training experience must hold exactly one task, got task labels {list(labels)}."
+        )
+    return int(labels[0])
+
+
+def trainable_task_parameters(model: CRWNModule, task: int) -> list:
+    """The parameters one CRWN task trains, or a ValueError if it was already learned.
+
+    :param model: the CRWN network.
+    :param task: the task label.
+    """
+    params = [p for p in model.task_parameters(task) if p.requires_grad]
+    if not params:
+        raise ValueError(
+            f"task {task} was already learned and its parameters are frozen. Every "
+            f"training experience needs a new task label (return_task_id=True), or "
+            f"train on a fresh model."
+        )
+    return params
+
+
+def _require_crwn_model(model) -> None:
+    if not isinstance(model, CRWNModule):
+        raise TypeError(
+            f"CRWN trains CRWN networks (FlyNet, NeuroModNet, NeuroModResNet18); got "
+            f"{type(model).__name__}. Use avalanche_neuromod.models.FlyNet or NeuroModNet."
+        )
+
+
+class CRWNPlugin(SupervisedPlugin):
+    """CRWN's training rule for any Avalanche strategy.
+
+    Put a CRWN network under Avalanche's ``Naive`` (or another strategy) and
+    add this plugin: before each training experience it narrows the
+    strategy's optimiser to that task's contexts and strengths (clearing its
+    state), and afterwards it freezes them. Everything else (epochs, batch
+    size, other plugins) is the host strategy's.
+    """
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        _require_crwn_model(strategy.model)
+        params = trainable_task_parameters(strategy.model, experience_task(strategy.experience))
+        optimizer = strategy.optimizer
+        optimizer.state.clear()
+        optimizer.param_groups.clear()
+        optimizer.add_param_group({"params": params})
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        strategy.model.freeze_task(experience_task(strategy.experience))
 
 
 class CRWN(SupervisedTemplate):
@@ -63,11 +128,7 @@ class CRWN(SupervisedTemplate):
         eval_every: int = -1,
         **base_kwargs: Any,
     ):
-        if not isinstance(model, CRWNModule):
-            raise TypeError(
-                f"CRWN trains CRWN networks (FlyNet, NeuroModNet); got {type(model).__name__}. "
-                f"Use avalanche_neuromod.models.FlyNet or NeuroModNet."
-            )
+        _require_crwn_model(model)
         if n_iterations is not None and n_iterations < 1:
             raise ValueError(f"n_iterations must be positive or None, got {n_iterations}.")
         self.optimizer_cls = optimizer_cls
@@ -94,30 +155,14 @@ class CRWN(SupervisedTemplate):
     @property
     def current_task(self) -> int:
         """The task label of the experience being trained or evaluated."""
-        labels = getattr(self.experience, "task_labels", None)
-        if labels is None or not hasattr(self.experience.dataset, "targets_task_labels"):
-            raise ValueError(
-                "CRWN needs the task id of every experience, and this one has no task "
-                "labels: build the benchmark with return_task_id=True."
-            )
-        if len(labels) != 1:
-            raise ValueError(
-                f"a CRWN training experience must hold exactly one task, got task labels {list(labels)}."
-            )
-        return int(labels[0])
+        return experience_task(self.experience)
 
     def make_optimizer(self, **kwargs: Any) -> None:
         """A fresh optimiser over the current task's contexts and strengths only."""
         task = self.current_task
         if task >= self.model.n_tasks:
             return  # called once before the model grew; called again after
-        params = [p for p in self.model.task_parameters(task) if p.requires_grad]
-        if not params:
-            raise ValueError(
-                f"task {task} was already learned and its parameters are frozen. Every "
-                f"training experience needs a new task label (return_task_id=True), or "
-                f"train on a fresh model."
-            )
+        params = trainable_task_parameters(self.model, task)
         self.optimizer = self.optimizer_cls(params, **self.optimizer_kwargs)
         self.optimized_param_id = {}
 
@@ -129,8 +174,9 @@ class CRWN(SupervisedTemplate):
             self.train_epochs = math.ceil(self.n_iterations / max(1, len(self.dataloader)))
 
     def _before_eval_exp(self, **kwargs: Any) -> None:
-        labels = getattr(self.experience, "task_labels", None)
-        if labels is None or not hasattr(self.experience.dataset, "targets_task_labels"):
+        if getattr(self.experience, "task_labels", None) is None or not hasattr(
+            self.experience.dataset, "targets_task_labels"
+        ):
             raise ValueError(
                 "CRWN evaluates each sample under its task id, and this experience has "
                 "no task labels: build the benchmark with return_task_id=True."
