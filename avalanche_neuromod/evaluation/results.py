@@ -179,7 +179,8 @@ def results_table(results: Sequence[ContinualResults], digits: int = 4) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         s = r.summary()
-        cells = [r.name or "-", f"{s['avg_accuracy']:.{digits}f}", f"{s['avg_forgetting']:.{digits}f}", f"{s['bwt']:.{digits}f}"]
+        # "+ 0.0" turns a negative zero (exactly no forgetting) into "0.000".
+        cells = [r.name or "-"] + [f"{s[k] + 0.0:.{digits}f}" for k in ("avg_accuracy", "avg_forgetting", "bwt")]
         for k in extra_keys:
             v = r.extras.get(k)
             cells.append("" if v is None else (f"{v:.{digits}g}" if isinstance(v, float) else str(v)))
