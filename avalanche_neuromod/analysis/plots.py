@@ -29,6 +29,17 @@ def _figure(ax, figsize):
     return fig, ax
 
 
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_loc: str = "best"):
+    """Labels, a [0, 1] accuracy axis, the legend and a tight layout."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc=legend_loc)
+    fig.tight_layout()
+    return fig
+
+
 def plot_accuracy_matrix(results: ResultsLike, ax=None, title: Optional[str] = None, annotate: Optional[bool] = None):
     """Heatmap of ``A[i, j]``: accuracy on experience ``j`` after training ``i``.
 
@@ -75,13 +86,7 @@ def plot_final_accuracy(results: Sequence[ResultsLike], ax=None, title: str = "f
         ax.bar(np.arange(len(acc)) + k * width - 0.4 + width / 2, acc, width,
                label=f"{r.name or k} (avg {r.average_accuracy:.3f})")
     ax.set_xticks(range(n_exp))
-    ax.set_xlabel("experience")
-    ax.set_ylabel("final accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "experience", "final accuracy", title, legend_loc="lower left")
 
 
 def plot_accuracy_curves(results: Sequence[ResultsLike], ax=None, title: str = "average accuracy on seen experiences"):
@@ -97,10 +102,4 @@ def plot_accuracy_curves(results: Sequence[ResultsLike], ax=None, title: str = "
     for k, r in enumerate(rs):
         curve = r.accuracy_curve()
         ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3, label=r.name or str(k))
-    ax.set_xlabel("experiences trained")
-    ax.set_ylabel("average accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "experiences trained", "average accuracy", title)

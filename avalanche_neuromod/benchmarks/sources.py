@@ -16,7 +16,7 @@ import gzip
 import os
 import pickle
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -209,6 +209,22 @@ def load_digits(
     return images[keep].contiguous(), labels[keep].contiguous()
 
 
+def _ensure_file(path: Path, name: str, download: bool, fetch: Callable[[Any], Any]) -> None:
+    """Make sure ``path`` exists, downloading through torchvision if allowed.
+
+    :param fetch: called with ``torchvision.datasets``; downloads the dataset.
+    """
+    if not path.is_file() and download:
+        try:
+            import torchvision.datasets as tvd
+
+            fetch(tvd)
+        except Exception as exc:  # any failure of the download means "not available"
+            raise DatasetNotFoundError(name, [path], repr(exc)) from exc
+    if not path.is_file():
+        raise DatasetNotFoundError(name, [path])
+
+
 def load_cifar100(
     dataset_root: Optional[PathLike] = None, train: bool = True, download: bool = True
 ) -> Tensors:
@@ -222,15 +238,7 @@ def load_cifar100(
     """
     root = resolve_dataset_root(dataset_root, "cifar100")
     path = root / "cifar-100-python" / ("train" if train else "test")
-    if not path.is_file() and download:
-        try:
-            import torchvision.datasets as tvd
-
-            tvd.CIFAR100(str(root), train=train, download=True)
-        except Exception as exc:
-            raise DatasetNotFoundError("CIFAR-100", [path], repr(exc)) from exc
-    if not path.is_file():
-        raise DatasetNotFoundError("CIFAR-100", [path])
+    _ensure_file(path, "CIFAR-100", download, lambda tvd: tvd.CIFAR100(str(root), train=train, download=True))
     with open(path, "rb") as f:
         entry = pickle.load(f, encoding="latin1")
     data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
@@ -253,15 +261,7 @@ def load_svhn(
     root = resolve_dataset_root(dataset_root, "svhn")
     split = "train" if train else "test"
     path = root / f"{split}_32x32.mat"
-    if not path.is_file() and download:
-        try:
-            import torchvision.datasets as tvd
-
-            tvd.SVHN(str(root), split=split, download=True)
-        except Exception as exc:
-            raise DatasetNotFoundError("SVHN", [path], repr(exc)) from exc
-    if not path.is_file():
-        raise DatasetNotFoundError("SVHN", [path])
+    _ensure_file(path, "SVHN", download, lambda tvd: tvd.SVHN(str(root), split=split, download=True))
     from scipy.io import loadmat
 
     mat = loadmat(str(path))
