@@ -152,3 +152,18 @@ def test_fast_collate_equals_default_collate(digits):
     odd = [(torch.zeros(2), torch.tensor(1)), (torch.ones(2), torch.tensor(0))]
     assert torch.equal(fast_collate(odd)[1], torch.tensor([1, 0]))
     assert ds.collate_fn is fast_collate
+
+
+def test_lazy_data_pickles_without_its_cache(digits):
+    import pickle
+
+    x, y = digits
+    data = LazyImageData(x[:20], y[:20], angles=30.0)
+    first = data[0][0].clone()
+    copy = pickle.loads(pickle.dumps(data))
+    assert copy._hot_rows is None
+    assert torch.equal(copy[0][0], first)
+    ds = make_classification_dataset(data, task_label=1)
+    ds[0]
+    clone = pickle.loads(pickle.dumps(ds))
+    assert _same(clone[3], ds[3])

@@ -172,8 +172,9 @@ class _MaterialisedCache:
         with self._lock:
             self.misses += 1
             key = id(owner)
-            if key not in self._items:
-                weakref.finalize(owner, self._drop, key)
+            if getattr(owner, "_cache_finalizer", None) is None:
+                # once per owner: its entry leaves the cache when it is collected
+                owner._cache_finalizer = weakref.finalize(owner, self._drop, key)
             self._items[key] = entry
             self._items.move_to_end(key)
             while len(self._items) > 1 and self.nbytes > self.budget_bytes:
@@ -391,8 +392,8 @@ class LazyImageData(Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.pop("_hot_rows", None)
-        state.pop("_pixel_map_cache", None)
+        for transient in ("_hot_rows", "_pixel_map_cache", "_cache_finalizer"):
+            state.pop(transient, None)
         return state
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
