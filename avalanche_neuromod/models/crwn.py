@@ -217,7 +217,9 @@ class SparseFlyEncoder(nn.Module):
         values = torch.ones(m * k, device=self.connections.device)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(crow, self.connections.reshape(-1), values, (m, self.input_size))
+            # Built once per device, so checking the CSR invariants costs nothing.
+            return torch.sparse_csr_tensor(crow, self.connections.reshape(-1), values,
+                                           (m, self.input_size), check_invariants=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = getattr(self, "_csr", None)
