@@ -61,7 +61,7 @@ def plot_context_similarity(
 
     sim = model_or_matrix if isinstance(model_or_matrix, np.ndarray) else context_similarity(model_or_matrix, layer)
     n = sim.shape[0]
-    fig, ax = _figure(ax, (1.5 + 0.3 * n, 1.0 + 0.3 * n))
+    fig, ax = _figure(ax, (max(5.0, 1.5 + 0.3 * n), max(4.0, 1.0 + 0.3 * n)))
     im = ax.imshow(sim, cmap="coolwarm", vmin=-1.0, vmax=1.0)
     ticks = list(labels) if labels is not None else [str(i) for i in range(n)]
     step = max(1, n // 12)
@@ -69,7 +69,7 @@ def plot_context_similarity(
     ax.set_yticks(range(0, n, step), ticks[::step])
     ax.set_xlabel("task")
     ax.set_ylabel("task")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label="cosine similarity")
     fig.tight_layout()
     return fig
