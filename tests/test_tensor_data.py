@@ -167,3 +167,18 @@ def test_lazy_data_pickles_without_its_cache(digits):
     ds[0]
     clone = pickle.loads(pickle.dumps(ds))
     assert _same(clone[3], ds[3])
+
+
+def test_batched_reads_equal_item_reads(digits):
+    from torch.utils.data import DataLoader, default_collate
+
+    x, y = digits
+    ds = make_classification_dataset(LazyImageData(x, y, angles=15.0), task_label=4).subset(list(range(40, 90)))
+    loader = DataLoader(ds, batch_size=16, shuffle=False, collate_fn=ds.collate_fn)
+    for k, batch in enumerate(loader):
+        expected = default_collate([_generic(ds, i) for i in range(16 * k, min(16 * (k + 1), len(ds)))])
+        assert len(batch) == 3
+        for a, b in zip(batch, expected):
+            assert torch.equal(a, b) and a.dtype == b.dtype
+    flip = make_classification_dataset(LazyImageData(x, y), 0, train_transform=lambda im: im.flip(-1))
+    assert not isinstance(flip.__getitems__([0, 1]), type(ds.__getitems__([0, 1])))

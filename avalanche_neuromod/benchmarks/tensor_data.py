@@ -38,6 +38,7 @@ from avalanche.benchmarks.utils.transform_groups import (
 )
 
 __all__ = [
+    "CollatedBatch",
     "fast_collate",
     "rotate_images",
     "permute_pixels",
@@ -124,14 +125,20 @@ def _gather_pixels(images: torch.Tensor, pixel_map: torch.Tensor) -> torch.Tenso
     return torch.from_numpy(out).reshape(n, c, h, w)
 
 
+class CollatedBatch(list):
+    """A mini-batch that :meth:`TensorClassificationDataset.__getitems__` already collated."""
+
+
 def fast_collate(batch: Sequence[Any]) -> Any:
     """Collate ``[image, label, task label]`` items; anything else goes to torch.
 
     Equal to ``torch.utils.data.default_collate`` on such items, without its
-    per-element type dispatch.
+    per-element type dispatch. A :class:`CollatedBatch` passes through.
 
     :param batch: the items of one mini-batch.
     """
+    if isinstance(batch, CollatedBatch):
+        return list(batch)
     first = batch[0]
     if type(first) is list and first and set(map(type, batch)) == {list}:
         width = len(first)
@@ -489,6 +496,22 @@ class TensorClassificationDataset(ClassificationDataset):
         if isinstance(indices, range) and indices == range(len(self)):
             return self
         return super().subset(indices)
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        """A whole mini-batch at once (PyTorch's ``DataLoader`` calls this).
+
+        On the direct path the batch is gathered with one tensor index and
+        returned already collated; otherwise the items are read one by one.
+        """
+        direct = self._resolve_direct()
+        if direct is None or self.collate_fn is not fast_collate:
+            return [self[i] for i in indices]
+        leaf, mapping, task_label = direct
+        positions = torch.as_tensor(indices if mapping is None else [mapping[i] for i in indices], dtype=torch.long)
+        batch = [leaf.tensor()[positions], leaf.labels[positions]]
+        if task_label is not None:
+            batch.append(torch.full((len(positions),), task_label, dtype=torch.long))
+        return CollatedBatch(batch)
 
     def __getitem__(self, idx):
         if isinstance(idx, (int, np.integer)):

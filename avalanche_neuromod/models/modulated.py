@@ -176,9 +176,40 @@ class ModulatedLinear(_FixedWeightMixin, nn.Module):
         self.modulation = TaskModulation((in_features,), seed=seed + 1, local_only=local_only)
         self.shared_weight = None
 
+    # Scaling the weight's columns (out x in values) beats scaling the inputs
+    # (B x in values) for narrow layers, FlyNet's decoder and output layers in
+    # particular; wider layers scale the inputs. Mixed-task batches always
+    # scale the inputs, each sample with its own context.
+    WEIGHT_MODULATION_MAX_OUT = 64
+
+    def _task_weight(self, contexts: torch.Tensor) -> Optional[torch.Tensor]:
+        if contexts.shape[0] == 1 and self.out_features <= self.WEIGHT_MODULATION_MAX_OUT:
+            return self.current_weight() * contexts
+        return None
+
     def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         contexts, strengths = self.modulation.gather(task_labels)
+        weight = self._task_weight(contexts)
+        if weight is not None:
+            return F.linear(x, weight) * strengths
         return F.linear(x * contexts, self.current_weight()) * strengths.unsqueeze(-1)
+
+    def forward_transposed(self, x_t: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`forward` for an input given as ``(in_features, B)``.
+
+        Lets a producer that naturally computes the transposed layout (the
+        fly encoder's sparse product) skip a large transposed copy.
+
+        :param x_t: the input, features first.
+        :param task_labels: ``(B,)`` task labels.
+        :return: ``(B, out_features)``.
+        """
+        contexts, strengths = self.modulation.gather(task_labels)
+        weight = self._task_weight(contexts)
+        if weight is not None:
+            return (weight @ x_t).t() * strengths
+        y_t = self.current_weight() @ (x_t * contexts.t())
+        return y_t.t() * strengths.unsqueeze(-1)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, tasks={self.modulation.n_tasks}"

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
@@ -165,6 +166,22 @@ class CRWN(SupervisedTemplate):
         params = trainable_task_parameters(self.model, task)
         self.optimizer = self.optimizer_cls(params, **self.optimizer_kwargs)
         self.optimized_param_id = {}
+
+    def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, pin_memory: Any = None,
+                              persistent_workers: bool = False, drop_last: bool = False, **kwargs: Any) -> None:
+        """A plain shuffled loader: a CRWN experience holds one task, so
+        Avalanche's task-balanced loader would only add per-sample overhead
+        (our datasets hand over whole mini-batches to a plain loader)."""
+        self.dataloader = DataLoader(
+            self.adapted_dataset,
+            batch_size=self.train_mb_size,
+            shuffle=shuffle,
+            num_workers=num_workers,
+            pin_memory=bool(pin_memory),
+            persistent_workers=persistent_workers and num_workers > 0,
+            drop_last=drop_last,
+            collate_fn=self.adapted_dataset.collate_fn,
+        )
 
     def _before_training_exp(self, **kwargs: Any) -> None:
         self.current_task  # fails early, with the fix, on experiences without task ids
