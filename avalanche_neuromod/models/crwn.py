@@ -227,7 +227,11 @@ class SparseFlyEncoder(nn.Module):
         if w is None or w.device != x.device:
             w = self._csr = self.weight()
         h_t = torch.sparse.mm(w, x.reshape(x.shape[0], -1).t())
-        return F.relu(h_t - h_t.mean(dim=0, keepdim=True))
+        if x.requires_grad:
+            return F.relu(h_t - h_t.mean(dim=0, keepdim=True))
+        # Nothing upstream needs gradients: reuse the buffer instead of
+        # allocating two more m x B tensors per batch.
+        return h_t.sub_(h_t.mean(dim=0, keepdim=True)).relu_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The code ``z``, ``(B, m)``."""
