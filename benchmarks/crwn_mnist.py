@@ -45,14 +45,8 @@ Reduced scale actually run for docs/results.md (2 CPU cores, about 35 min)::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
 import os
-import platform
-import re
-import shlex
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -61,9 +55,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from _report import REPO_ROOT, RESULTS_MD, command_line, machine_info, update_results_md, write_json
+
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_mnist.json"
-RESULTS_MD = REPO_ROOT / "docs" / "results.md"
 PLOT_PATH = REPO_ROOT / "docs" / "images" / "crwn_pmnist_vs_ewc.png"
 DATA_ROOT_ENV = "AVALANCHE_NEUROMOD_DATA"
 SECTION_START = "<!-- crwn_mnist:start -->"
@@ -444,47 +438,10 @@ def _find(grid: List[Dict[str, Any]], stream: str, row: str, mode: str) -> Optio
 # ---------------------------------------------------------------- machine and command
 
 
-def machine_info() -> Dict[str, Any]:
-    import avalanche
-    import torch
-
-    import avalanche_neuromod
-
-    cpuinfo = Path("/proc/cpuinfo")
-    cpu_model = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    ) if cpuinfo.exists() else platform.processor()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "cuda_available": torch.cuda.is_available(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "avalanche": avalanche.__version__,
-        "avalanche_neuromod": avalanche_neuromod.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-        "git": git_info(),
-    }
 
 
-def git_info() -> Dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False).stdout
-
-    # The working tree may carry uncommitted edits; the numbers belong to them.
-    return {"commit": git("rev-parse", "HEAD").strip(), "dirty_files": git("status", "--porcelain").splitlines()}
 
 
-def command_line() -> str:
-    python = sys.executable
-    with contextlib.suppress(ValueError):
-        if Path(python).absolute().is_relative_to(Path.cwd()):
-            python = os.path.relpath(python)
-    return shlex.join([python, *sys.argv])
 
 
 def scale_description(plan: List[Dict[str, Any]], reference_tasks: int, iterations: int) -> List[str]:
@@ -651,26 +608,8 @@ def markdown_section(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_results_md(section: str, path: Path = RESULTS_MD) -> None:
-    """Replace only this script's delimited section; other scripts own the rest."""
-    text = path.read_text() if path.exists() else (
-        "# Measured results\n\nNumbers measured by the scripts in `benchmarks/`; "
-        "each script rewrites only its own section.\n"
-    )
-    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
-def write_json(result: Dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- main
@@ -755,7 +694,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if result["reference"]:
             plot_curves(result["reference"], PLOT_PATH)
             print(f"Wrote {PLOT_PATH}")
-        update_results_md(markdown_section(result))
+        update_results_md(markdown_section(result), SECTION_START, SECTION_END)
         print(f"Updated {RESULTS_MD}")
     return 0
 

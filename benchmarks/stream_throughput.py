@@ -48,10 +48,8 @@ import gc
 import gzip
 import json
 import os
-import platform
 import re
 import resource
-import shlex
 import shutil
 import socket
 import statistics
@@ -66,9 +64,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from _report import REPO_ROOT, RESULTS_MD, command_line, machine_info, update_results_md
+
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "stream_throughput.json"
-RESULTS_MD = REPO_ROOT / "docs" / "results.md"
 DATA_ROOT_ENV = "AVALANCHE_NEUROMOD_DATA"
 SECTION_START = "<!-- stream_throughput:start -->"
 SECTION_END = "<!-- stream_throughput:end -->"
@@ -562,54 +560,10 @@ def evaluate_targets(summary: Dict[str, Dict[str, float]], memory: Dict[str, Dic
     return targets
 
 
-def machine_info() -> Dict[str, Any]:
-    import avalanche
-    import psutil
-    import torch
-
-    import avalanche_neuromod
-
-    cpu_model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    ) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
-        "memory_total_bytes": psutil.virtual_memory().total,
-        "cuda_available": torch.cuda.is_available(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "avalanche": avalanche.__version__,
-        "avalanche_neuromod": avalanche_neuromod.__version__,
-        "gc_freeze_env": os.environ.get("AVALANCHE_NEUROMOD_GC_FREEZE", "unset (freeze on)"),
-        "git": git_info(),
-    }
 
 
-def git_info() -> Dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
-        ).stdout
-
-    # The working tree may carry uncommitted edits; the numbers belong to them.
-    return {
-        "commit": git("rev-parse", "HEAD").strip(),
-        "dirty_files": git("status", "--porcelain").splitlines(),
-    }
 
 
-def command_line() -> str:
-    python = sys.executable
-    with contextlib.suppress(ValueError):
-        if Path(python).absolute().is_relative_to(Path.cwd()):
-            python = os.path.relpath(python)
-    return shlex.join([python, *sys.argv])
 
 
 # ---------------------------------------------------------------- output
@@ -723,22 +677,6 @@ def markdown_section(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_results_md(section: str, path: Path = RESULTS_MD) -> None:
-    """Replace only this script's delimited section; other scripts own the rest."""
-    if path.exists():
-        text = path.read_text()
-    else:
-        text = (
-            "# Measured results\n\n"
-            "Numbers measured by the scripts in `benchmarks/`; each script rewrites only its own section.\n"
-        )
-    pattern = re.compile(re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -787,7 +725,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nWrote {args.out}")
     if not args.no_docs:
-        update_results_md(markdown_section(result))
+        update_results_md(markdown_section(result), SECTION_START, SECTION_END)
         print(f"Updated {RESULTS_MD}")
     return 0
 
