@@ -26,17 +26,21 @@ from ..models.crwn import CRWNModule
 __all__ = ["CRWN", "CRWNPlugin"]
 
 
+def _require_task_labels(experience) -> None:
+    if getattr(experience, "task_labels", None) is None or not hasattr(experience.dataset, "targets_task_labels"):
+        raise ValueError(
+            "CRWN needs the task id of every experience, and this one has no task "
+            "labels: build the benchmark with return_task_id=True."
+        )
+
+
 def experience_task(experience) -> int:
     """The single task label of a CRWN experience, or a ValueError saying how to get one.
 
     :param experience: an Avalanche experience.
     """
-    labels = getattr(experience, "task_labels", None)
-    if labels is None or not hasattr(experience.dataset, "targets_task_labels"):
-        raise ValueError(
-            "CRWN needs the task id of every experience, and this one has no task "
-            "labels: build the benchmark with return_task_id=True."
-        )
+    _require_task_labels(experience)
+    labels = experience.task_labels
     if len(labels) != 1:
         raise ValueError(
             f"a CRWN training experience must hold exactly one task, got task labels {list(labels)}."
@@ -135,6 +139,7 @@ class CRWN(SupervisedTemplate):
         self.optimizer_cls = optimizer_cls
         self.optimizer_kwargs = dict(optimizer_kwargs if optimizer_kwargs is not None else {"lr": 0.01})
         self.n_iterations = n_iterations
+        self._epochs_per_task = train_epochs
         self._iterations_in_task = 0
         # A real optimiser is built per task in make_optimizer; until the first
         # task exists, the template needs one to hold.
@@ -187,17 +192,13 @@ class CRWN(SupervisedTemplate):
         self.current_task  # fails early, with the fix, on experiences without task ids
         self._iterations_in_task = 0
         super()._before_training_exp(**kwargs)
-        if self.n_iterations is not None:
-            self.train_epochs = math.ceil(self.n_iterations / max(1, len(self.dataloader)))
+        self.train_epochs = (
+            self._epochs_per_task if self.n_iterations is None
+            else math.ceil(self.n_iterations / max(1, len(self.dataloader)))
+        )
 
     def _before_eval_exp(self, **kwargs: Any) -> None:
-        if getattr(self.experience, "task_labels", None) is None or not hasattr(
-            self.experience.dataset, "targets_task_labels"
-        ):
-            raise ValueError(
-                "CRWN evaluates each sample under its task id, and this experience has "
-                "no task labels: build the benchmark with return_task_id=True."
-            )
+        _require_task_labels(self.experience)  # else Avalanche would read class labels as task ids
         super()._before_eval_exp(**kwargs)
 
     def backward(self) -> None:
