@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(PY) examples/quickstart.py 2>&1 | { grep -Ev '$(NANOBIND_NOISE)' || true; }
 
 docs: $(VENV)/.installed
-	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html 2>&1 | { grep -Ev '$(NANOBIND_NOISE)' || true; }
 
 pytest: $(VENV)/.installed
 	$(PY) -m pytest 2>&1 | { grep -Ev '$(NANOBIND_NOISE)' || true; }
