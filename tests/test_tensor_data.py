@@ -182,3 +182,21 @@ def test_batched_reads_equal_item_reads(digits):
             assert torch.equal(a, b) and a.dtype == b.dtype
     flip = make_classification_dataset(LazyImageData(x, y), 0, train_transform=lambda im: im.flip(-1))
     assert not isinstance(flip.__getitems__([0, 1]), type(ds.__getitems__([0, 1])))
+
+
+def test_collecting_an_experience_while_the_cache_is_locked_does_not_deadlock(digits):
+    import threading
+
+    x, y = digits
+    holder = {"data": LazyImageData(x[:10], y[:10])}
+    holder["data"][0]
+
+    def drop_under_lock():
+        with _CACHE._lock:  # as if garbage collection struck inside get/put
+            del holder["data"]
+
+    worker = threading.Thread(target=drop_under_lock, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive(), "the cache finalizer blocked on the cache lock"
+    assert cache_info()["entries"] >= 0

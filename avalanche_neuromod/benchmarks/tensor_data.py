@@ -21,7 +21,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -163,11 +163,23 @@ class _MaterialisedCache:
         # sample skips the lock; eviction clears it through the weak reference.
         self._items: "OrderedDict[int, Tuple[torch.Tensor, Tuple[torch.Tensor, ...], Any]]" = OrderedDict()
         self._lock = threading.Lock()
+        # Keys of collected owners. Finalizers run inside garbage collection,
+        # possibly while this thread holds the lock: they only append here
+        # (atomic, lock-free) and the next get/put removes the entries.
+        self._dead: List[int] = []
         self.hits = 0
         self.misses = 0
 
+    def _purge_dead(self) -> None:
+        while self._dead:
+            key = self._dead.pop()
+            entry = self._items.get(key)
+            if entry is not None and entry[2]() is None:  # the id may have been reused
+                del self._items[key]
+
     def get(self, owner: "LazyImageData"):
         with self._lock:
+            self._purge_dead()
             entry = self._items.get(id(owner))
             if entry is not None:
                 self._items.move_to_end(id(owner))
@@ -177,6 +189,7 @@ class _MaterialisedCache:
     def put(self, owner: "LazyImageData", tensor: torch.Tensor):
         entry = (tensor, tensor.unbind(0), weakref.ref(owner))
         with self._lock:
+            self._purge_dead()
             self.misses += 1
             key = id(owner)
             if getattr(owner, "_cache_finalizer", None) is None:
@@ -193,12 +206,11 @@ class _MaterialisedCache:
         return entry
 
     def _drop(self, key: int) -> None:
-        with self._lock:
-            self._items.pop(key, None)
+        self._dead.append(key)
 
     @property
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t, _, _ in self._items.values())
+        return sum(t.element_size() * t.numel() for t, _, _ in list(self._items.values()))
 
     def clear(self) -> None:
         with self._lock:
@@ -229,6 +241,8 @@ def set_cache_budget(megabytes: float) -> None:
 
 def cache_info() -> dict:
     """Entries, bytes, hits and misses of the materialisation cache."""
+    with _CACHE._lock:
+        _CACHE._purge_dead()
     return {
         "entries": len(_CACHE._items),
         "bytes": _CACHE.nbytes,
