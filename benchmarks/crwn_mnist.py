@@ -137,6 +137,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--streams", nargs="+", choices=list(STREAM_LENGTHS), default=list(STREAM_LENGTHS),
                         help="streams (default: both).")
     parser.add_argument("--iterations", type=int, default=1000, help="mini-batches of 128 per CRWN task.")
+    parser.add_argument("--context-plot", type=Path, nargs="?", const=REPO_ROOT / "docs" / "images", default=None,
+                        metavar="FOLDER", help="save each grid run's context-similarity heatmap (default folder docs/images).")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="rmsprop",
                         help="optimiser of the CRWN tasks, lr 0.01 (the paper: RMSprop).")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file.")
@@ -320,8 +322,25 @@ def summarise_run(results: Any, train_s: List[float], eval_s: List[float]) -> Di
     }
 
 
+def save_context_plot(model: Any, benchmark: Any, stream: str, row: str, mode: str, folder: Path) -> Path:
+    """The paper's interpretability figure: similarity of the learned task contexts."""
+    from avalanche_neuromod.analysis import plot_context_similarity
+
+    details = benchmark.details
+    labels = [f"{a:.0f}" for a in details["rotations"]] if "rotations" in details else None
+    if labels is not None:
+        labels = labels[: len(model.trained_tasks)]
+    unit = " (rotation, degrees)" if labels is not None else " (task)"
+    fig = plot_context_similarity(model, labels=labels, title=f"{row} {mode}, {stream} MNIST: context similarity{unit}")
+    path = folder / f"crwn_context_similarity_{stream}_{row}_{mode.replace('+', '_')}.png".lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def run_crwn(benchmark: Any, row: str, mode: str, n_tasks: int, iterations: int, seed: int,
-             label: str, optimizer: str = "rmsprop") -> Dict[str, Any]:
+             label: str, optimizer: str = "rmsprop", context_plot: Optional[Path] = None,
+             stream_name: str = "") -> Dict[str, Any]:
     import torch
 
     # Same batch order and same initialisations for every row and mode.
@@ -333,6 +352,8 @@ def run_crwn(benchmark: Any, row: str, mode: str, n_tasks: int, iterations: int,
                         after_task=lambda s: logged.append(declared_params_metric(s)))
     result["params_per_task"] = int(model.params_per_task())
     result["params_per_task_logged"] = logged
+    if context_plot is not None:
+        result["context_plot"] = str(save_context_plot(model, benchmark, stream_name, row, mode, context_plot))
     return result
 
 
@@ -650,7 +671,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         label = f"{p['stream']} {p['row']} {p['mode']}"
         jobs.set_description(label)
         run = run_crwn(stream(p["stream"]), p["row"], p["mode"], p["tasks"], args.iterations, args.seed, label,
-                       args.optimizer)
+                       args.optimizer, args.context_plot, p["stream"])
         result["grid"].append({**p, **run})
         tqdm.write(f"{label}: {p['tasks']} tasks, mean acc {run['mean_accuracy']:.4f}, "
                    f"{run['seconds_per_task']:.1f} s/task, forgetting min {_forget(run['min_forgetting'])}")
