@@ -141,6 +141,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         metavar="FOLDER", help="save each grid run's context-similarity heatmap (default folder docs/images).")
     parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="rmsprop",
                         help="optimiser of the CRWN tasks, lr 0.01 (the paper: RMSprop).")
+    parser.add_argument("--eval-protocol", choices=list(EVAL_PROTOCOLS), default="all-seen",
+                        help="all-seen: after each task, evaluate every task seen so far (the accuracy curve); "
+                             "final: after each task only that task, and every task once at the end "
+                             "(same forgetting, A[j,j] - A[T,j], at O(T) instead of O(T^2) evaluation cost).")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file.")
     parser.add_argument("--no-docs", action="store_true",
                         help="do not touch docs/results.md nor the plot in docs/images.")
@@ -215,6 +219,7 @@ def build_crwn_model(row: str, local_only: bool, seed: int) -> Any:
 
 
 OPTIMIZERS = {"rmsprop": "RMSprop", "adam": "Adam"}
+EVAL_PROTOCOLS = ("all-seen", "final")
 
 
 def build_crwn_strategy(model: Any, iterations: int, optimizer: str = "rmsprop") -> Any:
@@ -267,8 +272,14 @@ def declared_params_metric(strategy: Any) -> Optional[int]:
 
 
 def run_stream(strategy: Any, benchmark: Any, n_tasks: int, label: str,
-               after_task: Optional[Callable[[Any], None]] = None) -> Dict[str, Any]:
-    """Train the first ``n_tasks`` experiences in order, evaluating all seen tasks after each."""
+               after_task: Optional[Callable[[Any], None]] = None,
+               eval_protocol: str = "all-seen") -> Dict[str, Any]:
+    """Train the first ``n_tasks`` experiences in order, evaluating after each.
+
+    ``eval_protocol="all-seen"`` evaluates every task seen so far after each
+    task; ``"final"`` only the task just trained, then every task after the
+    last one (the accuracy matrix holds its diagonal and its last row).
+    """
     from tqdm import tqdm
 
     from avalanche_neuromod.evaluation import ContinualResults
@@ -287,11 +298,22 @@ def run_stream(strategy: Any, benchmark: Any, n_tasks: int, label: str,
             after_task(strategy)
         start = time.perf_counter()
         # Only the tasks seen so far: CRWN refuses task ids it was never trained on.
-        evals.append(strategy.eval(benchmark.test_stream[: exp.current_experience + 1]))
+        j = exp.current_experience
+        first = j if eval_protocol == "final" and j < n_tasks - 1 else 0
+        evals.append(strategy.eval(benchmark.test_stream[first: j + 1]))
         eval_s.append(time.perf_counter() - start)
         bar.set_postfix(train_s=f"{train_s[-1]:.1f}", acc=f"{np.nanmean(list(_last_row(evals))):.4f}")
     results = ContinualResults.from_eval(evals, label, n_experiences=n_tasks)
+    if eval_protocol == "final":
+        # Avalanche's eval dictionaries repeat earlier values of experiences
+        # not evaluated this time: keep only what each evaluation measured.
+        measured = np.eye(n_tasks, dtype=bool)
+        measured[-1] = True
+        results.matrix[~measured[: len(results.matrix)]] = np.nan
     summary = summarise_run(results, train_s, eval_s)
+    summary["eval_protocol"] = eval_protocol
+    if eval_protocol == "final":
+        summary["accuracy_curve"] = None  # the intermediate rows hold one task each
     summary.update(train_cpu_seconds=cpu_s, load_average_1min_before_task=load)
     return summary
 
@@ -340,7 +362,7 @@ def save_context_plot(model: Any, benchmark: Any, stream: str, row: str, mode: s
 
 def run_crwn(benchmark: Any, row: str, mode: str, n_tasks: int, iterations: int, seed: int,
              label: str, optimizer: str = "rmsprop", context_plot: Optional[Path] = None,
-             stream_name: str = "") -> Dict[str, Any]:
+             stream_name: str = "", eval_protocol: str = "all-seen") -> Dict[str, Any]:
     import torch
 
     # Same batch order and same initialisations for every row and mode.
@@ -349,7 +371,7 @@ def run_crwn(benchmark: Any, row: str, mode: str, n_tasks: int, iterations: int,
     strategy = build_crwn_strategy(model, iterations, optimizer)
     logged: List[Optional[int]] = []
     result = run_stream(strategy, benchmark, n_tasks, label,
-                        after_task=lambda s: logged.append(declared_params_metric(s)))
+                        after_task=lambda s: logged.append(declared_params_metric(s)), eval_protocol=eval_protocol)
     result["params_per_task"] = int(model.params_per_task())
     result["params_per_task_logged"] = logged
     if context_plot is not None:
@@ -459,13 +481,8 @@ def _find(grid: List[Dict[str, Any]], stream: str, row: str, mode: str) -> Optio
 # ---------------------------------------------------------------- machine and command
 
 
-
-
-
-
-
-
-def scale_description(plan: List[Dict[str, Any]], reference_tasks: int, iterations: int) -> List[str]:
+def scale_description(plan: List[Dict[str, Any]], reference_tasks: int, iterations: int,
+                      eval_protocol: str = "all-seen") -> List[str]:
     """One line per stream and mode saying how many tasks each row ran."""
     lines = []
     for stream, length in STREAM_LENGTHS.items():
@@ -479,6 +496,9 @@ def scale_description(plan: List[Dict[str, Any]], reference_tasks: int, iteratio
             parts = [f"first {k} of {length} tasks for {', '.join(rows)}" for k, rows in sorted(by_count.items(), reverse=True)]
             lines.append(f"{stream.capitalize()} MNIST, {MODE_LABELS[mode]}: " + "; ".join(parts) + ".")
     lines.append(f"CRWN: {iterations:,} mini-batches of {BATCH_SIZE} per task.")
+    if eval_protocol == "final":
+        lines.append("Grid evaluation: each task right after training it, and every task after the last "
+                     "(forgetting A[j,j] - A[T,j] as with the full protocol; no intermediate accuracy curve).")
     if reference_tasks:
         lines.append(f"Reference curves: first {reference_tasks} of {STREAM_LENGTHS['permuted']} Permuted-MNIST tasks "
                      f"(CRWN FC256 Local+Global, EWC, Naive).")
@@ -577,7 +597,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
         f"or pixel-permuted with seed = task index.",
         f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), no GPU, torch {machine['torch']} "
         f"with {machine['torch_threads']} threads, avalanche-lib {machine['avalanche']}.",
-        f"- Scale actually run (the paper runs all 36 rotated and 100 permuted tasks per row):",
+        "- Scale actually run (the paper runs all 36 rotated and 100 permuted tasks per row):",
     ]
     lines += [f"  - {line}" for line in result["scale"]]
     lines += [
@@ -629,10 +649,6 @@ def markdown_section(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
-
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -650,12 +666,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "settings": {
             "iterations_per_task": args.iterations, "batch_size": BATCH_SIZE, "eval_batch_size": EVAL_BATCH_SIZE,
             "crwn_optimizer": f"{OPTIMIZERS[args.optimizer]} lr {CRWN_LR}", "seed": args.seed,
+            "eval_protocol_grid": args.eval_protocol, "eval_protocol_reference": "all-seen",
             "baselines": {"model": "784-256-256-10 ReLU MLP", "optimizer": f"SGD lr {BASELINE_LR} momentum "
                           f"{BASELINE_MOMENTUM}", "epochs_per_task": BASELINE_EPOCHS, "ewc_lambda": EWC_LAMBDA},
         },
         "plan": plan,
         "reference_tasks": args.reference_tasks,
-        "scale": scale_description(plan, args.reference_tasks, args.iterations),
+        "scale": scale_description(plan, args.reference_tasks, args.iterations, args.eval_protocol),
         "grid": [], "reference": {}, "crossings": {}, "targets": [], "complete": False,
     }
     benchmarks: Dict[str, Any] = {}
@@ -671,7 +688,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         label = f"{p['stream']} {p['row']} {p['mode']}"
         jobs.set_description(label)
         run = run_crwn(stream(p["stream"]), p["row"], p["mode"], p["tasks"], args.iterations, args.seed, label,
-                       args.optimizer, args.context_plot, p["stream"])
+                       args.optimizer, args.context_plot, p["stream"], args.eval_protocol)
         result["grid"].append({**p, **run})
         tqdm.write(f"{label}: {p['tasks']} tasks, mean acc {run['mean_accuracy']:.4f}, "
                    f"{run['seconds_per_task']:.1f} s/task, forgetting min {_forget(run['min_forgetting'])}")

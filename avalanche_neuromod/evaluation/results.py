@@ -47,6 +47,11 @@ def accuracy_matrix(
     :param n_experiences: number of columns; inferred when None.
     :return: float array ``(n_evaluations, n_experiences)`` with NaN where an
         experience was not evaluated.
+
+    Avalanche's ``strategy.eval`` returns the last value of every metric the
+    evaluator ever logged: after evaluating only some experiences, the
+    others keep their earlier values in the dictionary (and in the row).
+    Evaluate every experience of interest each time, or mask those entries.
     """
     columns: Dict[int, List[float]] = {}
     if isinstance(results, Mapping):

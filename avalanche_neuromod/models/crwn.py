@@ -253,7 +253,8 @@ class FlyNet(CRWNModule):
     :param input_size: flattened input size (784 for MNIST).
     :param n_classes: outputs.
     :param inputs_per_unit: input pixels per hidden unit.
-    :param init: ``R``'s distribution, ``"gaussian"`` or ``"pytorch"``.
+    :param init: ``R``'s distribution: ``"gaussian"`` (zero-mean, std
+        ``sqrt(2 / fan_in)``), ``"unit_gaussian"`` (std 1) or ``"pytorch"``.
     :param local_only: keep random strengths fixed.
     :param pretrained: train the decoder's shared weight with the first task,
         then freeze it (ablation; the encoder always stays fixed).
@@ -287,7 +288,8 @@ class NeuroModNet(CRWNModule):
     :param hidden_sizes: widths of the hidden layers.
     :param input_size: flattened input size.
     :param n_classes: outputs.
-    :param init: ``R``'s distribution, ``"gaussian"`` or ``"pytorch"``.
+    :param init: ``R``'s distribution: ``"gaussian"`` (zero-mean, std
+        ``sqrt(2 / fan_in)``), ``"unit_gaussian"`` (std 1) or ``"pytorch"``.
     :param local_only: keep random strengths fixed.
     :param pretrained: train the shared weights with the first task, then
         freeze them (the paper's Table 4 ablation).
@@ -351,7 +353,8 @@ class NeuroModResNet18(CRWNModule):
     :param width: width multiplier (1d, 2d, 4d, 6d in the paper).
     :param n_classes: outputs.
     :param in_channels: input channels (3 for CIFAR).
-    :param init: ``R``'s distribution, ``"gaussian"`` or ``"pytorch"``.
+    :param init: ``R``'s distribution: ``"gaussian"`` (zero-mean, std
+        ``sqrt(2 / fan_in)``), ``"unit_gaussian"`` (std 1) or ``"pytorch"``.
     :param local_only: keep random strengths fixed.
     :param pretrained: train the shared kernels with the first task, then freeze them.
     :param seed: seed of every ``R`` and of the task initialisations.
