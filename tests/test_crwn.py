@@ -84,13 +84,13 @@ def test_context_initialisation_and_seeds():
     big = _grown(NeuroModNet((4096,)), 1)
     std = big.layers[1].modulation.contexts[0].std().item()
     assert abs(std - math.sqrt(2 / 4097)) < 0.1 * math.sqrt(2 / 4097)
-    # R: zero-mean Gaussian at Kaiming-normal scale, or unit variance on request.
-    for init, expected in (("gaussian", math.sqrt(2 / 784)), ("unit_gaussian", 1.0)):
+    # R: zero-mean Gaussian with variance 1 / fan_in, or unit variance on request.
+    for init, expected in (("gaussian", 1 / math.sqrt(784)), ("unit_gaussian", 1.0)):
         r = NeuroModNet((256,), init=init).layers[0].weight
         assert abs(r.mean().item()) < 0.01 * expected
         assert abs(r.std().item() - expected) < 0.01 * expected
     r = FlyNet(10).decoder.weight
-    assert abs(r.std().item() - math.sqrt(2 / 7840)) < 0.02 * math.sqrt(2 / 7840)
+    assert abs(r.std().item() - 1 / math.sqrt(7840)) < 0.02 / math.sqrt(7840)
     uniform = NeuroModNet((64,), init="pytorch").layers[0].weight
     assert uniform.abs().max() <= 1 / math.sqrt(784)
     with pytest.raises(ValueError, match="init"):

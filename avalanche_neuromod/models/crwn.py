@@ -254,7 +254,7 @@ class FlyNet(CRWNModule):
     :param n_classes: outputs.
     :param inputs_per_unit: input pixels per hidden unit.
     :param init: ``R``'s distribution: ``"gaussian"`` (zero-mean, std
-        ``sqrt(2 / fan_in)``), ``"unit_gaussian"`` (std 1) or ``"pytorch"``.
+        ``1 / sqrt(fan_in)``), ``"unit_gaussian"`` (std 1) or ``"pytorch"``.
     :param local_only: keep random strengths fixed.
     :param pretrained: train the decoder's shared weight with the first task,
         then freeze it (ablation; the encoder always stays fixed).
@@ -289,7 +289,7 @@ class NeuroModNet(CRWNModule):
     :param input_size: flattened input size.
     :param n_classes: outputs.
     :param init: ``R``'s distribution: ``"gaussian"`` (zero-mean, std
-        ``sqrt(2 / fan_in)``), ``"unit_gaussian"`` (std 1) or ``"pytorch"``.
+        ``1 / sqrt(fan_in)``), ``"unit_gaussian"`` (std 1) or ``"pytorch"``.
     :param local_only: keep random strengths fixed.
     :param pretrained: train the shared weights with the first task, then
         freeze them (the paper's Table 4 ablation).
@@ -354,7 +354,7 @@ class NeuroModResNet18(CRWNModule):
     :param n_classes: outputs.
     :param in_channels: input channels (3 for CIFAR).
     :param init: ``R``'s distribution: ``"gaussian"`` (zero-mean, std
-        ``sqrt(2 / fan_in)``), ``"unit_gaussian"`` (std 1) or ``"pytorch"``.
+        ``1 / sqrt(fan_in)``), ``"unit_gaussian"`` (std 1) or ``"pytorch"``.
     :param local_only: keep random strengths fixed.
     :param pretrained: train the shared kernels with the first task, then freeze them.
     :param seed: seed of every ``R`` and of the task initialisations.
