@@ -136,7 +136,8 @@ def markdown_section(result: Dict[str, Any]) -> str:
         "```",
         "",
         f"- Data: real MNIST from `{result['dataset_root']}`, the first {s['tasks']} Rotated-MNIST tasks "
-        f"(0, 10, ... degrees), all 60,000 training and 10,000 test images per task.",
+        f"({', '.join(str(10 * t) for t in range(s['tasks']))} degrees), all 60,000 training and 10,000 "
+        f"test images per task.",
         f"- Protocol: `CRWN` strategy, {s['iterations']:,} mini-batches of 128 per task, lr 0.01; "
         f"{s['seeds']} seeds (each changes R, the encoder, the task initialisations and the batch order); "
         f"accuracy of each task right after training it, so {s['seeds'] * s['tasks']} values per row.",
@@ -152,7 +153,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
     lines += [
         "",
         f"The spec's calibration is about {100 * CALIBRATION:.1f}% per task. With a unit-variance R, one "
-        "RMSProp step (about 0.01 on each of the 7,840 context values) moves the logits by about a unit, so "
+        "RMSProp step (about 0.01 on each of the 7,840 context values) moves the logits by the order of a unit, so "
         "the accuracy left at the 1,000th batch depends on the batch order; with std 1/sqrt(fan_in) the "
         "same steps move the logits about 90 times less.",
         SECTION_END,

@@ -31,15 +31,18 @@ interrupted job keeps what it measured) and the delimited ``crwn_mnist``
 section of ``docs/results.md`` (other sections are left as they are).
 
 Full scale (the paper's; about 36 + 100 tasks per row and mode, days on
-2 CPU cores because FC4096 takes ~100 s per task)::
+2 CPU cores because FC4096 takes ~85 s per task)::
 
-    python benchmarks/crwn_mnist.py --dataset-root /work/shared/data
+    python benchmarks/crwn_mnist.py --dataset-root /work/shared/data --eval-protocol final
 
-Reduced scale actually run for docs/results.md (2 CPU cores, about 35 min)::
+Scale actually run for docs/results.md (2 CPU cores, about an hour): every
+task for FlyNet-10d and FC256 (both modes), the first 3 tasks (2 for
+FC2048/FC4096) for the other rows::
 
     python benchmarks/crwn_mnist.py --dataset-root /work/shared/data --tasks 3 \
-        --row-tasks FC2048=2 FC4096=2 --local-only-rows FlyNet-10d FC256 \
-        --reference-tasks 20
+        --row-tasks FlyNet-10d=100 FC256=100 FC2048=2 FC4096=2 \
+        --local-only-rows FlyNet-10d FC256 --reference-tasks 20 \
+        --eval-protocol final --context-plot outputs/context
 """
 
 from __future__ import annotations
@@ -639,10 +642,10 @@ def markdown_section(result: Dict[str, Any]) -> str:
         lines += [f"| {t['target']} | {t['value']} | {'pass' if t['pass'] else 'FAIL'} |" for t in result["targets"]]
     lines += [
         "",
-        "Full scale (all tasks, both modes, every row; days on this machine, FC4096 alone takes ~100 s per task):",
+        "Full scale (all tasks, both modes, every row; days on this machine, FC4096 alone takes ~85 s per task):",
         "",
         "```",
-        f".venv/bin/python benchmarks/crwn_mnist.py --dataset-root {result['dataset_root']}",
+        f".venv/bin/python benchmarks/crwn_mnist.py --dataset-root {result['dataset_root']} --eval-protocol final",
         "```",
         SECTION_END,
     ]
