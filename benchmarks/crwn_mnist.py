@@ -537,6 +537,23 @@ def grid_rows(grid: List[Dict[str, Any]]) -> List[List[str]]:
 
 GRID_HEADER = ["stream", "row", "mode", "tasks measured", "mean acc (%)", "params/task", "s/task",
                "min forgetting", "max forgetting"]
+SPREAD_HEADER = ["stream", "row", "mode", "tasks", "lowest task (%)", "median task (%)", "highest task (%)",
+                 "s/task mean", "s/task slowest"]
+
+
+def spread_rows(grid: List[Dict[str, Any]]) -> List[List[str]]:
+    """Per-task spread of the runs that covered their whole stream."""
+    rows = []
+    for g in grid:
+        if g["tasks_measured"] != g["stream_length"]:
+            continue
+        acc = np.asarray(g["final_accuracies"], dtype=float)
+        low, high = int(np.argmin(acc)), int(np.argmax(acc))
+        rows.append([g["stream"], g["row"], MODE_LABELS[g["mode"]], str(len(acc)),
+                     f"{100 * acc[low]:.2f} (task {low})", f"{100 * np.median(acc):.2f}",
+                     f"{100 * acc[high]:.2f} (task {high})", f"{np.mean(g['train_seconds']):.2f}",
+                     f"{max(g['train_seconds']):.2f}"])
+    return rows
 CURVE_NAMES = (REFERENCE_ROW, "EWC", "Naive")
 CURVE_LABELS = {REFERENCE_ROW: "CRWN NeuroModNet-FC256", "EWC": "EWC (lambda 100), MLP 256-256",
                 "Naive": "Naive, MLP 256-256"}
@@ -610,6 +627,11 @@ def markdown_section(result: Dict[str, Any]) -> str:
         "",
     ]
     lines += markdown_table(GRID_HEADER, grid_rows(result["grid"]))
+    spread = spread_rows(result["grid"])
+    if spread:
+        lines += ["", "Runs over a whole stream: spread of the per-task final accuracies (rotated task k is "
+                      "10k degrees; permuted task k uses permutation seed k) and of the training time per task.", ""]
+        lines += markdown_table(SPREAD_HEADER, spread)
     if any(machine_was_busy(g) for g in result["grid"]):
         lines += ["", f"\\* other processes loaded the machine during this row (1-min load average above "
                       f"{machine['cpu_count']} + {BUSY_LOAD_MARGIN:g} before a task): its s/task is inflated; "
@@ -722,6 +744,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     print()
     print(text_table(GRID_HEADER, grid_rows(result["grid"])))
+    if spread_rows(result["grid"]):
+        print()
+        print(text_table(SPREAD_HEADER, spread_rows(result["grid"])))
     if result["reference"]:
         print()
         print(text_table(["after task", "CRWN FC256 (%)", "EWC (%)", "Naive (%)"], curve_rows(result["reference"])))
