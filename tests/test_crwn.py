@@ -107,6 +107,13 @@ def test_fly_encoder_definition():
     x = torch.randn(8, 20)
     h = x @ dense.t()
     assert torch.allclose(enc(x), torch.relu(h - h.mean(dim=1, keepdim=True)), atol=1e-5)
+    assert torch.equal(enc.weight().to_dense(), dense)
+    # The gradient path computes the same code.
+    assert torch.allclose(enc(x.requires_grad_()), enc(x.detach()))
+    # Loading another encoder's connections must not reuse the cached pixel shares.
+    other = SparseFlyEncoder(20, 50, inputs_per_unit=7, seed=1)
+    enc.load_state_dict(other.state_dict())
+    assert torch.equal(enc(x.detach()), other(x.detach()))
     with pytest.raises(ValueError, match="inputs_per_unit"):
         SparseFlyEncoder(5, 10, inputs_per_unit=6)
 
