@@ -35,7 +35,7 @@ Full scale (the paper's; about 36 + 100 tasks per row and mode, days on
 
     python benchmarks/crwn_mnist.py --dataset-root /work/shared/data --eval-protocol final
 
-Scale actually run for docs/results.md (2 CPU cores, about an hour): every
+Scale actually run for docs/results.md (2 CPU cores, about 45 min): every
 task for FlyNet-10d and FC256 (both modes), the first 3 tasks (2 for
 FC2048/FC4096) for the other rows::
 
