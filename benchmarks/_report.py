@@ -7,6 +7,7 @@ section of ``docs/results.md``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -16,13 +17,44 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = REPO_ROOT / "docs" / "results.md"
 
-__all__ = ["REPO_ROOT", "RESULTS_MD", "machine_info", "git_info", "command_line",
-           "update_results_md", "write_json"]
+DATA_ROOT_ENV = "AVALANCHE_NEUROMOD_DATA"
+"""The package's data-root variable (``avalanche_neuromod.benchmarks.DATA_ROOT_ENV``),
+repeated so that parsing arguments does not import torch and Avalanche."""
+
+__all__ = ["REPO_ROOT", "RESULTS_MD", "DATA_ROOT_ENV", "add_dataset_root_argument", "check_mnist_root",
+           "machine_info", "git_info", "command_line", "update_results_md", "write_json"]
+
+
+def add_dataset_root_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dataset-root``, defaulting to ``$AVALANCHE_NEUROMOD_DATA``."""
+    parser.add_argument("--dataset-root", default=os.environ.get(DATA_ROOT_ENV),
+                        help=f"folder holding MNIST/raw/*.gz (default: ${DATA_ROOT_ENV}).")
+
+
+def check_mnist_root(parser: argparse.ArgumentParser, root: Optional[str]) -> Path:
+    """The data root as a path, or a parser error naming what is missing and the fix.
+
+    :param parser: reports the error (and exits).
+    :param root: the ``--dataset-root`` value.
+    """
+    if not root:
+        parser.error(
+            f"no MNIST folder: pass --dataset-root DIR or set {DATA_ROOT_ENV}; DIR must hold "
+            f"MNIST/raw/train-images-idx3-ubyte.gz (torchvision layout)."
+        )
+    path = Path(root).expanduser()
+    raw = path / "MNIST" / "raw"
+    if not any(raw.glob("train-images-idx3-ubyte*")):
+        parser.error(
+            f"MNIST not found under {path}: expected {raw}/train-images-idx3-ubyte.gz and the other "
+            f"three files (torchvision layout)."
+        )
+    return path
 
 
 def git_info() -> Dict[str, Any]:

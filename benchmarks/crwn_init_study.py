@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 import warnings
@@ -41,10 +40,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _report import REPO_ROOT, command_line, machine_info, update_results_md, write_json
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, command_line, machine_info,
+                     update_results_md, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_init_study.json"
-DATA_ROOT_ENV = "AVALANCHE_NEUROMOD_DATA"
 SECTION_START = "<!-- crwn_init_study:start -->"
 SECTION_END = "<!-- crwn_init_study:end -->"
 CALIBRATION = 0.945
@@ -69,8 +68,7 @@ LABELS = {
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="FlyNet-10d accuracy against the scale of R, over seeds.")
-    parser.add_argument("--dataset-root", default=os.environ.get(DATA_ROOT_ENV),
-                        help=f"folder holding MNIST/raw/*.gz (default: ${DATA_ROOT_ENV}).")
+    add_dataset_root_argument(parser)
     parser.add_argument("--seeds", type=int, default=5, help="seeds per configuration.")
     parser.add_argument("--tasks", type=int, default=2, help="first Rotated-MNIST tasks per seed (0, 10, ... degrees).")
     parser.add_argument("--iterations", type=int, default=1000, help="mini-batches of 128 per task.")
@@ -79,9 +77,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file.")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/results.md.")
     args = parser.parse_args(argv)
-    if not args.dataset_root or not any((Path(args.dataset_root) / "MNIST" / "raw").glob("train-images-idx3-ubyte*")):
-        parser.error(f"MNIST not found: pass --dataset-root DIR (or set {DATA_ROOT_ENV}) with "
-                     f"DIR/MNIST/raw/train-images-idx3-ubyte.gz (torchvision layout).")
+    args.dataset_root = check_mnist_root(parser, args.dataset_root)
     for name in ("seeds", "tasks", "iterations"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1.")

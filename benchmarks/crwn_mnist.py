@@ -58,11 +58,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from _report import REPO_ROOT, RESULTS_MD, command_line, machine_info, update_results_md, write_json
+from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, command_line,
+                     machine_info, update_results_md, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_mnist.json"
 PLOT_PATH = REPO_ROOT / "docs" / "images" / "crwn_pmnist_vs_ewc.png"
-DATA_ROOT_ENV = "AVALANCHE_NEUROMOD_DATA"
 SECTION_START = "<!-- crwn_mnist:start -->"
 SECTION_END = "<!-- crwn_mnist:end -->"
 
@@ -123,8 +123,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="CRWN's Table 1 grid on Rotated/Permuted MNIST, plus Naive/EWC references.",
     )
-    parser.add_argument("--dataset-root", default=os.environ.get(DATA_ROOT_ENV),
-                        help=f"folder holding MNIST/raw/*.gz (default: ${DATA_ROOT_ENV}).")
+    add_dataset_root_argument(parser)
     parser.add_argument("--tasks", type=int, default=None,
                         help="tasks per stream for every grid row (default: all, 36 rotated / 100 permuted).")
     parser.add_argument("--row-tasks", type=_row_tasks, nargs="+", default=[], metavar="ROW=K",
@@ -153,7 +152,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="do not touch docs/results.md nor the plot in docs/images.")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models and of the batch order.")
     args = parser.parse_args(argv)
-    args.dataset_root = check_dataset_root(parser, args.dataset_root)
+    args.dataset_root = check_mnist_root(parser, args.dataset_root)
     for name, value in (("--tasks", args.tasks), ("--iterations", args.iterations)):
         if value is not None and value < 1:
             parser.error(f"{name} must be at least 1, got {value}.")
@@ -162,22 +161,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.reference_tasks > STREAM_LENGTHS["permuted"]:
         parser.error(f"--reference-tasks is at most {STREAM_LENGTHS['permuted']}, got {args.reference_tasks}.")
     return args
-
-
-def check_dataset_root(parser: argparse.ArgumentParser, root: Optional[str]) -> Path:
-    if not root:
-        parser.error(
-            f"no MNIST folder: pass --dataset-root DIR or set {DATA_ROOT_ENV}; DIR must hold "
-            f"MNIST/raw/train-images-idx3-ubyte.gz (torchvision layout)."
-        )
-    path = Path(root).expanduser()
-    raw = path / "MNIST" / "raw"
-    if not any(raw.glob("train-images-idx3-ubyte*")):
-        parser.error(
-            f"MNIST not found under {path}: expected {raw}/train-images-idx3-ubyte.gz and the other "
-            f"three files (torchvision layout)."
-        )
-    return path
 
 
 # ---------------------------------------------------------------- plan

@@ -64,10 +64,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from _report import REPO_ROOT, RESULTS_MD, command_line, machine_info, update_results_md
+from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, command_line,
+                     machine_info, update_results_md)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "stream_throughput.json"
-DATA_ROOT_ENV = "AVALANCHE_NEUROMOD_DATA"
 SECTION_START = "<!-- stream_throughput:start -->"
 SECTION_END = "<!-- stream_throughput:end -->"
 PROBE_MARKER = "MEMORY_PROBE_RESULT "
@@ -104,11 +104,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time one Permuted-MNIST epoch: plain loop vs our stream vs Avalanche's.",
     )
-    parser.add_argument(
-        "--dataset-root",
-        default=os.environ.get(DATA_ROOT_ENV),
-        help=f"folder holding MNIST/raw/*.gz (default: ${DATA_ROOT_ENV}).",
-    )
+    add_dataset_root_argument(parser)
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each measurement.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file.")
     parser.add_argument(
@@ -120,15 +116,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="internal: run one memory probe and print its result.",
     )
     args = parser.parse_args(argv)
-    if not args.dataset_root:
-        parser.error(
-            f"no dataset root: pass --dataset-root <folder> or set ${DATA_ROOT_ENV} "
-            "to a folder holding MNIST/raw/*-ubyte.gz (torchvision layout)."
-        )
-    args.dataset_root = Path(args.dataset_root).expanduser().resolve()
-    mnist_raw = args.dataset_root / "MNIST" / "raw"
-    if not mnist_raw.is_dir():
-        parser.error(f"{mnist_raw} does not exist; --dataset-root must hold MNIST/raw/*.gz.")
+    args.dataset_root = check_mnist_root(parser, args.dataset_root).resolve()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1.")
     return args
@@ -646,7 +634,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Raw seconds per repeat: "
+        "Raw seconds per repeat: "
         + "; ".join(f"{key} " + ", ".join(f"{v:.2f}" for v in raw[key]) for key, _ in MEASUREMENTS)
         + ".",
         "",
