@@ -103,8 +103,9 @@ def test_split_stream_definition():
         assert len(labels) == sum(int((y == c).sum()) for c in exp.classes_in_this_experience)
         assert exp.task_labels == [0]
     img = bm.train_stream[0].dataset[0][0]
-    assert img.shape == (3, 28, 28) and 0.0 <= img.min() and img.max() <= 1.0
-    assert torch.equal(img[0], img[1])
+    assert img.shape == (1, 28, 28) and 0.0 <= img.min() and img.max() <= 1.0  # Avalanche's layout
+    dynamos = SplitMNIST(dataset="digits", channels=3).train_stream[0].dataset[0][0]
+    assert dynamos.shape == (3, 28, 28) and torch.equal(dynamos[0], img[0]) and torch.equal(dynamos[0], dynamos[2])
 
 
 def test_split_options():
@@ -119,6 +120,48 @@ def test_split_options():
     assert shuffled.details["class_order"] == np.random.RandomState(1).permutation(10).tolist()
     uneven = SplitMNIST(n_experiences=3, dataset="digits")
     assert [len(g) for g in uneven.details["classes_per_experience"]] == [4, 3, 3]
+    with pytest.raises(ValueError, match="exclude each other"):
+        SplitMNIST(dataset="digits", class_ids_from_zero_in_each_exp=True, class_ids_from_zero_from_first_exp=True)
+
+
+def test_split_benchmark_exposes_avalanches_attributes():
+    """The values Avalanche 0.6's classic SplitMNIST gives for the same arguments
+    (checked against it on real MNIST: seed 1 draws the order 2 9 6 4 0 3 1 7 8 5)."""
+    order = np.random.RandomState(1).permutation(10).tolist()
+    bm = SplitMNIST(5, dataset="digits", shuffle=True, seed=1)
+    groups = [set(order[i : i + 2]) for i in range(0, 10, 2)]
+    assert bm.classes_order == bm.classes_order_original_ids == order
+    assert bm.original_classes_in_exp == groups
+    assert bm.classes_in_experience == {"train": groups, "test": groups}
+    assert bm.n_classes_per_exp == [2] * 5 and bm.task_labels == [[0]] * 5
+    assert bm.class_mapping == list(range(10))
+
+    multi = SplitMNIST(5, dataset="digits", shuffle=True, seed=1, return_task_id=True,
+                       class_ids_from_zero_in_each_exp=True)
+    assert multi.classes_order == [0, 1] * 5 and multi.task_labels == [[i] for i in range(5)]
+    assert multi.original_classes_in_exp == groups
+    assert multi.classes_in_experience["train"] == [{0, 1}] * 5
+    assert [multi.class_mapping[c] for c in order] == [0, 1] * 5
+
+    first = SplitMNIST(5, dataset="digits", shuffle=True, seed=1, class_ids_from_zero_from_first_exp=True)
+    assert first.classes_order == list(range(10)) and first.classes_order_original_ids == order
+    assert [first.class_mapping[c] for c in order] == list(range(10))
+    assert set(_labels(first.train_stream[0])) == {0, 1}
+    assert first.classes_in_experience["test"][4] == {8, 9}
+
+
+@pytest.mark.parametrize("generator", ["PermutedMNIST", "RotatedMNIST"])
+def test_domain_benchmarks_expose_avalanches_attributes(generator):
+    import avalanche_neuromod.benchmarks as anb
+
+    bm = getattr(anb, generator)(3, dataset="digits")
+    assert bm.classes_order == list(range(10)) * 3
+    assert bm.classes_order_original_ids == list(range(30))
+    assert bm.original_classes_in_exp == [set(range(10 * i, 10 * i + 10)) for i in range(3)]
+    assert bm.class_mapping == list(range(10)) * 3
+    assert bm.classes_in_experience == {"train": [set(range(10))] * 3, "test": [set(range(10))] * 3}
+    assert bm.n_classes_per_exp == [10] * 3 and bm.task_labels == [[0]] * 3
+    assert getattr(anb, generator)(2, dataset="digits", return_task_id=True).task_labels == [[0], [1]]
 
 
 @pytest.mark.parametrize(
@@ -147,7 +190,7 @@ def _mlp(channels=1):
     [
         (lambda: RotatedMNIST(n_experiences=2, dataset="digits", return_task_id=True), 1),
         (lambda: PermutedMNIST(n_experiences=2, dataset="digits", return_task_id=True), 1),
-        (lambda: SplitMNIST(n_experiences=2, dataset="digits"), 3),
+        (lambda: SplitMNIST(n_experiences=2, dataset="digits", channels=3), 3),
     ],
 )
 @pytest.mark.parametrize("strategy_cls", [Naive, EWC, Replay, GEM])

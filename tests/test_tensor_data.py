@@ -15,7 +15,7 @@ from avalanche_neuromod.benchmarks import (
     rotate_images,
     set_cache_budget,
 )
-from avalanche_neuromod.benchmarks.tensor_data import _CACHE
+from avalanche_neuromod.benchmarks.tensor_data import _STORE, SampleBatch, fast_collate
 
 
 @pytest.fixture(scope="module")
@@ -119,22 +119,22 @@ def test_fast_path_steps_aside_for_transforms_and_concat(digits):
 
 def test_cache_is_bounded(digits):
     x, y = digits
-    previous = _CACHE.budget_bytes
+    previous = _STORE.budget_bytes
     try:
         one = LazyImageData(x, y).materialise()
         set_cache_budget(2.5 * one.numel() * 4 / 2**20)
-        _CACHE.clear()
+        _STORE.clear()
         datas = [LazyImageData(x, y, angles=float(a)) for a in range(5)]
         for d in datas:
             d[0]
         info = cache_info()
         assert info["entries"] == 2 and info["bytes"] <= info["budget_bytes"]
-        assert [d._hot_rows is None for d in datas] == [True, True, True, False, False]
+        assert [d._held is None for d in datas] == [True, True, True, False, False]
         assert torch.equal(datas[0][0][0], datas[0].materialise()[0])
         with pytest.raises(ValueError, match="budget"):
             set_cache_budget(0)
     finally:
-        _CACHE.budget_bytes = previous
+        _STORE.budget_bytes = previous
 
 
 def test_fast_collate_equals_default_collate(digits):
@@ -161,7 +161,7 @@ def test_lazy_data_pickles_without_its_cache(digits):
     data = LazyImageData(x[:20], y[:20], angles=30.0)
     first = data[0][0].clone()
     copy = pickle.loads(pickle.dumps(data))
-    assert copy._hot_rows is None
+    assert copy._held is None
     assert torch.equal(copy[0][0], first)
     ds = make_classification_dataset(data, task_label=1)
     ds[0]
@@ -184,19 +184,66 @@ def test_batched_reads_equal_item_reads(digits):
     assert not isinstance(flip.__getitems__([0, 1]), type(ds.__getitems__([0, 1])))
 
 
-def test_collecting_an_experience_while_the_cache_is_locked_does_not_deadlock(digits):
-    import threading
+def test_a_collected_experience_leaves_the_store(digits):
+    import gc
 
     x, y = digits
-    holder = {"data": LazyImageData(x[:10], y[:10])}
-    holder["data"][0]
+    _STORE.clear()
+    data = LazyImageData(x[:10], y[:10])
+    data[0]
+    assert cache_info()["entries"] == 1
+    del data
+    gc.collect()
+    assert cache_info() == {**cache_info(), "entries": 0, "bytes": 0}
 
-    def drop_under_lock():
-        with _CACHE._lock:  # as if garbage collection struck inside get/put
-            del holder["data"]
 
-    worker = threading.Thread(target=drop_under_lock, daemon=True)
-    worker.start()
-    worker.join(timeout=10)
-    assert not worker.is_alive(), "the cache finalizer blocked on the cache lock"
-    assert cache_info()["entries"] >= 0
+VIEWS = {
+    "identity": {},
+    "permutation": {"permutation": torch.randperm(784, generator=torch.Generator().manual_seed(3))},
+    "rotation": {"angles": 30.0},
+    "rotation_normalised_permuted": {
+        "angles": 50.0, "mean": (0.13,), "std": (0.31,),
+        "permutation": torch.randperm(784, generator=torch.Generator().manual_seed(4)),
+    },
+    "per_sample_angles": {"angles": "one per sample"},
+    "bilinear": {"angles": 20.0, "interpolation": "bilinear"},
+    "three_channels": {"channels": 3},
+    "flat": {"flatten": True, "mean": (0.5,), "std": (0.25,)},
+}
+
+
+@pytest.mark.parametrize("view", sorted(VIEWS))
+def test_batch_reads_equal_single_reads_and_skip_materialising(digits, view):
+    x, y = digits
+    kwargs = dict(VIEWS[view])
+    if kwargs.get("angles") == "one per sample":
+        kwargs["angles"] = torch.linspace(0, 350, len(y))
+    data = LazyImageData(x, y, **kwargs)
+    ds = make_classification_dataset(data, task_label=3).subset(list(range(5, 300)))
+    picks = [7, 0, 150, 3, 294, 7]
+    before = cache_info()["materialised"]
+    batch = ds.__getitems__(picks)
+    assert isinstance(batch, SampleBatch) and len(batch) == len(picks)
+    assert cache_info()["materialised"] == before, "a batch read must not materialise the experience"
+    for i, item in zip(picks, batch):
+        single = ds[i]
+        assert torch.equal(item[0], single[0]) and item[1:] == single[1:]
+        assert [type(v) for v in item] == [type(v) for v in single]
+    assert torch.equal(data.materialise()[torch.tensor([12, 5])], data.materialise([12, 5]))
+
+
+def test_default_collate_dataloader_over_our_datasets(digits):
+    from torch.utils.data import DataLoader, default_collate
+
+    x, y = digits
+    ds = make_classification_dataset(LazyImageData(x, y, angles=10.0), task_label=1)
+    batch = next(iter(DataLoader(ds, batch_size=16)))
+    expected = default_collate([ds[i] for i in range(16)])
+    assert [t.shape for t in batch] == [(16, 1, 28, 28), (16,), (16,)]
+    for a, b in zip(batch, expected):
+        assert torch.equal(a, b) and a.dtype == b.dtype
+    items = ds.__getitems__([1, 2, 3])
+    assert torch.equal(fast_collate(items)[0], default_collate(items)[0])
+    assert [i[1] for i in items[0:2]] == [ds[1][1], ds[2][1]]
+    with pytest.raises(IndexError):
+        ds.__getitems__([len(ds)])

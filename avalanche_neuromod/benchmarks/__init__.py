@@ -35,6 +35,7 @@ from .streams import (
 )
 from .tensor_data import (
     LazyImageData,
+    SampleBatch,
     TensorClassificationDataset,
     cache_info,
     make_classification_dataset,
@@ -58,6 +59,7 @@ __all__ = [
     "NeuromodBenchmark",
     "PermutedMNIST",
     "RotatedMNIST",
+    "SampleBatch",
     "SeqSVHN",
     "SplitCIFAR100",
     "SplitMNIST",

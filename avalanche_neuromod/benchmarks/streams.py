@@ -53,11 +53,21 @@ DATASETS = ("mnist", "fashion_mnist", "digits")
 class NeuromodBenchmark(CLScenario):
     """An Avalanche ``CLScenario`` that also describes itself.
 
+    Besides the streams it carries the attributes that Avalanche's classic
+    generators (``SplitMNIST``, ``PermutedMNIST``, ``RotatedMNIST``) expose,
+    with the same meaning, so code written against them keeps working:
+    ``classes_order``, ``classes_order_original_ids``,
+    ``original_classes_in_exp``, ``classes_in_experience``,
+    ``n_classes_per_exp``, ``task_labels`` and ``class_mapping``.
+
     :param streams: the streams (``train``, ``test``, ...).
     :param name: the generator that built it, e.g. ``"RotatedMNIST"``.
     :param dataset: the data source's name.
     :param n_classes: number of distinct labels over the benchmark.
     :param details: per-experience facts (angles, class splits, seeds).
+    :param class_info: ``classes_order_original_ids``, ``original_classes_in_exp``
+        and ``class_mapping`` as Avalanche defines them; by default each
+        label is its own original class id.
     """
 
     def __init__(
@@ -68,12 +78,35 @@ class NeuromodBenchmark(CLScenario):
         dataset: str,
         n_classes: int,
         details: Optional[Dict[str, Any]] = None,
+        class_info: Optional[Dict[str, Any]] = None,
     ):
         super().__init__(streams)
         self.name = name
         self.dataset = dataset
         self.n_classes = n_classes
         self.details: Dict[str, Any] = dict(details or {})
+        train = list(self.train_stream)
+        self.task_labels: List[List[int]] = [list(e.task_labels) for e in train]
+        """Task labels of each training experience (as Avalanche's ``task_labels``)."""
+        self.classes_in_experience: Dict[str, List[set]] = {
+            s.name: [set(e.classes_in_this_experience) for e in s] for s in self.streams.values()
+        }
+        """Per stream name, the set of (mapped) labels of each experience."""
+        self.n_classes_per_exp: List[int] = [len(c) for c in self.classes_in_experience["train"]]
+        """Number of classes in each training experience."""
+        info = dict(class_info or {})
+        # first appearance: MNIST-360's stages visit every class several times
+        mapped_order = list(dict.fromkeys(c for cs in self.classes_in_experience["train"] for c in sorted(cs)))
+        self.classes_order_original_ids: List[int] = list(info.get("classes_order_original_ids", mapped_order))
+        """Original class ids in the order the experiences introduce them."""
+        self.class_mapping: List[int] = list(info.get("class_mapping", range(n_classes)))
+        """``class_mapping[original id]`` is the label the samples carry."""
+        self.classes_order: List[int] = [self.class_mapping[c] for c in self.classes_order_original_ids]
+        """The labels, in the order the experiences introduce them (Avalanche's meaning)."""
+        self.original_classes_in_exp: List[set] = [
+            set(c) for c in info.get("original_classes_in_exp", self.classes_in_experience["train"])
+        ]
+        """Original class ids of each training experience."""
 
     @property
     def n_experiences(self) -> int:
@@ -166,8 +199,17 @@ def _view_benchmark(
             ds = make_classification_dataset(data, task, train_transform, eval_transform)
             exps.append(_experience(ds, i, task, classes))
         streams.append(_stream(stream_name, exps))
+    # Avalanche builds these streams with one dataset per experience and
+    # gives experience i the original class ids i * n_classes + c, mapped
+    # back to c: the attributes follow that convention.
+    k = len(classes)
+    class_info = {
+        "classes_order_original_ids": list(range(k * len(views))),
+        "original_classes_in_exp": [set(range(i * k, (i + 1) * k)) for i in range(len(views))],
+        "class_mapping": [c for _ in views for c in classes],
+    }
     return NeuromodBenchmark(
-        streams, name=name, dataset=dataset, n_classes=len(classes), details=details
+        streams, name=name, dataset=dataset, n_classes=k, details=details, class_info=class_info
     )
 
 
@@ -286,6 +328,15 @@ def _class_order(n_classes: int, fixed_class_order, shuffle: bool, seed: Optiona
     return list(range(n_classes))
 
 
+def _relabel_mode(in_each_exp: bool, from_first_exp: bool) -> str:
+    if in_each_exp and from_first_exp:
+        raise ValueError(
+            "class_ids_from_zero_in_each_exp and class_ids_from_zero_from_first_exp "
+            "exclude each other; pass at most one of them."
+        )
+    return "each_exp" if in_each_exp else "first_exp" if from_first_exp else "none"
+
+
 def _split_benchmark(
     name: str,
     dataset: str,
@@ -294,36 +345,50 @@ def _split_benchmark(
     n_experiences: int,
     class_order: List[int],
     return_task_id: bool,
-    class_ids_from_zero_in_each_exp: bool,
+    relabel: str,
     view: Dict[str, Any],
     train_transform: Any,
     eval_transform: Any,
 ) -> NeuromodBenchmark:
-    """Class-incremental benchmark: disjoint groups of classes, in order."""
+    """Class-incremental benchmark: disjoint groups of classes, in order.
+
+    ``relabel`` follows Avalanche: ``"none"`` keeps the original labels,
+    ``"each_exp"`` relabels each experience's classes ``0..k-1`` (in class
+    order), ``"first_exp"`` relabels class ``class_order[i]`` as ``i``.
+    """
     groups = [g.tolist() for g in np.array_split(np.asarray(class_order), n_experiences)]
+    n_classes = len(class_order)
+    class_mapping = list(range(n_classes))
+    if relabel == "each_exp":
+        for group in groups:
+            for position, c in enumerate(group):
+                class_mapping[c] = position
+    elif relabel == "first_exp":
+        for position, c in enumerate(class_order):
+            class_mapping[c] = position
+    mapping = torch.tensor(class_mapping, dtype=torch.long)
     streams = []
     for stream_name, (x, y) in (("train", train), ("test", test)):
+        labels = y if relabel == "none" else mapping[y]
         exps = []
         for i, group in enumerate(groups):
             task = i if return_task_id else 0
             indices = torch.from_numpy(np.flatnonzero(np.isin(y.numpy(), group)))
-            labels = y
-            exp_classes = list(group)
-            if class_ids_from_zero_in_each_exp:
-                mapping = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
-                mapping[torch.tensor(group)] = torch.arange(len(group))
-                labels = mapping[y]
-                exp_classes = list(range(len(group)))
             data = LazyImageData(x, labels, indices, **view)
             ds = make_classification_dataset(data, task, train_transform, eval_transform)
-            exps.append(_experience(ds, i, task, exp_classes))
+            exps.append(_experience(ds, i, task, [class_mapping[c] for c in group]))
         streams.append(_stream(stream_name, exps))
     return NeuromodBenchmark(
         streams,
         name=name,
         dataset=dataset,
-        n_classes=len(class_order),
+        n_classes=n_classes,
         details={"class_order": class_order, "classes_per_experience": groups},
+        class_info={
+            "classes_order_original_ids": list(class_order),
+            "original_classes_in_exp": [set(g) for g in groups],
+            "class_mapping": class_mapping,
+        },
     )
 
 
@@ -335,18 +400,25 @@ def SplitMNIST(
     fixed_class_order: Optional[Sequence[int]] = None,
     shuffle: bool = False,
     class_ids_from_zero_in_each_exp: bool = False,
+    class_ids_from_zero_from_first_exp: bool = False,
     dataset: str = "mnist",
     dataset_root: Optional[PathLike] = None,
-    channels: int = 3,
+    channels: int = 1,
     normalize: bool = False,
     train_transform: Optional[Callable] = None,
     eval_transform: Optional[Callable] = None,
 ) -> NeuromodBenchmark:
     """Split (Sequential) MNIST: disjoint groups of classes, class-incremental.
 
-    Dynamos' protocol by default: 5 experiences of 2 classes in label order
-    (0-1, 2-3, ...), images as 3x28x28 (grey repeated), no normalisation,
-    no augmentation, every experience with task label 0.
+    5 experiences of 2 classes in label order (0-1, 2-3, ...), no
+    normalisation, no augmentation, every experience with task label 0.
+    Images are 1x28x28, as in Avalanche's ``SplitMNIST`` and our other MNIST
+    streams; Dynamos' protocol asks for ``channels=3`` (grey repeated).
+
+    The arguments Avalanche's ``SplitMNIST`` also has mean the same here;
+    the defaults differ where the papers' protocol does: the class order is
+    the label order unless ``shuffle=True`` (Avalanche shuffles by default),
+    and there is no normalisation unless ``normalize=True``.
 
     :param n_experiences: number of experiences, 1 to 10; classes are split
         as evenly as possible.
@@ -357,9 +429,11 @@ def SplitMNIST(
     :param shuffle: draw the class order at random from ``seed``.
     :param class_ids_from_zero_in_each_exp: relabel each experience's
         classes 0..k-1 (for multi-head task-incremental use).
+    :param class_ids_from_zero_from_first_exp: relabel the classes 0..9 in
+        the order the experiences introduce them.
     :param dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"digits"``.
     :param dataset_root: data folder for MNIST and Fashion-MNIST.
-    :param channels: 3 (Dynamos) or 1.
+    :param channels: 1 (default) or 3 (Dynamos).
     :param normalize: normalise with the source's mean and std.
     :param train_transform: optional per-sample transform (train stream).
     :param eval_transform: optional per-sample transform (test stream).
@@ -376,7 +450,9 @@ def SplitMNIST(
     return _split_benchmark(
         "SplitMNIST", dataset, train, test, n_experiences,
         _class_order(10, fixed_class_order, shuffle, seed),
-        return_task_id, class_ids_from_zero_in_each_exp, view,
+        return_task_id,
+        _relabel_mode(class_ids_from_zero_in_each_exp, class_ids_from_zero_from_first_exp),
+        view,
         train_transform, eval_transform,
     )
 
@@ -426,7 +502,7 @@ def SplitCIFAR100(
     order = _class_order(100, fixed_class_order, seed is not None and fixed_class_order is None, seed)
     return _split_benchmark(
         "SplitCIFAR100", "cifar100", train, test, n_experiences, order,
-        return_task_id, class_ids_from_zero_in_each_exp, {},
+        return_task_id, _relabel_mode(class_ids_from_zero_in_each_exp, False), {},
         train_transform or default_train, eval_transform or default_eval,
     )
 
@@ -460,6 +536,6 @@ def SeqSVHN(
     return _split_benchmark(
         "SeqSVHN", "svhn", train, test, n_experiences,
         _class_order(10, fixed_class_order, False, None),
-        return_task_id, class_ids_from_zero_in_each_exp, {},
+        return_task_id, _relabel_mode(class_ids_from_zero_in_each_exp, False), {},
         train_transform, eval_transform,
     )

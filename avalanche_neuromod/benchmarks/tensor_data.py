@@ -1,18 +1,28 @@
 """Experience data built lazily from one shared ``uint8`` base tensor.
 
 A stream of 100 permuted MNIST experiences must not hold 100 float copies of
-MNIST (18.8 GB). Each experience here keeps a reference to the shared base
-images plus a *view*: the rotation angles and/or pixel permutation that define
-it. The view is applied to the whole experience at once the first time a
-sample is read, and the result is kept in a small process-wide cache bounded
-in bytes, so only the experiences in use are ever materialised.
+MNIST (18.8 GB). Each experience keeps a reference to the shared base images
+plus a *view*: the rotation angles and/or pixel permutation that define it.
 
-:class:`TensorClassificationDataset` is an ordinary Avalanche
-``ClassificationDataset``; when it is a plain chain of subsets over one
-:class:`LazyImageData` (the common case inside Avalanche's data loaders) it
-reads samples straight from the materialised tensor, skipping Avalanche's
-generic per-sample recursion. The element it returns is identical to the
-generic path's.
+Two read paths give identical samples:
+
+- **whole mini-batches** (``__getitems__``, which PyTorch's ``DataLoader``
+  calls): the view is applied to just the batch's rows of the ``uint8`` base,
+  so a fresh experience costs nothing before its first batch. The batch is
+  handed back as a :class:`SampleBatch`, a sequence of ordinary samples that
+  any collate function accepts and :func:`fast_collate` takes apart without
+  splitting it;
+- **single samples** (``dataset[i]``, which Avalanche's multi-task loaders
+  call through ``torch.utils.data.ConcatDataset``, one index at a time): the
+  experience is materialised once and its rows are served as views. A small
+  store bounded in bytes keeps the most recently used experiences; older ones
+  are dropped and recomputed if read again.
+
+:class:`TensorClassificationDataset` is an ordinary Avalanche task-aware
+classification dataset (``task_set``, subsets, concatenation, transform
+groups and data attributes all work); when it is a plain chain of subsets over
+one :class:`LazyImageData` it reads from it directly, skipping Avalanche's
+per-sample recursion.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence as SequenceABC
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -28,7 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
-from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+from avalanche.benchmarks.utils.classification_dataset import (
+    ClassificationDataset,
+    TaskAwareSupervisedClassificationDataset,
+)
 from avalanche.benchmarks.utils.data import AvalancheDataset, _FlatDataWithTransform
 from avalanche.benchmarks.utils.data_attribute import DataAttribute
 from avalanche.benchmarks.utils.flat_data import ConstantSequence, FlatData
@@ -38,7 +52,7 @@ from avalanche.benchmarks.utils.transform_groups import (
 )
 
 __all__ = [
-    "CollatedBatch",
+    "SampleBatch",
     "fast_collate",
     "rotate_images",
     "permute_pixels",
@@ -111,34 +125,54 @@ def permute_pixels(images: torch.Tensor, permutation: torch.Tensor) -> torch.Ten
 
 
 _ROTATION_CHUNK = 4096
+# Rows per step when a whole experience is materialised: the uint8 and float
+# copies of one step stay in the CPU caches.
+_MATERIALISE_CHUNK = 2048
 
 
-def _gather_pixels(images: torch.Tensor, pixel_map: torch.Tensor) -> torch.Tensor:
-    """``out[..., p] = images[..., pixel_map[p]]``, 0 where ``pixel_map`` is -1."""
-    n, c, h, w = images.shape
-    # numpy's take is about 4x faster than torch's advanced indexing here.
-    flat = images.reshape(n, c, h * w).numpy()
-    out = np.take(flat, pixel_map.clamp(min=0).numpy(), axis=2)
-    outside = (pixel_map < 0).numpy()
-    if outside.any():
-        out[:, :, outside] = 0
-    return torch.from_numpy(out).reshape(n, c, h, w)
+class SampleBatch(SequenceABC):
+    """A mini-batch read in one go, handed out as its samples.
 
+    This is what :meth:`TensorClassificationDataset.__getitems__` returns:
+    PyTorch's contract for ``__getitems__`` is a sequence of samples, and
+    item ``i`` is exactly ``dataset[indices[i]]`` (``[image, label]`` or
+    ``[image, label, task label]``, labels as Python ints), so torch's
+    ``default_collate`` or any user collate function works on it unchanged.
+    :func:`fast_collate` recognises it and returns its columns directly.
 
-class CollatedBatch(list):
-    """A mini-batch that :meth:`TensorClassificationDataset.__getitems__` already collated."""
+    :param columns: the batch's images ``(B, ...)``, labels ``(B,)`` and, if
+        any, task labels ``(B,)``.
+    """
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: Sequence[torch.Tensor]):
+        self.columns = list(columns)
+
+    def __len__(self) -> int:
+        return int(self.columns[1].shape[0])
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        image = self.columns[0][i]  # raises IndexError past the end, ending iteration
+        return [image] + [int(column[i]) for column in self.columns[1:]]
+
+    def __repr__(self) -> str:
+        return f"SampleBatch(size={len(self)}, image_shape={tuple(self.columns[0].shape[1:])})"
 
 
 def fast_collate(batch: Sequence[Any]) -> Any:
     """Collate ``[image, label, task label]`` items; anything else goes to torch.
 
     Equal to ``torch.utils.data.default_collate`` on such items, without its
-    per-element type dispatch. A :class:`CollatedBatch` passes through.
+    per-element type dispatch. A :class:`SampleBatch` gives its columns as
+    they are (no split and re-stack).
 
     :param batch: the items of one mini-batch.
     """
-    if isinstance(batch, CollatedBatch):
-        return list(batch)
+    if isinstance(batch, SampleBatch):
+        return list(batch.columns)
     first = batch[0]
     if type(first) is list and first and set(map(type, batch)) == {list}:
         width = len(first)
@@ -152,104 +186,84 @@ def fast_collate(batch: Sequence[Any]) -> Any:
     return default_collate(batch)
 
 
-class _MaterialisedCache:
-    """Process-wide LRU of materialised experiences, bounded in bytes."""
+class _RowStore:
+    """Materialised experiences for single-sample reads, bounded in bytes.
+
+    Least recently materialised first out. Each owner holds its own rows
+    (``owner._held``); the store only remembers, through weak references, who
+    holds how many bytes, and takes the rows back from the oldest owners when
+    the budget is exceeded. Owners that were garbage-collected simply drop out.
+    """
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
-        # Each entry: the materialised tensor and its rows as a tuple of views
-        # (indexing a tuple is 20x cheaper than indexing the tensor per sample).
-        # The owner holds its rows in `_hot_rows` while cached, so reading a
-        # sample skips the lock; eviction clears it through the weak reference.
-        self._items: "OrderedDict[int, Tuple[torch.Tensor, Tuple[torch.Tensor, ...], Any]]" = OrderedDict()
+        self._owners: "OrderedDict[int, Tuple[weakref.ref, int]]" = OrderedDict()
         self._lock = threading.Lock()
-        # Keys of collected owners. Finalizers run inside garbage collection,
-        # possibly while this thread holds the lock: they only append here
-        # (atomic, lock-free) and the next get/put removes the entries.
-        self._dead: List[int] = []
-        self.hits = 0
-        self.misses = 0
+        self.materialised = 0
 
-    def _purge_dead(self) -> None:
-        while self._dead:
-            key = self._dead.pop()
-            entry = self._items.get(key)
-            if entry is not None and entry[2]() is None:  # the id may have been reused
-                del self._items[key]
-
-    def get(self, owner: "LazyImageData"):
+    def add(self, owner: "LazyImageData", nbytes: int) -> None:
         with self._lock:
-            self._purge_dead()
-            entry = self._items.get(id(owner))
-            if entry is not None:
-                self._items.move_to_end(id(owner))
-                self.hits += 1
-            return entry
+            self.materialised += 1
+            self._owners[id(owner)] = (weakref.ref(owner), nbytes)
+            self._owners.move_to_end(id(owner))
+            self._prune()
 
-    def put(self, owner: "LazyImageData", tensor: torch.Tensor):
-        entry = (tensor, tensor.unbind(0), weakref.ref(owner))
-        with self._lock:
-            self._purge_dead()
-            self.misses += 1
-            key = id(owner)
-            if getattr(owner, "_cache_finalizer", None) is None:
-                # once per owner: its entry leaves the cache when it is collected
-                owner._cache_finalizer = weakref.finalize(owner, self._drop, key)
-            self._items[key] = entry
-            self._items.move_to_end(key)
-            while len(self._items) > 1 and self.nbytes > self.budget_bytes:
-                _, (_, _, ref) = self._items.popitem(last=False)
-                evicted = ref()
-                if evicted is not None:
-                    evicted._hot_rows = None
-        owner._hot_rows = entry[1]
-        return entry
-
-    def _drop(self, key: int) -> None:
-        self._dead.append(key)
+    def _prune(self) -> None:
+        for key, (ref, _) in list(self._owners.items()):
+            if ref() is None:
+                del self._owners[key]
+        while len(self._owners) > 1 and self.nbytes > self.budget_bytes:
+            _, (ref, _) = self._owners.popitem(last=False)
+            evicted = ref()
+            if evicted is not None:
+                evicted._held = None
 
     @property
     def nbytes(self) -> int:
-        return sum(t.element_size() * t.numel() for t, _, _ in list(self._items.values()))
+        return sum(n for ref, n in self._owners.values() if ref() is not None)
 
     def clear(self) -> None:
         with self._lock:
-            for _, _, ref in self._items.values():
+            for ref, _ in self._owners.values():
                 owner = ref()
                 if owner is not None:
-                    owner._hot_rows = None
-            self._items.clear()
+                    owner._held = None
+            self._owners.clear()
 
 
-_CACHE = _MaterialisedCache(int(float(os.environ.get(CACHE_BUDGET_ENV, 320)) * 2**20))
+_STORE = _RowStore(int(float(os.environ.get(CACHE_BUDGET_ENV, 320)) * 2**20))
 
 
 def set_cache_budget(megabytes: float) -> None:
     """Set how much memory materialised experiences may occupy together.
 
-    The default is 320 MB (``$AVALANCHE_NEUROMOD_CACHE_MB`` overrides it):
-    one MNIST training experience (188 MB as float) plus four test
-    experiences. Evicted experiences are recomputed when read again.
-    The experience being read is always kept, whatever the budget.
+    Only single-sample reads (``dataset[i]``, as Avalanche's multi-task
+    loaders do) materialise an experience; whole-batch reads never do. The
+    default is 320 MB (``$AVALANCHE_NEUROMOD_CACHE_MB`` overrides it): one
+    MNIST training experience (188 MB as float) plus four test experiences.
+    Dropped experiences are recomputed when read again. The experience being
+    read is always kept, whatever the budget.
 
     :param megabytes: the new budget.
     """
     if megabytes <= 0:
         raise ValueError(f"the cache budget must be positive, got {megabytes} MB.")
-    _CACHE.budget_bytes = int(megabytes * 2**20)
+    with _STORE._lock:
+        _STORE.budget_bytes = int(megabytes * 2**20)
+        _STORE._prune()
 
 
 def cache_info() -> dict:
-    """Entries, bytes, hits and misses of the materialisation cache."""
-    with _CACHE._lock:
-        _CACHE._purge_dead()
-    return {
-        "entries": len(_CACHE._items),
-        "bytes": _CACHE.nbytes,
-        "budget_bytes": _CACHE.budget_bytes,
-        "hits": _CACHE.hits,
-        "misses": _CACHE.misses,
-    }
+    """Experiences held for single-sample reads: how many, their bytes, the budget,
+    and how many materialisations happened so far."""
+    with _STORE._lock:
+        _STORE._prune()
+        return {
+            "entries": len(_STORE._owners),
+            "bytes": _STORE.nbytes,
+            "budget_bytes": _STORE.budget_bytes,
+            "materialised": _STORE.materialised,
+        }
 
 
 class LazyImageData(Dataset):
@@ -323,7 +337,7 @@ class LazyImageData(Dataset):
         c = self.channels or c
         return (c * h * w,) if self.flatten else (c, h, w)
 
-    def _pixel_map(self) -> Optional[torch.Tensor]:
+    def _pixel_map(self) -> Optional[np.ndarray]:
         """Source pixel of every output pixel for a fixed nearest rotation
         followed by the permutation (-1: outside the rotated image, filled 0)."""
         if "_pixel_map_cache" not in self.__dict__:
@@ -337,34 +351,41 @@ class LazyImageData(Dataset):
             if self.permutation is not None:
                 perm = torch.as_tensor(self.permutation, dtype=torch.long)
                 pixel_map = perm if pixel_map is None else pixel_map[perm]
-            self._pixel_map_cache = pixel_map
+            self._pixel_map_cache = None if pixel_map is None else pixel_map.numpy()
         return self._pixel_map_cache
 
-    def materialise(self, positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Compute float samples without touching the cache.
+    def _base_indices(self, positions: Optional[Any]) -> Optional[np.ndarray]:
+        """Rows of the base for ``positions`` of this experience (None: all, in order)."""
+        if positions is None:
+            return None if self.indices is None else self.indices.numpy()
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        return positions if self.indices is None else self.indices.numpy()[positions]
 
-        :param positions: positions within this experience; None means all.
+    def materialise(self, positions: Optional[Any] = None) -> torch.Tensor:
+        """Compute float samples from the ``uint8`` base (nothing is cached).
+
+        :param positions: positions within this experience (a sequence or
+            tensor of ints); None means all of them.
         """
-        idx = self.indices
+        rows = self._base_indices(positions)
+        n = len(self) if rows is None else len(rows)
         angles = self.angles
-        if positions is not None:
-            positions = torch.as_tensor(positions, dtype=torch.long)
-            idx = positions if idx is None else idx[positions]
-            if isinstance(angles, torch.Tensor) and angles.numel() > 1:
-                angles = angles[positions]
-        x = self.images if idx is None else self.images[idx]
         per_sample = isinstance(angles, torch.Tensor) and angles.numel() > 1
+        if per_sample and positions is not None:
+            angles = angles[torch.as_tensor(np.asarray(positions, dtype=np.int64).reshape(-1))]
         if not per_sample and self.interpolation == "nearest":
-            # A fixed nearest rotation and a permutation are both pixel
-            # gathers: do them on uint8, before the 4x larger float copy.
-            pixel_map = self._pixel_map()
-            if pixel_map is not None:
-                x = _gather_pixels(x, pixel_map)
-            x = x.float().div_(255.0)
-            x = self._normalise(x)
+            if n <= _MATERIALISE_CHUNK:
+                x = self._gather_view(rows)
+            else:
+                # Whole experiences go chunk by chunk into one output tensor.
+                chunk_rows = np.arange(len(self.images)) if rows is None else rows
+                x = torch.empty((n,) + tuple(self.images.shape[1:]), dtype=torch.float32)
+                for lo in range(0, n, _MATERIALISE_CHUNK):
+                    x[lo : lo + _MATERIALISE_CHUNK] = self._gather_view(chunk_rows[lo : lo + _MATERIALISE_CHUNK])
         else:
+            x = self.images if rows is None else self.images[torch.from_numpy(rows)]
             x = x.float().div_(255.0)
-            if angles is not None:
+            if angles is not None and len(x):
                 x = torch.cat(
                     [
                         rotate_images(
@@ -374,15 +395,27 @@ class LazyImageData(Dataset):
                         )
                         for i in range(0, len(x), _ROTATION_CHUNK)
                     ]
-                ) if len(x) else x
+                )
             x = self._normalise(x)
             if self.permutation is not None:
-                x = permute_pixels(x, self.permutation)
-        if self.channels is not None and self.channels != x.shape[1]:
-            x = x.expand(-1, self.channels, -1, -1)
-        if self.flatten:
-            x = x.reshape(x.shape[0], -1)
-        return x.contiguous()
+                x = permute_pixels(x, torch.as_tensor(self.permutation, dtype=torch.long))
+        return self._finish(x)
+
+    def _gather_view(self, rows: Optional[np.ndarray]) -> torch.Tensor:
+        """A fixed nearest rotation and a permutation are both pixel gathers:
+        do them on the ``uint8`` rows, before the 4x larger float copy."""
+        n_base, c, h, w = self.images.shape
+        base = self.images.numpy().reshape(n_base, c, h * w)
+        x = base if rows is None else base[rows]
+        pixel_map = self._pixel_map()
+        if pixel_map is not None:
+            # numpy's take is several times faster than torch's indexing here.
+            x = np.take(x, np.maximum(pixel_map, 0), axis=2)
+            outside = pixel_map < 0
+            if outside.any():
+                x[:, :, outside] = 0
+        x = torch.from_numpy(np.ascontiguousarray(x)).reshape(-1, c, h, w).float().div_(255.0)
+        return self._normalise(x)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is None:
@@ -391,29 +424,52 @@ class LazyImageData(Dataset):
         std = torch.as_tensor(self.std, dtype=x.dtype).reshape(1, -1, 1, 1)
         return x.sub_(mean).div_(std)
 
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels is not None and self.channels != x.shape[1]:
+            x = x.expand(-1, self.channels, -1, -1)
+        if self.flatten:
+            x = x.reshape(x.shape[0], -1)
+        return x.contiguous()
+
     collate_fn = staticmethod(fast_collate)
     """Picked up by Avalanche's datasets built on this one."""
 
-    _hot_rows: Optional[Tuple[torch.Tensor, ...]] = None
+    _held: Optional[Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]] = None
+    """The materialised tensor and its rows, while the store keeps them."""
 
-    def _entry(self):
-        entry = _CACHE.get(self)
-        if entry is None:
-            entry = _CACHE.put(self, self.materialise())
-        return entry
-
-    def tensor(self) -> torch.Tensor:
-        """All samples of this experience, materialised once and cached."""
-        return self._entry()[0]
+    def _materialised(self) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        held = self._held
+        if held is None:
+            tensor = self.materialise()
+            # Indexing a tuple of views is 20x cheaper than indexing the tensor.
+            held = self._held = (tensor, tensor.unbind(0))
+            _STORE.add(self, tensor.element_size() * tensor.numel())
+        return held
 
     def rows(self) -> Tuple[torch.Tensor, ...]:
-        """The samples as a tuple of views of :meth:`tensor`."""
-        rows = self._hot_rows
-        return rows if rows is not None else self._entry()[1]
+        """Every sample as a view of one materialised tensor (for single-sample reads).
+
+        Materialised on first use and kept while the store's budget allows
+        (:func:`set_cache_budget`).
+        """
+        return self._materialised()[1]
+
+    def batch(self, positions: Any) -> torch.Tensor:
+        """The samples at ``positions``, as one tensor.
+
+        Cut from the materialised tensor when this experience holds one,
+        else computed from the ``uint8`` base for just these positions.
+
+        :param positions: positions within this experience.
+        """
+        held = self._held
+        if held is not None:
+            return held[0][torch.as_tensor(positions, dtype=torch.long)]
+        return self.materialise(positions)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for transient in ("_hot_rows", "_pixel_map_cache", "_cache_finalizer"):
+        for transient in ("_held", "_pixel_map_cache"):
             state.pop(transient, None)
         return state
 
@@ -465,14 +521,15 @@ def _walk_chain(flat: Any):
     return node, mapping, identity
 
 
-class TensorClassificationDataset(ClassificationDataset):
-    """An Avalanche ``ClassificationDataset`` with a direct read path.
+class TensorClassificationDataset(TaskAwareSupervisedClassificationDataset, ClassificationDataset):
+    """An Avalanche task-aware classification dataset with a direct read path.
 
-    Everything Avalanche does with datasets (subset, concat, transform groups,
-    data attributes) works as usual. When the dataset is a chain of
-    transform-free subsets over a single :class:`LazyImageData`, items are
-    read straight from its materialised tensor: same values, a fraction of
-    the per-sample cost.
+    The same kind of dataset as the experiences of Avalanche's classic
+    benchmarks (``targets``, ``targets_task_labels``, ``task_set``), so every
+    Avalanche strategy and plugin accepts it; subsets, concatenation,
+    transform groups and data attributes work as usual. When the dataset is a
+    chain of transform-free subsets over a single :class:`LazyImageData`,
+    items are read straight from it: same values, a fraction of the cost.
     """
 
     _direct_for: Any = None
@@ -501,7 +558,7 @@ class TensorClassificationDataset(ClassificationDataset):
         if chain is None or not chain[2]:
             return None
         leaf, mapping, _ = chain
-        self._direct = (leaf, None if mapping is None else mapping.tolist(), task_label)
+        self._direct = (leaf, mapping, None if mapping is None else mapping.tolist(), task_label)
         return self._direct
 
     def subset(self, indices):
@@ -511,27 +568,36 @@ class TensorClassificationDataset(ClassificationDataset):
             return self
         return super().subset(indices)
 
-    def __getitems__(self, indices: Sequence[int]) -> Any:
-        """A whole mini-batch at once (PyTorch's ``DataLoader`` calls this).
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[Any]:
+        """The samples at ``indices`` (PyTorch's ``DataLoader`` calls this per mini-batch).
 
-        On the direct path the batch is gathered with one tensor index and
-        returned already collated; otherwise the items are read one by one.
+        On the direct path the whole batch is read at once, from the ``uint8``
+        base, and returned as a :class:`SampleBatch`; otherwise the samples
+        are read one by one. Either way item ``i`` equals ``self[indices[i]]``.
+
+        :param indices: positions in this dataset.
         """
         direct = self._resolve_direct()
-        if direct is None or self.collate_fn is not fast_collate:
+        if direct is None:
             return [self[i] for i in indices]
-        leaf, mapping, task_label = direct
-        positions = torch.as_tensor(indices if mapping is None else [mapping[i] for i in indices], dtype=torch.long)
-        batch = [leaf.tensor()[positions], leaf.labels[positions]]
+        leaf, mapping, _, task_label = direct
+        positions = np.asarray(indices, dtype=np.int64)
+        if len(positions) and (positions.min() < -len(self) or positions.max() >= len(self)):
+            raise IndexError(f"indices out of range for a dataset of {len(self)} samples.")
+        positions = positions % max(len(self), 1)
+        if mapping is not None:
+            positions = mapping[positions]
+        labels = leaf.labels[torch.from_numpy(positions)]
+        columns = [leaf.batch(positions), labels]
         if task_label is not None:
-            batch.append(torch.full((len(positions),), task_label, dtype=torch.long))
-        return CollatedBatch(batch)
+            columns.append(torch.full_like(labels, task_label))
+        return SampleBatch(columns)
 
     def __getitem__(self, idx):
         if isinstance(idx, (int, np.integer)):
             direct = self._resolve_direct()
             if direct is not None:
-                leaf, mapping, task_label = direct
+                leaf, _, mapping, task_label = direct
                 j = idx if mapping is None else mapping[idx]
                 x, y = leaf.rows()[j], leaf._labels_list[j]
                 return [x, y] if task_label is None else [x, y, task_label]
@@ -546,7 +612,7 @@ class TensorClassificationDataset(ClassificationDataset):
 
 def make_classification_dataset(
     data: LazyImageData,
-    task_label: Optional[int] = None,
+    task_label: int = 0,
     train_transform: Any = None,
     eval_transform: Any = None,
 ) -> TensorClassificationDataset:
@@ -554,19 +620,16 @@ def make_classification_dataset(
 
     :param data: the experience's samples.
     :param task_label: the task label appended to every item (Avalanche's
-        ``targets_task_labels``); None adds no task-label attribute.
+        ``targets_task_labels``).
     :param train_transform: optional per-sample transform of the train group.
     :param eval_transform: optional per-sample transform of the eval group.
     """
-    attributes = [DataAttribute(data._labels_list, "targets")]
-    if task_label is not None:
-        attributes.append(
-            DataAttribute(
-                ConstantSequence(int(task_label), len(data)),
-                "targets_task_labels",
-                use_in_getitem=True,
-            )
-        )
+    attributes = [
+        DataAttribute(data._labels_list, "targets"),
+        DataAttribute(
+            ConstantSequence(int(task_label), len(data)), "targets_task_labels", use_in_getitem=True
+        ),
+    ]
     groups = None
     if train_transform is not None or eval_transform is not None:
         groups = TransformGroups({"train": train_transform, "eval": eval_transform})
