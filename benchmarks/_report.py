@@ -3,12 +3,39 @@
 Shared by the scripts in this folder: the machine and code the numbers came
 from, the exact command, the JSON file, and the script's own delimited
 section of ``docs/results.md``.
+
+Paths are recorded portably: what the JSON and the results page show is a
+command any reader can run from the repository root, and no path of the
+machine that ran it. The rule (:func:`portable_path`), first match wins:
+
+1. a path inside the repository is written relative to the repository root
+   (``benchmarks/results/crwn_mnist.json``; a data root inside the checkout
+   too);
+2. the data root (``--dataset-root``, or ``$AVALANCHE_NEUROMOD_DATA`` when
+   the option is not given) and anything under it are written from
+   ``$AVALANCHE_NEUROMOD_DATA`` (``$AVALANCHE_NEUROMOD_DATA/MNIST/raw/...``),
+   whatever their real location, which is never stored: a reader sets the
+   variable to their own copy;
+3. any other absolute path becomes ``<outside-repo>/NAME``: only its last
+   component is kept;
+4. the interpreter is written relative to the repository
+   (``.venv/bin/python``) when it lives inside it, ``python`` otherwise.
+
+On the command line, a token is a path when it is absolute, holds a
+separator or names an existing file; relative ones are read from the
+current folder, so the recorded command runs from the repository root
+wherever the script was started.
+
+Data files recorded with their sizes and checksums (:func:`data_files`) are
+relative to the data root. :func:`write_json` and :func:`update_results_md`
+apply the rule once more to everything they write, as a safety net for
+paths a script puts into free text.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -17,7 +44,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = REPO_ROOT / "docs" / "results.md"
@@ -26,8 +53,20 @@ DATA_ROOT_ENV = "AVALANCHE_NEUROMOD_DATA"
 """The package's data-root variable (``avalanche_neuromod.benchmarks.DATA_ROOT_ENV``),
 repeated so that parsing arguments does not import torch and Avalanche."""
 
-__all__ = ["REPO_ROOT", "RESULTS_MD", "DATA_ROOT_ENV", "add_dataset_root_argument", "check_mnist_root",
-           "machine_info", "git_info", "command_line", "update_results_md", "write_json"]
+DATA_ROOT_TEXT = "$" + DATA_ROOT_ENV
+"""How a data root outside the repository is written (rule 2 of the module docstring)."""
+OUTSIDE_REPO = "<outside-repo>"
+"""The prefix of any other absolute path (rule 3), whose last component alone is kept."""
+
+__all__ = ["REPO_ROOT", "RESULTS_MD", "DATA_ROOT_ENV", "DATA_ROOT_TEXT", "OUTSIDE_REPO", "add_dataset_root_argument",
+           "check_mnist_root", "machine_info", "git_info", "command_line", "portable_path", "portable", "shell_quote",
+           "data_files", "update_results_md", "write_json"]
+
+PathLike = Union[str, os.PathLike]
+
+# Data roots this process accepted (check_mnist_root); portable() writes them
+# from $AVALANCHE_NEUROMOD_DATA even where a script puts one in free text.
+_DATA_ROOTS: List[Path] = []
 
 
 def add_dataset_root_argument(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +93,7 @@ def check_mnist_root(parser: argparse.ArgumentParser, root: Optional[str]) -> Pa
             f"MNIST not found under {path}: expected {raw}/train-images-idx3-ubyte.gz and the other "
             f"three files (torchvision layout)."
         )
+    _DATA_ROOTS.extend(p for p in _spellings(path) if p not in _DATA_ROOTS)
     return path
 
 
@@ -97,13 +137,143 @@ def machine_info() -> Dict[str, Any]:
     }
 
 
-def command_line() -> str:
-    """The command that is running, with the interpreter relative when it can be."""
-    python = sys.executable
-    with contextlib.suppress(ValueError):
-        if Path(python).absolute().is_relative_to(Path.cwd()):
-            python = os.path.relpath(python)
-    return shlex.join([python, *sys.argv])
+def _spellings(path: PathLike) -> List[Path]:
+    """A path as written (made absolute) and with its links resolved."""
+    path = Path(path).expanduser()
+    return [Path(os.path.abspath(path)), path.resolve()]
+
+
+def _data_roots(extra: Iterable[Optional[PathLike]] = ()) -> List[Path]:
+    """Known data roots: ``extra``, those accepted so far, ``$AVALANCHE_NEUROMOD_DATA``."""
+    roots = [spelling for r in extra if r for spelling in _spellings(r)] + _DATA_ROOTS
+    if os.environ.get(DATA_ROOT_ENV):
+        roots += _spellings(os.environ[DATA_ROOT_ENV])
+    return list(dict.fromkeys(roots))
+
+
+def portable_path(path: PathLike, data_root: Optional[PathLike] = None, *, is_data_root: bool = False) -> str:
+    """``path`` as the results may show it (the rule of the module docstring).
+
+    :param path: absolute, or relative to the current directory.
+    :param data_root: the run's data root, if known beyond the ones
+        :func:`check_mnist_root` accepted and ``$AVALANCHE_NEUROMOD_DATA``.
+    :param is_data_root: ``path`` is itself the data root, so it is written
+        ``$AVALANCHE_NEUROMOD_DATA`` unless it lies inside the repository.
+    """
+    spellings = _spellings(path)
+    for full in spellings:
+        if full.is_relative_to(REPO_ROOT):
+            return full.relative_to(REPO_ROOT).as_posix()
+    if is_data_root:
+        return DATA_ROOT_TEXT
+    for root in _data_roots([data_root]):
+        for full in spellings:
+            if full.is_relative_to(root):
+                rest = full.relative_to(root).as_posix()
+                return DATA_ROOT_TEXT if rest == "." else f"{DATA_ROOT_TEXT}/{rest}"
+    return f"{OUTSIDE_REPO}/{spellings[0].name}"
+
+
+def shell_quote(text: str) -> str:
+    """Shell-quote a command token, leaving ``$AVALANCHE_NEUROMOD_DATA`` to the shell."""
+    head, variable, rest = text.partition(DATA_ROOT_TEXT)
+    if not variable:
+        return shlex.quote(text)
+    return (shlex.quote(head) if head else "") + f'"{DATA_ROOT_TEXT}"' + (shlex.quote(rest) if rest else "")
+
+
+def _is_path_token(token: str) -> bool:
+    """Whether a command-line token names a file or folder (absolute, with a separator, or existing)."""
+    return token.startswith(("/", "~")) or os.sep in token or os.path.exists(token)
+
+
+def command_line(argv: Optional[Sequence[str]] = None, script: Optional[PathLike] = None) -> str:
+    """The command that is running, as a reader runs it from the repository root.
+
+    Paths in it follow the module docstring's rule: the value of
+    ``--dataset-root`` is ``$AVALANCHE_NEUROMOD_DATA`` (or relative, inside
+    the repository), the script and repository paths are relative.
+
+    :param argv: the script's arguments (default: ``sys.argv[1:]``); pass
+        them when ``main(argv)`` is called from Python rather than a shell.
+    :param script: the script (default: ``sys.argv[0]``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script = sys.argv[0] if script is None else script
+    python = Path(os.path.abspath(sys.executable))  # not resolved: keep the venv, not its base interpreter
+    tokens = [python.relative_to(REPO_ROOT).as_posix() if python.is_relative_to(REPO_ROOT) else "python",
+              portable_path(script)]
+    data_value = False
+    for token in map(str, argv):
+        option, eq, value = token.partition("=")
+        if data_value:
+            tokens.append(portable_path(token, is_data_root=True))
+        elif eq and option == "--dataset-root":
+            tokens.append(f"{option}={portable_path(value, is_data_root=True)}")
+        elif eq and option.startswith("--") and _is_path_token(value):
+            tokens.append(f"{option}={portable_path(value)}")
+        elif _is_path_token(token):
+            tokens.append(portable_path(token))
+        else:
+            tokens.append(token)
+        data_value = token == "--dataset-root"
+    return " ".join(shell_quote(t) for t in tokens)
+
+
+_ROOT_END = r"(?=[/\s\"'`),;:\]]|$)"
+
+
+def _replace_roots(text: str) -> str:
+    """Every known root inside ``text`` written portably (rules 1 and 2)."""
+    # A root of one component ("/") would match every path: such a data root
+    # is left to portable_path, which sees whole paths.
+    roots = [(REPO_ROOT, None)] + [(root, DATA_ROOT_TEXT) for root in _data_roots()
+                                    if len(root.parts) > 1 and not root.is_relative_to(REPO_ROOT)]
+    for root, replacement in sorted(roots, key=lambda r: -len(str(r[0]))):
+        if replacement is None:
+            # inside the repository: drop the prefix, the rest is repository-relative
+            text = re.sub(re.escape(str(root)) + r"/", "", text)
+            text = re.sub(re.escape(str(root)) + _ROOT_END, ".", text)
+        else:
+            text = re.sub(re.escape(str(root)) + _ROOT_END, lambda _: replacement, text)
+    return text
+
+
+def portable(value: Any) -> Any:
+    """``value`` (JSON-like) with every known root in its strings written portably.
+
+    Strings that are a whole absolute path take :func:`portable_path`; roots
+    inside free text (a markdown line, a message) are replaced in place.
+    """
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, Path):
+        return portable_path(value)
+    if isinstance(value, str):
+        if value.startswith("/") and "\n" not in value and " " not in value:
+            return portable_path(value)
+        return _replace_roots(value)
+    return value
+
+
+def data_files(root: PathLike, pattern: str = "MNIST/raw/*") -> List[Dict[str, Any]]:
+    """The data files a run read: path relative to the data root, size, md5.
+
+    :param root: the data root.
+    :param pattern: glob of the files, relative to ``root``.
+    """
+    root = Path(root)
+    files = []
+    for path in sorted(p for p in root.glob(pattern) if p.is_file()):
+        md5 = hashlib.md5()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                md5.update(chunk)
+        files.append({"path": path.relative_to(root).as_posix(), "bytes": path.stat().st_size,
+                      "md5": md5.hexdigest()})
+    return files
 
 
 def update_results_md(section: str, start: str, end: str, path: Path = RESULTS_MD) -> None:
@@ -114,6 +284,7 @@ def update_results_md(section: str, start: str, end: str, path: Path = RESULTS_M
     :param end: the closing HTML comment.
     :param path: the markdown file.
     """
+    section = _replace_roots(section)
     text = path.read_text() if path.exists() else (
         "# Measured results\n\nNumbers measured by the scripts in `benchmarks/`; "
         "each script rewrites only its own section.\n"
@@ -128,8 +299,8 @@ def update_results_md(section: str, start: str, end: str, path: Path = RESULTS_M
 
 
 def write_json(result: Dict[str, Any], path: Path) -> None:
-    """Write ``result`` atomically (a killed run never leaves half a file)."""
+    """Write ``result`` atomically (a killed run never leaves half a file), paths made portable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.write_text(json.dumps(portable(result), indent=2) + "\n")
     tmp.replace(path)

@@ -24,7 +24,7 @@ standard deviation, minimum and maximum. Outputs
 
 Command run for docs/results.md (2 CPU cores, about 5 min)::
 
-    python benchmarks/crwn_init_study.py --dataset-root /work/shared/data
+    python benchmarks/crwn_init_study.py --dataset-root "$AVALANCHE_NEUROMOD_DATA"
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, command_line, machine_info,
-                     update_results_md, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, command_line, data_files, machine_info,
+                     portable_path, update_results_md, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_init_study.json"
 SECTION_START = "<!-- crwn_init_study:start -->"
@@ -169,8 +169,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     benchmark = RotatedMNIST(n_experiences=36, return_task_id=True, dataset_root=args.dataset_root)
     result: Dict[str, Any] = {
         "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(),
-        "dataset_root": str(args.dataset_root),
+        "command": command_line(argv, script=__file__),
+        "dataset_root": portable_path(args.dataset_root, is_data_root=True),
+        "data_files": data_files(args.dataset_root),
         "machine": machine_info(),
         "settings": {"seeds": args.seeds, "tasks": args.tasks, "iterations": args.iterations,
                      "batch_size": 128, "lr": 0.01, "model": "FlyNet-10d"},

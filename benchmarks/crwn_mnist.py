@@ -33,13 +33,13 @@ section of ``docs/results.md`` (other sections are left as they are).
 Full scale (the paper's; about 36 + 100 tasks per row and mode, days on
 2 CPU cores because FC4096 takes ~85 s per task)::
 
-    python benchmarks/crwn_mnist.py --dataset-root /work/shared/data --eval-protocol final
+    python benchmarks/crwn_mnist.py --dataset-root "$AVALANCHE_NEUROMOD_DATA" --eval-protocol final
 
 Scale actually run for docs/results.md (2 CPU cores, about 45 min): every
 task for FlyNet-10d and FC256 (both modes), the first 3 tasks (2 for
 FC2048/FC4096) for the other rows::
 
-    python benchmarks/crwn_mnist.py --dataset-root /work/shared/data --tasks 3 \
+    python benchmarks/crwn_mnist.py --dataset-root "$AVALANCHE_NEUROMOD_DATA" --tasks 3 \
         --row-tasks FlyNet-10d=100 FC256=100 FC2048=2 FC4096=2 \
         --local-only-rows FlyNet-10d FC256 --reference-tasks 20 \
         --eval-protocol final --context-plot outputs/context
@@ -58,8 +58,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, command_line,
-                     machine_info, update_results_md, write_json)
+from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, command_line, data_files,
+                     machine_info, portable_path, shell_quote, update_results_md, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_mnist.json"
 PLOT_PATH = REPO_ROOT / "docs" / "images" / "crwn_pmnist_vs_ewc.png"
@@ -361,7 +361,8 @@ def run_crwn(benchmark: Any, row: str, mode: str, n_tasks: int, iterations: int,
     result["params_per_task"] = int(model.params_per_task())
     result["params_per_task_logged"] = logged
     if context_plot is not None:
-        result["context_plot"] = str(save_context_plot(model, benchmark, stream_name, row, mode, context_plot))
+        result["context_plot"] = portable_path(save_context_plot(model, benchmark, stream_name, row, mode,
+                                                                   context_plot))
     return result
 
 
@@ -650,7 +651,8 @@ def markdown_section(result: Dict[str, Any]) -> str:
         "Full scale (all tasks, both modes, every row; days on this machine, FC4096 alone takes ~85 s per task):",
         "",
         "```",
-        f".venv/bin/python benchmarks/crwn_mnist.py --dataset-root {result['dataset_root']} --eval-protocol final",
+        f".venv/bin/python benchmarks/crwn_mnist.py --dataset-root {shell_quote(result['dataset_root'])} "
+        "--eval-protocol final",
         "```",
         SECTION_END,
     ]
@@ -668,8 +670,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan = grid_plan(args)
     result: Dict[str, Any] = {
         "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(),
-        "dataset_root": str(args.dataset_root),
+        "command": command_line(argv, script=__file__),
+        "dataset_root": portable_path(args.dataset_root, is_data_root=True),
+        "data_files": data_files(args.dataset_root),
         "machine": machine_info(),
         "settings": {
             "iterations_per_task": args.iterations, "batch_size": BATCH_SIZE, "eval_batch_size": EVAL_BATCH_SIZE,

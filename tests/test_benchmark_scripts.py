@@ -78,3 +78,110 @@ def test_init_study_summarises_every_seed_and_task(fake_mnist_root, tmp_path):
     section = crwn_init_study.markdown_section({**result, "wall_seconds": 1.0})
     assert section.startswith(crwn_init_study.SECTION_START) and section.endswith(crwn_init_study.SECTION_END)
     assert "(0, 10 degrees)" in section
+
+
+# ---------------------------------------------------------------- portable paths
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+
+import _report  # noqa: E402
+
+REPO = BENCHMARKS.parent
+# Absolute paths of a machine (home folders, scratch, temporary files, this checkout's /work).
+MACHINE_PATH = re.compile(r"(?<![\w.~$])/(?:work|home|tmp|root|Users|mnt|scratch|private|var/folders)/")
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def _assert_portable(text: str, *machine_paths: Path) -> None:
+    for path in machine_paths:
+        assert str(path) not in text
+    assert not MACHINE_PATH.search(text), MACHINE_PATH.search(text)
+
+
+def test_a_script_run_records_its_command_and_paths_portably(fake_mnist_root, tmp_path):
+    out = tmp_path / "out" / "init.json"
+    argv = ["--dataset-root", str(fake_mnist_root), "--seeds", "1", "--tasks", "1", "--iterations", "1",
+            "--configs", "gaussian+rmsprop", "--no-docs", "--out", str(out)]
+    assert crwn_init_study.main(argv) == 0
+    text = out.read_text()
+    result = json.loads(text)
+    _assert_portable(text, fake_mnist_root, tmp_path, REPO)
+    assert not [s for s in _strings(result) if s.startswith("/")]
+    tokens = shlex.split(result["command"])
+    assert tokens[1] == "benchmarks/crwn_init_study.py"
+    assert tokens[tokens.index("--dataset-root") + 1] == "$AVALANCHE_NEUROMOD_DATA"
+    assert tokens[tokens.index("--out") + 1] == "$AVALANCHE_NEUROMOD_DATA/out/init.json"
+    assert '--dataset-root "$AVALANCHE_NEUROMOD_DATA"' in result["command"]  # the shell expands it
+    assert result["dataset_root"] == "$AVALANCHE_NEUROMOD_DATA"
+    assert [f["path"] for f in result["data_files"]] == [
+        "MNIST/raw/t10k-images-idx3-ubyte.gz", "MNIST/raw/t10k-labels-idx1-ubyte.gz",
+        "MNIST/raw/train-images-idx3-ubyte.gz", "MNIST/raw/train-labels-idx1-ubyte.gz"]
+    assert all(len(f["md5"]) == 32 and f["bytes"] > 0 for f in result["data_files"])
+    section = crwn_init_study.markdown_section({**result, "wall_seconds": 1.0})
+    _assert_portable(section, fake_mnist_root, tmp_path, REPO)
+    assert "`$AVALANCHE_NEUROMOD_DATA`" in section
+
+
+def test_portable_path_rule(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    monkeypatch.setenv(_report.DATA_ROOT_ENV, str(data))
+    assert _report.portable_path(REPO / "benchmarks" / "results" / "x.json") == "benchmarks/results/x.json"
+    assert _report.portable_path(REPO / "data", is_data_root=True) == "data"  # a data root inside the checkout
+    assert _report.portable_path(data) == "$AVALANCHE_NEUROMOD_DATA"
+    assert _report.portable_path(data / "MNIST" / "raw" / "a.gz") == "$AVALANCHE_NEUROMOD_DATA/MNIST/raw/a.gz"
+    assert _report.portable_path("/somewhere/else/figure.png") == "<outside-repo>/figure.png"
+    assert _report.portable_path(tmp_path / "elsewhere", is_data_root=True) == "$AVALANCHE_NEUROMOD_DATA"
+
+
+def test_command_line_from_another_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv(_report.DATA_ROOT_ENV, raising=False)
+    (tmp_path / "rel").mkdir()
+    monkeypatch.chdir(tmp_path)
+    command = _report.command_line(
+        ["--dataset-root=" + str(tmp_path / "d"), "--out", str(REPO / "benchmarks" / "results" / "a.json"),
+         "--context-plot", "rel", "--plot=/opt/figs/p.png", "--rows", "FC256"],
+        script=BENCHMARKS / "crwn_mnist.py")
+    assert shlex.split(command)[1:] == [
+        "benchmarks/crwn_mnist.py", "--dataset-root=$AVALANCHE_NEUROMOD_DATA", "--out", "benchmarks/results/a.json",
+        "--context-plot", "<outside-repo>/rel", "--plot=<outside-repo>/p.png", "--rows", "FC256"]
+    assert str(tmp_path) not in command
+
+
+def test_write_json_and_results_md_make_stray_paths_portable(fake_mnist_root, tmp_path):
+    _report.check_mnist_root(argparse.ArgumentParser(), str(fake_mnist_root))
+    out = tmp_path / "r.json"
+    _report.write_json({"root": str(fake_mnist_root), "files": [str(fake_mnist_root / "MNIST" / "raw" / "x.gz")],
+                        "note": f"read from {fake_mnist_root}/MNIST, see {REPO}/docs/results.md"}, out)
+    assert json.loads(out.read_text()) == {
+        "root": "$AVALANCHE_NEUROMOD_DATA", "files": ["$AVALANCHE_NEUROMOD_DATA/MNIST/raw/x.gz"],
+        "note": "read from $AVALANCHE_NEUROMOD_DATA/MNIST, see docs/results.md"}
+    md = tmp_path / "results.md"
+    _report.update_results_md(f"<!-- s:start -->\n`{fake_mnist_root}`\n<!-- s:end -->", "<!-- s:start -->",
+                              "<!-- s:end -->", md)
+    assert "`$AVALANCHE_NEUROMOD_DATA`" in md.read_text() and str(tmp_path) not in md.read_text()
+
+
+def test_docs_and_results_hold_no_machine_paths():
+    files = [*sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docs").glob("*.rst")), REPO / "README.md",
+             *sorted((REPO / "benchmarks" / "results").glob("*.json"))]
+    found = []
+    for path in files:
+        if not path.exists():
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if MACHINE_PATH.search(line):
+                found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not found, "absolute paths of a machine (use a repository-relative path or " \
+                      "$AVALANCHE_NEUROMOD_DATA):\n" + "\n".join(found)

@@ -4,6 +4,8 @@ Both hold fixed random weights and, per task, one context and one random
 strength per modulated layer (see :mod:`.modulated`). They grow a new set of
 task parameters when Avalanche adapts them to an experience with a new task
 label (training only), and refuse a task label they were never trained on.
+Every forward pass first checks the batch and the task labels (see
+:mod:`._checks`): a wrong shape or dtype is a ``ValueError`` naming the fix.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from avalanche.models import MultiTaskModule
 
+from ._checks import as_task_labels, check_dtype, check_features, check_images
 from .modulated import ModulatedConv2d, ModulatedLinear, TaskBatchNorm2d, TaskModulation, derive_generator
 
 __all__ = ["CRWNModule", "SparseFlyEncoder", "FlyNet", "NeuroModNet", "NeuroModResNet18"]
@@ -134,15 +137,7 @@ class CRWNModule(MultiTaskModule):
                 "CRWN models need a task id for every sample: call model(x, task_labels) "
                 "(Avalanche does so when the benchmark has return_task_id=True)."
             )
-        if isinstance(task_labels, int):
-            task_labels = torch.full((x.shape[0],), task_labels, dtype=torch.long, device=x.device)
-        task_labels = torch.as_tensor(task_labels, device=x.device).long().reshape(-1)
-        if task_labels.numel() == 1 and x.shape[0] != 1:
-            task_labels = task_labels.expand(x.shape[0])
-        if task_labels.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"got {task_labels.shape[0]} task labels for a batch of {x.shape[0]} inputs."
-            )
+        task_labels = as_task_labels(task_labels, x, owner=self._owner())
         for t in torch.unique(task_labels).tolist():
             self._check_known(int(t), allow_untrained=self.training)
         return task_labels
@@ -152,8 +147,19 @@ class CRWNModule(MultiTaskModule):
 
         :param x: input batch.
         :param task_labels: one task label per sample, or one for all.
+        :raises ValueError: a batch or task labels of the wrong shape or dtype,
+            with the shape expected, the shape received and the fix.
         """
+        self.check_input(x)
         return self.forward_tasks(x, self._task_tensor(x, task_labels))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Subclasses: raise a ``ValueError`` naming the fix if ``x`` does not fit the network."""
+        raise NotImplementedError
+
+    def _owner(self) -> str:
+        """The network as its constructor call, for error messages."""
+        return type(self).__name__
 
     def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
         return self.forward(x, task_label)
@@ -235,7 +241,11 @@ class SparseFlyEncoder(nn.Module):
         return cached[1]
 
     def forward_transposed(self, x: torch.Tensor) -> torch.Tensor:
-        """The code ``z`` as ``(m, B)``: the sparse product's natural layout."""
+        """The code ``z`` as ``(m, B)``: the sparse product's natural layout.
+
+        :param x: ``(B, ...)`` with ``input_size`` values per sample.
+        """
+        check_features(x, self.input_size, owner=f"SparseFlyEncoder(input_size={self.input_size})")
         x_t = x.reshape(x.shape[0], -1).t().contiguous()
         h_t = F.embedding_bag(self.connections, x_t, mode="sum")
         mean = self._pixel_share(x.device).to(x_t.dtype) @ x_t
@@ -285,6 +295,19 @@ class FlyNet(CRWNModule):
         self.decoder = ModulatedLinear(hidden, n_classes, init=init, seed=seed + 1000, local_only=local_only)
         self._finish_init(pretrained)
 
+    @property
+    def input_size(self) -> int:
+        """Values per input sample (784 for MNIST)."""
+        return self.encoder.input_size
+
+    def _owner(self) -> str:
+        return f"FlyNet(input_size={self.input_size})"
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """``(B, ...)`` with ``input_size`` values per sample, in the decoder's dtype."""
+        check_features(x, self.input_size, owner=self._owner())
+        check_dtype(x, self.decoder.weight.dtype, owner=self._owner())
+
     def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         # Staying in the encoder's (m, B) layout avoids copying a 7,840 x B
         # transpose every batch (about half of FlyNet-10d's step time).
@@ -321,6 +344,19 @@ class NeuroModNet(CRWNModule):
             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
         )
         self._finish_init(pretrained)
+
+    @property
+    def input_size(self) -> int:
+        """Values per input sample (784 for MNIST)."""
+        return self.layers[0].in_features
+
+    def _owner(self) -> str:
+        return f"NeuroModNet(input_size={self.input_size})"
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """``(B, ...)`` with ``input_size`` values per sample, in the weights' dtype."""
+        check_features(x, self.input_size, owner=self._owner())
+        check_dtype(x, self.layers[0].weight.dtype, owner=self._owner())
 
     def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         h = x.reshape(x.shape[0], -1)
@@ -402,6 +438,19 @@ class NeuroModResNet18(CRWNModule):
     def context_params_per_task(self) -> int:
         """Context entries per task, without the random strengths."""
         return sum(math.prod(m.context_shape) for m in self.modulations())
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of an input image (3 for CIFAR)."""
+        return self.conv1.in_channels
+
+    def _owner(self) -> str:
+        return f"NeuroModResNet18(in_channels={self.in_channels})"
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """``(B, in_channels, H, W)``, in the kernels' dtype."""
+        check_images(x, self.in_channels, owner=self._owner())
+        check_dtype(x, self.conv1.weight.dtype, owner=self._owner())
 
     def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x, task_labels), task_labels))

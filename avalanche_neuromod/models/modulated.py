@@ -10,7 +10,8 @@ modulation) and one scalar *random strength* ``a_t`` (global modulation):
 
 ``R`` is a registered buffer, not a parameter, so no optimiser (Avalanche's
 adds every parameter of the model) can ever touch it. A batch may mix task
-labels: each sample gathers its own context in one vectorised pass.
+labels: each sample gathers its own context in one vectorised pass. Each
+layer checks the shape of its input and task labels (see :mod:`._checks`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._checks import check_features, check_images, check_task_labels
 
 __all__ = ["derive_generator", "TaskModulation", "ModulatedLinear", "ModulatedConv2d", "TaskBatchNorm2d"]
 
@@ -197,6 +200,12 @@ class ModulatedLinear(_FixedWeightMixin, nn.Module):
         return None
 
     def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
+        """:param x: ``(B, in_features)``.
+        :param task_labels: ``(B,)`` task labels, or one for all.
+        """
+        owner = f"ModulatedLinear(in_features={self.in_features})"
+        check_features(x, self.in_features, owner=owner, argument="in_features", flat=True)
+        check_task_labels(task_labels, x.shape[0], owner=owner)
         contexts, strengths = self.modulation.gather(task_labels)
         weight = self._task_weight(contexts)
         if weight is not None:
@@ -213,6 +222,12 @@ class ModulatedLinear(_FixedWeightMixin, nn.Module):
         :param task_labels: ``(B,)`` task labels.
         :return: ``(B, out_features)``.
         """
+        owner = f"ModulatedLinear(in_features={self.in_features}).forward_transposed"
+        if x_t.dim() != 2 or x_t.shape[0] != self.in_features:
+            raise ValueError(f"{owner} expects ({self.in_features}, B); got shape {tuple(x_t.shape)}. Fix: pass "
+                             f"x.t() for a (B, {self.in_features}) batch, or build the layer with "
+                             f"in_features={x_t.shape[0]}.")
+        check_task_labels(task_labels, x_t.shape[1], owner=owner)
         contexts, strengths = self.modulation.gather(task_labels)
         weight = self._task_weight(contexts)
         if weight is not None:
@@ -263,6 +278,12 @@ class ModulatedConv2d(_FixedWeightMixin, nn.Module):
         return F.conv2d(x, kernel, stride=self.stride, padding=self.padding)
 
     def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
+        """:param x: ``(B, in_channels, H, W)``.
+        :param task_labels: ``(B,)`` task labels, or one for all.
+        """
+        owner = f"ModulatedConv2d(in_channels={self.in_channels})"
+        check_images(x, self.in_channels, owner=owner)
+        check_task_labels(task_labels, x.shape[0], owner=owner)
         uniq = torch.unique(task_labels)
         if len(uniq) == 1:
             return self._conv(x, int(uniq[0]))
@@ -307,6 +328,12 @@ class TaskBatchNorm2d(nn.Module):
         return len(self.norms) - 1
 
     def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
+        """:param x: ``(B, num_features, H, W)``.
+        :param task_labels: ``(B,)`` task labels, or one for all.
+        """
+        owner = f"TaskBatchNorm2d(num_features={self.num_features})"
+        check_images(x, self.num_features, owner=owner, argument="num_features")
+        check_task_labels(task_labels, x.shape[0], owner=owner)
         uniq = torch.unique(task_labels)
         if len(uniq) == 1:
             return self.norms[int(uniq[0])](x)
