@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from avalanche_neuromod.benchmarks import RotatedMNIST
 from avalanche_neuromod.evaluation import ParametersPerExperience, make_evaluator
 from avalanche_neuromod.models import FlyNet, ModulatedConv2d, ModulatedLinear, NeuroModNet, SparseFlyEncoder
-from avalanche_neuromod.training import CRWN
+from avalanche_neuromod.training import CRWN, CRWNPlugin, UntrainedTaskWarning
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +186,11 @@ def test_missing_and_untrained_task_ids_are_errors(rotated):
     model = FlyNet(1)
     strategy = _strategy(model, iterations=3)
     strategy.train(rotated.train_stream[0])
+    with pytest.warns(UntrainedTaskWarning, match=r"skipped experience\(s\) \[1\]"):
+        res = strategy.eval(rotated.test_stream[1:2])  # the strategy skips it; the model refuses it
+    assert not any("Exp001" in k for k in res)
     with pytest.raises(ValueError, match="never trained|out of range"):
-        strategy.eval(rotated.test_stream[1:2])
+        model.eval()(torch.zeros(2, 1, 28, 28), 1)
     with pytest.raises(ValueError, match="task id"):
         model.eval()(torch.zeros(2, 1, 28, 28))
     with pytest.raises(ValueError, match="2 task labels for a batch of 3"):
@@ -218,7 +221,7 @@ def test_nan_loss_is_reported(rotated):
         strategy.train(rotated.train_stream[0])
 
 
-def test_checkpoint_and_resume_give_identical_results(rotated, tmp_path):
+def test_checkpoint_and_resume_give_identical_results(rotated, tmp_path, one_thread):
     def run(resume_after=None):
         torch.manual_seed(0)
         strategy = _strategy(NeuroModNet((32,), seed=4), iterations=20)
@@ -358,3 +361,77 @@ def test_plugin_puts_crwn_under_avalanche_naive(rotated):
         Naive(model=lin, optimizer=torch.optim.SGD(lin.parameters(), lr=0.1),
               criterion=torch.nn.CrossEntropyLoss(), plugins=[CRWNPlugin()],
               evaluator=make_evaluator(progress_bar=False)).train(rotated.train_stream[0])
+
+
+def _exp_keys(results):
+    return {k.rsplit("/", 1)[-1] for k in results if "/Exp" in k and "eval_phase" in k}
+
+
+def _naive_with_plugin(model, epochs=1, **kwargs):
+    from avalanche.training import Naive
+
+    return Naive(model=model, optimizer=torch.optim.RMSprop(model.parameters(), lr=0.01),
+                 criterion=torch.nn.CrossEntropyLoss(), train_mb_size=64, train_epochs=epochs, eval_mb_size=256,
+                 plugins=[CRWNPlugin()], evaluator=make_evaluator(progress_bar=False), **kwargs)
+
+
+@pytest.fixture
+def one_thread():
+    # Small batches: a second intra-op thread only adds latency on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("host", ["crwn", "naive+plugin"])
+def test_eval_skips_untrained_tasks_and_keeps_trained_numbers(rotated, host, one_thread):
+    torch.manual_seed(0)
+    model = NeuroModNet((32,))
+    strategy = _strategy(model, iterations=20) if host == "crwn" else _naive_with_plugin(model)
+    with pytest.warns(UntrainedTaskWarning, match=r"\[0, 1, 2\].*trained tasks: \[\]"):
+        assert strategy.eval(rotated.test_stream) == {}  # nothing trained: nothing recorded
+    strategy.train(rotated.train_stream[0])
+    with pytest.warns(UntrainedTaskWarning, match=r"skipped experience\(s\) \[1, 2\] of task\(s\) \[1, 2\]"):
+        full = strategy.eval(rotated.test_stream)
+    assert _exp_keys(full) == {"Exp000"}
+    trained_only = strategy.eval(rotated.test_stream[:1])
+    for key in ("Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000", "Top1_Acc_Stream/eval_phase/test_stream/Task000"):
+        assert full[key] == trained_only[key]
+    strategy.train(rotated.train_stream[1])
+    with pytest.warns(UntrainedTaskWarning, match=r"\[2\]"):
+        res = strategy.eval(rotated.test_stream)
+    assert _exp_keys(res) == {"Exp000", "Exp001"}
+    assert res["Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"] == full[
+        "Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp000"]  # zero forgetting, same numbers
+
+
+@pytest.mark.parametrize("host", ["crwn", "naive+plugin"])
+def test_periodic_eval_runs_and_records_every_epoch(rotated, host, one_thread):
+    torch.manual_seed(0)
+    model = NeuroModNet((32,))
+    epochs = 2  # CRWN: 1,347 images in batches of 64 make 22 per epoch, so 30 iterations take 2
+    strategy = (_strategy(model, iterations=30, eval_every=1) if host == "crwn"
+                else _naive_with_plugin(model, epochs=epochs, eval_every=1))
+    for exp in rotated.train_stream[:2]:
+        with pytest.warns(UntrainedTaskWarning):
+            strategy.train(exp, eval_streams=[rotated.test_stream])
+        assert strategy.clock.train_exp_epochs == epochs
+    history = strategy.evaluator.get_all_metrics()
+    acc = "Top1_Acc_Exp/eval_phase/test_stream/Task{0:03d}/Exp{0:03d}"
+    # task 0: after each of its epochs, then before and after each epoch of task 1
+    assert len(history[acc.format(0)][1]) == epochs + 1 + epochs
+    assert len(history[acc.format(1)][1]) == epochs
+    assert not any("Exp002" in k for k in history)
+    assert model.trained_tasks == [0, 1]
+
+
+def test_plugin_must_precede_the_evaluator(rotated):
+    from avalanche.training import Naive
+
+    model = FlyNet(1)
+    strategy = Naive(model=model, optimizer=torch.optim.RMSprop(model.parameters(), lr=0.01),
+                     criterion=torch.nn.CrossEntropyLoss(), evaluator=make_evaluator(progress_bar=False))
+    strategy.plugins.append(CRWNPlugin())
+    with pytest.raises(ValueError, match="before the evaluator"):
+        strategy.eval(rotated.test_stream[:1])

@@ -10,18 +10,18 @@ outputs of earlier tasks never change: zero forgetting by construction.
 from __future__ import annotations
 
 import math
-import os
-from typing import Any, Dict, Optional, Sequence, Type, Union
+from typing import Any, Dict, Optional, Sequence, Type
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
 from ..models.crwn import CRWNModule
+from .checkpoint import CheckpointMixin
+from .untrained import SkipUntrainedEvalMixin, SkipUntrainedEvalPlugin
 
 __all__ = ["CRWN", "CRWNPlugin"]
 
@@ -72,14 +72,18 @@ def _require_crwn_model(model) -> None:
         )
 
 
-class CRWNPlugin(SupervisedPlugin):
+class CRWNPlugin(SkipUntrainedEvalPlugin):
     """CRWN's training rule for any Avalanche strategy.
 
     Put a CRWN network under Avalanche's ``Naive`` (or another strategy) and
     add this plugin: before each training experience it narrows the
     strategy's optimiser to that task's contexts and strengths (clearing its
-    state), and afterwards it freezes them. Everything else (epochs, batch
-    size, other plugins) is the host strategy's.
+    state), and afterwards it freezes them. Evaluation skips experiences of
+    tasks not trained yet (:mod:`.untrained`), so periodic evaluation works.
+    Everything else (epochs, batch size, other plugins) is the host
+    strategy's. Checkpoint the host with
+    :func:`~avalanche_neuromod.training.save_checkpoint` or
+    :func:`~avalanche_neuromod.training.strategy_state_dict`.
     """
 
     def before_training_exp(self, strategy, **kwargs) -> None:
@@ -92,14 +96,19 @@ class CRWNPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         strategy.model.freeze_task(experience_task(strategy.experience))
+        # The frozen task's moments are never used again (the next task starts
+        # from a clear state); dropping them now keeps checkpoints free of them.
+        strategy.optimizer.state.clear()
 
 
-class CRWN(SupervisedTemplate):
+class CRWN(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
     """Task-incremental training of a CRWN network (FlyNet, NeuroModNet).
 
     Works with Avalanche's evaluators, loggers and plugins like any
     ``SupervisedTemplate``. The benchmark must give task ids
     (``return_task_id=True``), one new task label per training experience.
+    Evaluation skips experiences of tasks not trained yet, with a warning
+    (:mod:`.untrained`); checkpoints go through :mod:`.checkpoint`.
 
     :param model: a :class:`~avalanche_neuromod.models.CRWNModule`.
     :param optimizer_cls: the torch optimiser built for every task.
@@ -218,44 +227,17 @@ class CRWN(SupervisedTemplate):
 
     def _after_training_exp(self, **kwargs: Any) -> None:
         self.model.freeze_task(self.current_task)
+        # The next task gets a fresh optimiser: the frozen task's moments are
+        # dead weight in a checkpoint (and in pretrained mode they belong to
+        # shared weights that have left the model).
+        self.optimizer.state.clear()
         super()._after_training_exp(**kwargs)
 
-    _CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs",
-                     "train_exp_iterations", "train_epoch_iterations", "total_iterations")
-
-    def state_dict(self) -> Dict[str, Any]:
-        """Everything needed to resume between experiences.
-
-        The model's state (fixed weights, every task's context and strength,
-        the trained tasks), the strategy's clock, and torch's random state, so
-        a resumed run draws the same mini-batches as an uninterrupted one.
-        """
-        clock = {k: int(getattr(self.clock, k)) for k in self._CLOCK_FIELDS if hasattr(self.clock, k)}
-        return {"model": self.model.state_dict(), "clock": clock, "torch_rng": torch.get_rng_state()}
-
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (the model grows as needed).
+        """Restore what :meth:`state_dict` saved; the model grows to the saved tasks.
 
         :param state: a dictionary from :meth:`state_dict`.
         """
-        self.model.load_state_dict(state["model"])
+        super().load_state_dict(state)
         for task in self.model.trained_tasks:
             self.model.freeze_task(task)
-        for key, value in state.get("clock", {}).items():
-            setattr(self.clock, key, value)
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
-
-    def save_checkpoint(self, path: Union[str, os.PathLike]) -> None:
-        """Write :meth:`state_dict` to ``path`` (a plain ``torch.save``).
-
-        :param path: file to write.
-        """
-        torch.save(self.state_dict(), path)
-
-    def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
-        """Resume from a file written by :meth:`save_checkpoint`.
-
-        :param path: file to read (loaded with ``weights_only=True``).
-        """
-        self.load_state_dict(torch.load(path, weights_only=True))
