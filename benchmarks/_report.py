@@ -131,7 +131,6 @@ def machine_info() -> Dict[str, Any]:
         "torch": torch.__version__,
         "avalanche": avalanche.__version__,
         "avalanche_neuromod": avalanche_neuromod.__version__,
-        "gc_freeze_env": os.environ.get("AVALANCHE_NEUROMOD_GC_FREEZE", "unset (freeze on)"),
         "load_average_at_start": list(os.getloadavg()),
         "git": git_info(),
     }

@@ -6,16 +6,20 @@ side by side in one process with 2 torch threads:
 
 * ``plain_dataloader`` (a): precomputed float tensors of the permuted,
   normalised training set, ``DataLoader(TensorDataset(x, y), batch_size=128,
-  shuffle=True)`` and a hand-written forward/backward/step loop. The ratio
-  targets are measured against this one.
+  shuffle=True)`` and a hand-written forward/backward/step loop.
 * ``plain_indexed`` (a2): the same loop, but batches are cut from the tensors
   with a random permutation of indices (no DataLoader): the floor for this
-  model on this machine.
+  model on this machine. The ratio targets are measured against this one.
 * ``ours_first_epoch`` / ``ours_warm`` (b):
   ``avalanche_neuromod.benchmarks.PermutedMNIST(return_task_id=True)`` trained
   with Avalanche's ``Naive`` strategy (no loggers, no metrics). The first
-  ``strategy.train`` on a fresh experience includes its lazy materialisation;
-  the second, on the same experience, is the warm epoch.
+  ``strategy.train`` on a fresh experience includes everything a fresh
+  experience costs; the second, on the same experience, is the warm epoch.
+* ``ours_loader_first_epoch`` (d): the plain loop of (a2) over
+  ``DataLoader(experience.dataset, batch_size=128, shuffle=True,
+  collate_fn=experience.dataset.collate_fn)`` on a fresh experience: whole
+  mini-batches read from the ``uint8`` base (the path of plain loaders and
+  of CRWN).
 * ``avalanche`` (c): Avalanche's own
   ``avalanche.benchmarks.classic.PermutedMNIST(n_experiences=2, seed=0)`` with
   the same ``Naive`` set-up, reading a temporary copy of the MNIST files under
@@ -32,7 +36,7 @@ experience, and reports its resident memory after the import and at its peak.
 
 Run (takes several minutes on 2 CPU cores)::
 
-    python benchmarks/stream_throughput.py --dataset-root /work/shared/data
+    python benchmarks/stream_throughput.py --dataset-root "$AVALANCHE_NEUROMOD_DATA"
 
 ``--dataset-root`` defaults to ``$AVALANCHE_NEUROMOD_DATA``; the folder must
 hold ``MNIST/raw/*-ubyte.gz`` (torchvision layout). Results go to
@@ -65,7 +69,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, command_line,
-                     machine_info, update_results_md)
+                     data_files, machine_info, portable_path, update_results_md, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "stream_throughput.json"
 SECTION_START = "<!-- stream_throughput:start -->"
@@ -82,8 +86,10 @@ PLAIN_EXPERIENCE = 0
 AVALANCHE_EXPERIENCES = 2
 N_TRAIN_IMAGES = 60_000
 
-TARGET_RATIO_TO_PLAIN = 1.5
-TARGET_SPEEDUP_OVER_AVALANCHE = 4.0
+TARGET_RATIO_FIRST_EPOCH = 1.25
+TARGET_RATIO_WARM = 1.15
+TARGET_SPEEDUP_OVER_AVALANCHE = 5.0
+REFERENCE = "plain_indexed"
 # The strict, decimal reading of "2 GB" (1,907 MiB).
 MEMORY_LIMIT_BYTES = 2_000_000_000
 MIB = 2**20
@@ -91,9 +97,10 @@ MIB = 2**20
 MEASUREMENTS = (
     ("plain_dataloader", "(a) plain loop, DataLoader(TensorDataset)"),
     ("plain_indexed", "(a2) plain loop, indexed tensors"),
-    ("ours_first_epoch", "(b) ours, Naive, first epoch (materialises)"),
+    ("ours_first_epoch", "(b) ours, Naive, first epoch of a fresh experience"),
     ("ours_warm", "(b) ours, Naive, second epoch (warm)"),
     ("avalanche", "(c) Avalanche PermutedMNIST, Naive"),
+    ("ours_loader_first_epoch", "(d) ours, plain loop over DataLoader(experience.dataset), fresh"),
 )
 
 
@@ -246,14 +253,6 @@ def plain_permuted_train_set(dataset_root: Path, experience: int) -> Tuple[Any, 
     return x, torch.from_numpy(labels)
 
 
-def data_files(dataset_root: Path) -> List[Dict[str, Any]]:
-    raw = dataset_root / "MNIST" / "raw"
-    return [
-        {"path": str(p), "bytes": p.stat().st_size}
-        for p in sorted(raw.glob("*-ubyte.gz"))
-    ]
-
-
 def copy_mnist_to_temp(dataset_root: Path) -> Path:
     """A writable copy of ``MNIST/`` for Avalanche, which extracts the archives in place."""
     tmp = Path(tempfile.mkdtemp(prefix="stream_throughput_"))
@@ -374,6 +373,24 @@ def time_ours(benchmark: Any, experience: int) -> Tuple[Timing, Timing]:
     return first, warm
 
 
+def time_ours_loader(benchmark: Any, experience: int) -> Timing:
+    """The plain loop over a DataLoader of a fresh experience's dataset (whole-batch reads)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    dataset = benchmark.train_stream[experience].dataset
+    loader = DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, collate_fn=dataset.collate_fn)
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+
+    def epoch() -> None:
+        model.train()
+        for x, y, _ in loader:
+            _sgd_step(model, optimizer, x, y)
+
+    return _timed(epoch)
+
+
 def time_avalanche(benchmark: Any, experience: int) -> Timing:
     strategy = make_naive()
     exp = benchmark.train_stream[experience]
@@ -415,6 +432,7 @@ def one_repeat(r: int, x: Any, y: Any, ours: Any, theirs: Any) -> Dict[str, Timi
         },
         lambda: dict(zip(("ours_first_epoch", "ours_warm"), time_ours(ours, r))),
         lambda: {"avalanche": time_avalanche(theirs, r % AVALANCHE_EXPERIENCES)},
+        lambda: {"ours_loader_first_epoch": time_ours_loader(ours, 2 * repeats + r)},
     ]
     shift = r % len(groups)
     timings: Dict[str, Timing] = {}
@@ -436,8 +454,8 @@ def run_timings(dataset_root: Path, repeats: int) -> Dict[str, Any]:
     t0 = time.perf_counter()
     ours = anb.PermutedMNIST(dataset_root=dataset_root, return_task_id=True)
     ours_build_s = time.perf_counter() - t0
-    if 2 * repeats > ours.n_experiences:
-        raise SystemExit(f"--repeats must be at most {ours.n_experiences // 2} (fresh experiences run out).")
+    if 3 * repeats > ours.n_experiences:
+        raise SystemExit(f"--repeats must be at most {ours.n_experiences // 3} (fresh experiences run out).")
 
     avalanche_root = copy_mnist_to_temp(dataset_root)
     try:
@@ -475,6 +493,7 @@ def run_timings(dataset_root: Path, repeats: int) -> Dict[str, Any]:
         "build_seconds": {"ours_PermutedMNIST_100": ours_build_s, "avalanche_PermutedMNIST_2": theirs_build_s},
         "ours_experiences_timed": list(range(repeats)),
         "ours_experiences_materialised_alone": [repeats + r for r in range(repeats)],
+        "ours_loader_experiences_timed": [2 * repeats + r for r in range(repeats)],
         "avalanche_experiences_timed": [r % AVALANCHE_EXPERIENCES for r in range(repeats)],
         "same_data_check": same_data_check(ours, x, y),
         "ours_cache_info": anb.cache_info(),
@@ -505,16 +524,16 @@ def same_data_check(benchmark: Any, x: Any, y: Any) -> Dict[str, Any]:
 
 
 def summarise(raw: Dict[str, List[float]], raw_cpu: Dict[str, List[float]]) -> Dict[str, Dict[str, float]]:
-    reference = statistics.median(raw["plain_dataloader"])
-    reference_min = min(raw["plain_dataloader"])
+    reference = statistics.median(raw[REFERENCE])
+    reference_min = min(raw[REFERENCE])
     summary = {}
     for key, values in raw.items():
         median = statistics.median(values)
         summary[key] = {
             "median_s": median,
             "min_s": min(values),
-            "ratio_to_plain_dataloader": median / reference,
-            "ratio_of_minima_to_plain_dataloader": min(values) / reference_min,
+            "ratio_to_plain": median / reference,
+            "ratio_of_minima_to_plain": min(values) / reference_min,
             "cpu_median_s": statistics.median(raw_cpu[key]),
             "samples_per_s": N_TRAIN_IMAGES / median,
         }
@@ -522,15 +541,16 @@ def summarise(raw: Dict[str, List[float]], raw_cpu: Dict[str, List[float]]) -> D
 
 
 def evaluate_targets(summary: Dict[str, Dict[str, float]], memory: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
-    plain = summary["plain_dataloader"]["median_s"]
+    plain = summary[REFERENCE]["median_s"]
     theirs = summary["avalanche"]["median_s"]
     targets = []
-    for key, label in (("ours_warm", "warm"), ("ours_first_epoch", "first epoch")):
+    for key, label, limit in (("ours_first_epoch", "first epoch", TARGET_RATIO_FIRST_EPOCH),
+                              ("ours_warm", "warm", TARGET_RATIO_WARM)):
         ratio = summary[key]["median_s"] / plain
         targets.append({
-            "target": f"ours ({label}) within {TARGET_RATIO_TO_PLAIN}x of plain loop (a)",
+            "target": f"ours under Naive ({label}) within {limit}x of the indexed plain loop (a2)",
             "value": f"{ratio:.2f}x",
-            "pass": ratio <= TARGET_RATIO_TO_PLAIN,
+            "pass": ratio <= limit,
         })
     for key, label in (("ours_first_epoch", "first epoch"), ("ours_warm", "warm")):
         speedup = theirs / summary[key]["median_s"]
@@ -568,7 +588,7 @@ def format_table(summary: Dict[str, Dict[str, float]], raw: Dict[str, List[float
         runs = " ".join(f"{v:.2f}" for v in raw[key])
         lines.append(
             f"{label:<46} {s['median_s']:>8.2f} {s['min_s']:>6.2f} "
-            f"{s['ratio_to_plain_dataloader']:>7.2f} {s['ratio_of_minima_to_plain_dataloader']:>7.2f} "
+            f"{s['ratio_to_plain']:>7.2f} {s['ratio_of_minima_to_plain']:>7.2f} "
             f"{s['cpu_median_s']:>6.2f} {s['samples_per_s']:>7.0f}  {runs}"
         )
     return "\n".join(lines)
@@ -599,7 +619,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
     summary, raw, machine = result["summary"], result["raw_seconds"], result["machine"]
     lines = [
         SECTION_START,
-        "## Stream throughput (issue 2)",
+        "## Stream throughput (issues 2 and 7)",
         "",
         f"Measured {result['timestamp_utc']} with `benchmarks/stream_throughput.py`:",
         "",
@@ -613,15 +633,16 @@ def markdown_section(result: Dict[str, Any]) -> str:
         f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), no GPU, "
         f"torch {machine['torch']} with {N_THREADS} threads, avalanche-lib {machine['avalanche']}.",
         f"- Model: 784-256-256-10 ReLU MLP, SGD lr {LR}, batch {BATCH_SIZE}, one epoch; "
-        f"{result['repeats']} repeats, round-robin; ratio = median / median of (a).",
+        f"{result['repeats']} repeats, round-robin; ratio = median / median of (a2).",
         "- Load average (1 min) at the start of each repeat: "
         + ", ".join(f"{l[0]:.2f}" for l in result["load_average_1_5_15_min_at_each_repeat"])
         + " (this benchmark itself counts for about 1; the machine is shared, "
         "so read the minima alongside the medians).",
-        "- Materialising one fresh experience alone (part of every first epoch): "
+        "- Materialising one fresh experience alone (what single-sample reads, as "
+        "in Avalanche's multi-task loaders, pay once per experience): "
         + ", ".join(f"{v:.2f}" for v in result["materialise_one_experience_seconds"]) + " s.",
         "",
-        "| measurement | median (s) | min (s) | ratio to plain loop (a), medians "
+        "| measurement | median (s) | min (s) | ratio to plain loop (a2), medians "
         "| ratio, minima | CPU time, median (s) | images/s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -629,7 +650,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
         s = summary[key]
         lines.append(
             f"| {label} | {s['median_s']:.2f} | {s['min_s']:.2f} | "
-            f"{s['ratio_to_plain_dataloader']:.2f}x | {s['ratio_of_minima_to_plain_dataloader']:.2f}x | "
+            f"{s['ratio_to_plain']:.2f}x | {s['ratio_of_minima_to_plain']:.2f}x | "
             f"{s['cpu_median_s']:.2f} | {s['samples_per_s']:,.0f} |"
         )
     lines += [
@@ -685,7 +706,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "repeats": args.repeats,
         "machine": machine_info(),
         "data": {
-            "dataset_root": str(args.dataset_root),
+            "dataset_root": portable_path(args.dataset_root, is_data_root=True),
             "files": data_files(args.dataset_root),
             "n_train_images": N_TRAIN_IMAGES,
             "plain_loop_experience": PLAIN_EXPERIENCE,
@@ -709,8 +730,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\nPlain baseline uses our experience {check['experience']}'s samples: {check['ok']} "
           f"(max |diff| {check['max_abs_diff']:.2e})")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     print(f"\nWrote {args.out}")
     if not args.no_docs:
         update_results_md(markdown_section(result), SECTION_START, SECTION_END)

@@ -6,6 +6,7 @@ import tempfile
 os.environ["HOME"] = tempfile.mkdtemp(prefix="neuromod-home-")
 
 import gzip  # noqa: E402
+import pickle  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -54,3 +55,32 @@ def make_fake_mnist(root: Path, folder: str = "MNIST", n_train: int = 540, n_tes
 def fake_mnist_root(tmp_path) -> Path:
     make_fake_mnist(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory):
+    """A tiny CIFAR-100 (3 train, 1 test image per class) in torchvision's pickle format."""
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for split, per_class in (("train", 3), ("test", 1)):
+        labels = np.repeat(np.arange(100), per_class)
+        entry = {"data": rng.randint(0, 256, (len(labels), 3072)).astype(np.uint8),
+                 "fine_labels": labels.tolist()}
+        with open(folder / split, "wb") as f:
+            pickle.dump(entry, f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def svhn_root(tmp_path_factory):
+    """A tiny SVHN (4 train, 2 test images per digit) in torchvision's .mat format."""
+    from scipy.io import savemat
+
+    root = tmp_path_factory.mktemp("svhn")
+    rng = np.random.RandomState(0)
+    for split, per_class in (("train", 4), ("test", 2)):
+        y = np.repeat(np.arange(1, 11), per_class).reshape(-1, 1)  # SVHN writes 0 as 10
+        savemat(root / f"{split}_32x32.mat", {"X": rng.randint(0, 256, (32, 32, 3, len(y))).astype(np.uint8), "y": y})
+    return root

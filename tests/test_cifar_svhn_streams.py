@@ -1,7 +1,5 @@
 """Split CIFAR-100 and Seq-SVHN built from small files in torchvision's on-disk formats."""
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
@@ -9,33 +7,6 @@ import torch
 from avalanche.training import Naive
 from avalanche_neuromod.benchmarks import CIFAR100_MEAN, CIFAR100_STD, SeqSVHN, SplitCIFAR100
 from avalanche_neuromod.evaluation import make_evaluator
-
-
-@pytest.fixture(scope="module")
-def cifar_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    folder = root / "cifar-100-python"
-    folder.mkdir()
-    rng = np.random.RandomState(0)
-    for split, per_class in (("train", 3), ("test", 1)):
-        labels = np.repeat(np.arange(100), per_class)
-        entry = {"data": rng.randint(0, 256, (len(labels), 3072)).astype(np.uint8),
-                 "fine_labels": labels.tolist()}
-        with open(folder / split, "wb") as f:
-            pickle.dump(entry, f)
-    return root
-
-
-@pytest.fixture(scope="module")
-def svhn_root(tmp_path_factory):
-    from scipy.io import savemat
-
-    root = tmp_path_factory.mktemp("svhn")
-    rng = np.random.RandomState(0)
-    for split, per_class in (("train", 4), ("test", 2)):
-        y = np.repeat(np.arange(1, 11), per_class).reshape(-1, 1)  # SVHN writes 0 as 10
-        savemat(root / f"{split}_32x32.mat", {"X": rng.randint(0, 256, (32, 32, 3, len(y))).astype(np.uint8), "y": y})
-    return root
 
 
 def _model(n_in):

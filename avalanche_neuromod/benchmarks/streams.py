@@ -11,6 +11,7 @@ strategies, evaluators and forgetting metrics work unchanged.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +30,8 @@ __all__ = [
     "FASHION_MNIST_MEAN_STD",
     "MNIST_MEAN_STD",
     "NeuromodBenchmark",
+    "NeuromodExperience",
+    "NeuromodStream",
     "load_source",
     "RotatedMNIST",
     "PermutedMNIST",
@@ -85,6 +88,9 @@ class NeuromodBenchmark(CLScenario):
         self.dataset = dataset
         self.n_classes = n_classes
         self.details: Dict[str, Any] = dict(details or {})
+        for stream in self.streams.values():
+            for exp in getattr(stream, "_exps", ()):
+                exp.benchmark = self  # as Avalanche's classic experiences (ICaRL reads it)
         train = list(self.train_stream)
         self.task_labels: List[List[int]] = [list(e.task_labels) for e in train]
         """Task labels of each training experience (as Avalanche's ``task_labels``)."""
@@ -158,15 +164,41 @@ def _check_count(name: str, n: int, low: int, high: Optional[int], hint: str = "
         raise ValueError(f"{name} must be {bound}, got {n}.{(' ' + hint) if hint else ''}")
 
 
-def _experience(dataset, index: int, task_label: int, classes: List[int]) -> DatasetExperience:
-    exp = DatasetExperience(dataset=dataset, current_experience=index)
+class NeuromodExperience(DatasetExperience):
+    """An experience of our streams: Avalanche's ``DatasetExperience`` whose
+    dataset can be replaced, as in Avalanche's classic benchmarks (plugins
+    such as ``BiCPlugin`` set ``strategy.experience.dataset``)."""
+
+    @property
+    def dataset(self):
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value) -> None:
+        self._dataset = value
+
+
+class NeuromodStream(EagerCLStream):
+    """A stream that hands out a fresh copy of an experience at every access.
+
+    Avalanche's classic streams do the same, so a strategy that modifies the
+    experience it trains on (``BiCPlugin`` replaces its dataset) never
+    changes the benchmark for the next run.
+    """
+
+    def _make_experience(self, experience_idx: int):
+        return copy.copy(self._exps[experience_idx])
+
+
+def _experience(dataset, index: int, task_label: int, classes: List[int]) -> NeuromodExperience:
+    exp = NeuromodExperience(dataset=dataset, current_experience=index)
     exp.task_label = task_label
     exp.task_labels = [task_label]
     exp.classes_in_this_experience = sorted(classes)
     return exp
 
 
-def _stream(name: str, exps: List[DatasetExperience]) -> EagerCLStream:
+def _stream(name: str, exps: List[DatasetExperience]) -> NeuromodStream:
     seen: set = set()
     all_classes = set().union(*(e.classes_in_this_experience for e in exps)) if exps else set()
     for exp in exps:
@@ -174,7 +206,7 @@ def _stream(name: str, exps: List[DatasetExperience]) -> EagerCLStream:
         seen |= set(exp.classes_in_this_experience)
         exp.classes_seen_so_far = sorted(seen)
         exp.future_classes = sorted(all_classes - seen)
-    return EagerCLStream(name, exps)
+    return NeuromodStream(name, exps)
 
 
 def _view_benchmark(
