@@ -15,7 +15,7 @@ from avalanche_neuromod.benchmarks import (
     rotate_images,
     set_cache_budget,
 )
-from avalanche_neuromod.benchmarks.tensor_data import _STORE, SampleBatch, fast_collate
+from avalanche_neuromod.benchmarks.tensor_data import MATERIALISE_AFTER, _STORE, SampleBatch, fast_collate
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_cache_is_bounded(digits):
         _STORE.clear()
         datas = [LazyImageData(x, y, angles=float(a)) for a in range(5)]
         for d in datas:
-            d[0]
+            d.rows()
         info = cache_info()
         assert info["entries"] == 2 and info["bytes"] <= info["budget_bytes"]
         assert [d._held is None for d in datas] == [True, True, True, False, False]
@@ -190,7 +190,7 @@ def test_a_collected_experience_leaves_the_store(digits):
     x, y = digits
     _STORE.clear()
     data = LazyImageData(x[:10], y[:10])
-    data[0]
+    data.rows()
     assert cache_info()["entries"] == 1
     del data
     gc.collect()
@@ -247,3 +247,23 @@ def test_default_collate_dataloader_over_our_datasets(digits):
     assert [i[1] for i in items[0:2]] == [ds[1][1], ds[2][1]]
     with pytest.raises(IndexError):
         ds.__getitems__([len(ds)])
+
+
+def test_single_reads_materialise_only_a_sample_wise_pass(digits, monkeypatch):
+    import avalanche_neuromod.benchmarks.tensor_data as tensor_data
+
+    assert MATERIALISE_AFTER == 512
+    monkeypatch.setattr(tensor_data, "MATERIALISE_AFTER", 40)  # the digits test set has 450 images
+    x, y = digits
+    data = LazyImageData(x, y, angles=20.0, mean=(0.1,), std=(0.3,))
+    ds = make_classification_dataset(data, task_label=0)
+    reference = data.materialise()
+    before = cache_info()["materialised"]
+    peeks = [ds[i][0] for i in range(40)]
+    assert data._held is None and cache_info()["materialised"] == before
+    assert all(torch.equal(p, reference[i]) for i, p in enumerate(peeks))
+    assert torch.equal(ds[-1][0], reference[-1])  # one read past the threshold materialises
+    assert data._held is not None and cache_info()["materialised"] == before + 1
+    assert torch.equal(ds[3][0], reference[3])
+    with pytest.raises(IndexError):
+        LazyImageData(x, y)[len(y)]

@@ -14,9 +14,10 @@ Two read paths give identical samples:
   splitting it;
 - **single samples** (``dataset[i]``, which Avalanche's multi-task loaders
   call through ``torch.utils.data.ConcatDataset``, one index at a time): the
-  experience is materialised once and its rows are served as views. A small
-  store bounded in bytes keeps the most recently used experiences; older ones
-  are dropped and recomputed if read again.
+  first :data:`MATERIALISE_AFTER` reads compute just their sample; after
+  that the experience is materialised once and its rows are served as views.
+  A small store bounded in bytes keeps the most recently materialised
+  experiences; older ones are dropped and recomputed if read again.
 
 :class:`TensorClassificationDataset` is an ordinary Avalanche task-aware
 classification dataset (``task_set``, subsets, concatenation, transform
@@ -61,6 +62,7 @@ __all__ = [
     "make_classification_dataset",
     "set_cache_budget",
     "cache_info",
+    "MATERIALISE_AFTER",
 ]
 
 CACHE_BUDGET_ENV = "AVALANCHE_NEUROMOD_CACHE_MB"
@@ -128,6 +130,11 @@ _ROTATION_CHUNK = 4096
 # Rows per step when a whole experience is materialised: the uint8 and float
 # copies of one step stay in the CPU caches.
 _MATERIALISE_CHUNK = 2048
+# Single-sample reads of an experience computed one by one before it is
+# materialised whole: a few reads (a user peeking, one batch of a
+# sample-wise loader) cost no float copy; a loader that reads the whole
+# experience one sample at a time switches to materialised rows.
+MATERIALISE_AFTER = 512
 
 
 class SampleBatch(SequenceABC):
@@ -446,6 +453,23 @@ class LazyImageData(Dataset):
             _STORE.add(self, tensor.element_size() * tensor.numel())
         return held
 
+    _single_reads: int = 0
+
+    def sample(self, position: int) -> torch.Tensor:
+        """The image at ``position``, by the single-sample rule of the module doc.
+
+        :param position: a position within this experience.
+        """
+        held = self._held
+        if held is not None:
+            return held[1][position]
+        if not -len(self) <= position < len(self):
+            raise IndexError(f"position {position} is out of range for {len(self)} samples.")
+        self._single_reads += 1
+        if self._single_reads > MATERIALISE_AFTER:
+            return self._materialised()[1][position]
+        return self.materialise([position % len(self)])[0]
+
     def rows(self) -> Tuple[torch.Tensor, ...]:
         """Every sample as a view of one materialised tensor (for single-sample reads).
 
@@ -469,12 +493,12 @@ class LazyImageData(Dataset):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for transient in ("_held", "_pixel_map_cache"):
+        for transient in ("_held", "_pixel_map_cache", "_single_reads"):
             state.pop(transient, None)
         return state
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        return self.rows()[i], self._labels_list[i]
+        return self.sample(i), self._labels_list[i]
 
 
 def _is_identity(groups: Any) -> bool:
@@ -599,7 +623,7 @@ class TensorClassificationDataset(TaskAwareSupervisedClassificationDataset, Clas
             if direct is not None:
                 leaf, _, mapping, task_label = direct
                 j = idx if mapping is None else mapping[idx]
-                x, y = leaf.rows()[j], leaf._labels_list[j]
+                x, y = leaf.sample(j), leaf._labels_list[j]
                 return [x, y] if task_label is None else [x, y, task_label]
         return super().__getitem__(idx)
 
