@@ -227,3 +227,39 @@ def test_a_strategy_that_rewrites_its_experience_leaves_the_benchmark_alone():
     strategy.train(bm.train_stream[0])
     assert seen.size < size  # BiC kept a validation split aside
     assert len(bm.train_stream[0].dataset) == size
+
+
+def test_whole_batch_loader_plugin_reads_batches_and_keeps_other_loaders():
+    from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
+    from avalanche.core import SupervisedPlugin
+    from torch.utils.data import DataLoader
+
+    from avalanche_neuromod.benchmarks import cache_info
+    from avalanche_neuromod.training import WholeBatchLoaderPlugin
+
+    class Loaders(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def before_training_epoch(self, strategy, **kwargs):
+            self.seen.append((type(strategy.dataloader), len(strategy.dataloader)))
+
+    bm = PermutedMNIST(2, dataset="digits", return_task_id=True)
+    n_batches = -(-len(bm.train_stream[0].dataset) // 32)
+    before = cache_info()["materialised"]
+    loaders = Loaders()
+    strategy = _strategy("Naive", 784, 10)
+    strategy.plugins[:0] = [WholeBatchLoaderPlugin(), loaders]
+    for exp in bm.train_stream:
+        strategy.train(exp)
+    assert loaders.seen == [(DataLoader, n_batches)] * 2
+    assert cache_info()["materialised"] == before, "whole-batch reads never materialise an experience"
+    assert 0.0 <= strategy.eval(bm.test_stream)["Top1_Acc_Stream/eval_phase/test_stream/Task001"] <= 1.0
+
+    replay_seen = Loaders()
+    replay = _strategy("Replay", 784, 10)
+    replay.plugins[:0] = [WholeBatchLoaderPlugin(), replay_seen]
+    for exp in bm.train_stream:
+        replay.train(exp)
+    assert replay_seen.seen[1][0] is ReplayDataLoader  # the replay plugin's loader is kept

@@ -1,4 +1,5 @@
-"""Strategies and plugins, the checkpoint layer they share, and the untrained-task eval rule."""
+"""Strategies and plugins, the checkpoint layer they share, the untrained-task eval rule,
+and whole-batch training loaders."""
 
 from .checkpoint import (
     CheckpointError,
@@ -12,6 +13,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .crwn import CRWN, CRWNPlugin
+from .loaders import WholeBatchLoaderPlugin, whole_batch_loader
 from .untrained import SkipUntrainedEvalMixin, SkipUntrainedEvalPlugin, UntrainedTaskWarning
 
 __all__ = [
@@ -22,11 +24,13 @@ __all__ = [
     "SkipUntrainedEvalMixin",
     "SkipUntrainedEvalPlugin",
     "UntrainedTaskWarning",
+    "WholeBatchLoaderPlugin",
     "checkpoint_compat",
     "load_strategy_state",
     "maybe_load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",
     "strategy_state_dict",
+    "whole_batch_loader",
     "write_checkpoint",
 ]

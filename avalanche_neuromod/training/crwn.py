@@ -14,13 +14,13 @@ from typing import Any, Dict, Optional, Sequence, Type
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
 from ..models.crwn import CRWNModule
 from .checkpoint import CheckpointMixin
+from .loaders import whole_batch_loader
 from .untrained import SkipUntrainedEvalMixin, SkipUntrainedEvalPlugin
 
 __all__ = ["CRWN", "CRWNPlugin"]
@@ -186,15 +186,9 @@ class CRWN(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
         """A plain shuffled loader: a CRWN experience holds one task, so
         Avalanche's task-balanced loader would only add per-sample overhead
         (our datasets hand over whole mini-batches to a plain loader)."""
-        self.dataloader = DataLoader(
-            self.adapted_dataset,
-            batch_size=self.train_mb_size,
-            shuffle=shuffle,
-            num_workers=num_workers,
-            pin_memory=bool(pin_memory),
-            persistent_workers=persistent_workers and num_workers > 0,
-            drop_last=drop_last,
-            collate_fn=self.adapted_dataset.collate_fn,
+        self.dataloader = whole_batch_loader(
+            self.adapted_dataset, self.train_mb_size, shuffle=shuffle, num_workers=num_workers,
+            drop_last=drop_last, pin_memory=bool(pin_memory), persistent_workers=persistent_workers,
         )
 
     def _before_training_exp(self, **kwargs: Any) -> None:
