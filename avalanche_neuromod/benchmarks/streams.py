@@ -89,8 +89,7 @@ class NeuromodBenchmark(CLScenario):
         self.n_classes = n_classes
         self.details: Dict[str, Any] = dict(details or {})
         for stream in self.streams.values():
-            for exp in getattr(stream, "_exps", ()):
-                exp.benchmark = self  # as Avalanche's classic experiences (ICaRL reads it)
+            stream.benchmark = self
         train = list(self.train_stream)
         self.task_labels: List[List[int]] = [list(e.task_labels) for e in train]
         """Task labels of each training experience (as Avalanche's ``task_labels``)."""
@@ -166,8 +165,8 @@ def _check_count(name: str, n: int, low: int, high: Optional[int], hint: str = "
 
 class NeuromodExperience(DatasetExperience):
     """An experience of our streams: Avalanche's ``DatasetExperience`` whose
-    dataset can be replaced, as in Avalanche's classic benchmarks (plugins
-    such as ``BiCPlugin`` set ``strategy.experience.dataset``)."""
+    dataset can be replaced and which knows its benchmark, as in Avalanche's
+    classic benchmarks (``BiCPlugin`` sets ``strategy.experience.dataset``)."""
 
     @property
     def dataset(self):
@@ -176,6 +175,12 @@ class NeuromodExperience(DatasetExperience):
     @dataset.setter
     def dataset(self, value) -> None:
         self._dataset = value
+
+    @property
+    def benchmark(self):
+        """The benchmark of this experience's stream, as in Avalanche's classic
+        benchmarks (``ICaRL`` reads its class order there)."""
+        return self.origin_stream.benchmark
 
 
 class NeuromodStream(EagerCLStream):

@@ -188,7 +188,7 @@ class CRWN(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
         (our datasets hand over whole mini-batches to a plain loader)."""
         self.dataloader = whole_batch_loader(
             self.adapted_dataset, self.train_mb_size, shuffle=shuffle, num_workers=num_workers,
-            drop_last=drop_last, pin_memory=bool(pin_memory), persistent_workers=persistent_workers,
+            drop_last=drop_last, pin_memory=pin_memory, persistent_workers=persistent_workers,
         )
 
     def _before_training_exp(self, **kwargs: Any) -> None:

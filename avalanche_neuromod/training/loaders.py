@@ -27,7 +27,7 @@ __all__ = ["WholeBatchLoaderPlugin", "whole_batch_loader"]
 
 
 def whole_batch_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, num_workers: int = 0,
-                       drop_last: bool = False, pin_memory: bool = False,
+                       drop_last: bool = False, pin_memory: Any = False,
                        persistent_workers: bool = False) -> DataLoader:
     """A plain ``DataLoader`` that reads whole mini-batches (``__getitems__``).
 
@@ -37,7 +37,7 @@ def whole_batch_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, n
     :param shuffle: reshuffle every epoch.
     :param num_workers: loader worker processes.
     :param drop_last: drop the last incomplete batch.
-    :param pin_memory: pin batches in memory for a GPU.
+    :param pin_memory: pin batches in memory for a GPU (Avalanche passes None for "no").
     :param persistent_workers: keep the workers between epochs.
     """
     return DataLoader(
@@ -46,7 +46,7 @@ def whole_batch_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, n
         shuffle=shuffle,
         num_workers=num_workers,
         drop_last=drop_last,
-        pin_memory=pin_memory,
+        pin_memory=bool(pin_memory),
         persistent_workers=persistent_workers and num_workers > 0,
         collate_fn=getattr(dataset, "collate_fn", None),
     )
@@ -80,6 +80,6 @@ class WholeBatchLoaderPlugin(SupervisedPlugin):
             shuffle=kwargs.get("shuffle", True),
             num_workers=kwargs.get("num_workers", 0),
             drop_last=kwargs.get("drop_last", False),
-            pin_memory=bool(kwargs.get("pin_memory", False)),
+            pin_memory=kwargs.get("pin_memory", False),
             persistent_workers=kwargs.get("persistent_workers", False),
         )
