@@ -23,6 +23,11 @@ side by side in one process with 2 torch threads:
   collate_fn=experience.dataset.collate_fn)`` on a fresh experience: whole
   mini-batches read from the ``uint8`` base (the path of plain loaders and
   of CRWN).
+* ``naive_floor_first_epoch`` / ``naive_floor_warm`` (e): ``Naive`` of (b)
+  whose training loader is replaced, before each experience, by a list of
+  mini-batches cut in advance from the tensors of (a2) (no data loading at
+  all): what Avalanche's training template alone costs over the plain loop,
+  a floor no stream can go below.
 * ``avalanche`` (c): Avalanche's own
   ``avalanche.benchmarks.classic.PermutedMNIST(n_experiences=2, seed=0)`` with
   the same ``Naive`` set-up, reading a temporary copy of the MNIST files under
@@ -105,6 +110,8 @@ MEASUREMENTS = (
     ("ours_warm_gc_paused", "(b) ours, Naive, third epoch, garbage collector paused"),
     ("ours_batched_first_epoch", "(b2) ours, Naive + WholeBatchLoaderPlugin, first epoch"),
     ("ours_batched_warm", "(b2) ours, Naive + WholeBatchLoaderPlugin, warm"),
+    ("naive_floor_first_epoch", "(e) Naive over pre-cut in-memory batches, first epoch"),
+    ("naive_floor_warm", "(e) Naive over pre-cut in-memory batches, warm"),
     ("avalanche", "(c) Avalanche PermutedMNIST, Naive"),
     ("ours_loader_first_epoch", "(d) ours, plain loop over DataLoader(experience.dataset), fresh"),
 )
@@ -416,6 +423,28 @@ def time_ours_loader(benchmark: Any, experience: int) -> Timing:
     return _timed(epoch)
 
 
+def time_naive_floor(benchmark: Any, experience: int, x: Any, y: Any) -> Tuple[Timing, Timing]:
+    """(e) Naive whose loader yields mini-batches cut in advance from (a2)'s
+    tensors: Avalanche's per-iteration cost with no data loading at all."""
+    import torch
+    from avalanche.core import SupervisedPlugin
+
+    class PrecutBatches(SupervisedPlugin):
+        def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+            order = torch.randperm(len(x))
+            batches = []
+            for start in range(0, len(x), BATCH_SIZE):
+                idx = order[start: start + BATCH_SIZE]
+                batches.append([x[idx], y[idx], torch.zeros(len(idx), dtype=torch.long)])
+            strategy.dataloader = batches
+
+    strategy = make_naive([PrecutBatches()])
+    exp = benchmark.train_stream[experience]
+    first = _timed(lambda: strategy.train(exp))
+    warm = _timed(lambda: strategy.train(exp))
+    return first, warm
+
+
 def time_avalanche(benchmark: Any, experience: int) -> Timing:
     strategy = make_naive()
     exp = benchmark.train_stream[experience]
@@ -457,6 +486,8 @@ def one_repeat(r: int, repeats: int, x: Any, y: Any, ours: Any, theirs: Any) -> 
         },
         lambda: dict(zip(("ours_first_epoch", "ours_warm", "ours_warm_gc_paused"), time_ours(ours, r))),
         lambda: {"avalanche": time_avalanche(theirs, r % AVALANCHE_EXPERIENCES)},
+        lambda: dict(zip(("naive_floor_first_epoch", "naive_floor_warm"),
+                         time_naive_floor(ours, 4 * repeats + r, x, y))),
         lambda: {"ours_loader_first_epoch": time_ours_loader(ours, 2 * repeats + r)},
         lambda: dict(zip(("ours_batched_first_epoch", "ours_batched_warm"),
                          time_ours_batched(ours, 3 * repeats + r))),
@@ -481,8 +512,8 @@ def run_timings(dataset_root: Path, repeats: int) -> Dict[str, Any]:
     t0 = time.perf_counter()
     ours = anb.PermutedMNIST(dataset_root=dataset_root, return_task_id=True)
     ours_build_s = time.perf_counter() - t0
-    if 4 * repeats > ours.n_experiences:
-        raise SystemExit(f"--repeats must be at most {ours.n_experiences // 4} (fresh experiences run out).")
+    if 5 * repeats > ours.n_experiences:
+        raise SystemExit(f"--repeats must be at most {ours.n_experiences // 5} (fresh experiences run out).")
 
     avalanche_root = copy_mnist_to_temp(dataset_root)
     try:
@@ -522,6 +553,7 @@ def run_timings(dataset_root: Path, repeats: int) -> Dict[str, Any]:
         "ours_experiences_materialised_alone": [repeats + r for r in range(repeats)],
         "ours_loader_experiences_timed": [2 * repeats + r for r in range(repeats)],
         "ours_batched_experiences_timed": [3 * repeats + r for r in range(repeats)],
+        "naive_floor_experiences_timed": [4 * repeats + r for r in range(repeats)],
         "avalanche_experiences_timed": [r % AVALANCHE_EXPERIENCES for r in range(repeats)],
         "same_data_check": same_data_check(ours, x, y),
         "ours_cache_info": anb.cache_info(),
@@ -609,6 +641,22 @@ def evaluate_targets(summary: Dict[str, Dict[str, float]], memory: Dict[str, Dic
 # ---------------------------------------------------------------- output
 
 
+def floor_context(summary: Dict[str, Dict[str, float]]) -> str:
+    """How far Avalanche's template alone (e) is from the plain loop, and ours from (e)."""
+    parts = []
+    for floor_key, label, ours_keys in (
+        ("naive_floor_first_epoch", "first epoch", ("ours_first_epoch", "ours_batched_first_epoch")),
+        ("naive_floor_warm", "warm", ("ours_warm", "ours_batched_warm")),
+    ):
+        floor = summary[floor_key]["median_s"]
+        as_is, batched = (summary[k]["median_s"] / floor for k in ours_keys)
+        parts.append(
+            f"{label}: Naive with no data loading is {summary[floor_key]['ratio_to_plain']:.2f}x the "
+            f"plain loop; ours under Naive is {as_is:.2f}x that floor as is, {batched:.2f}x with the plugin"
+        )
+    return "; ".join(parts)
+
+
 def format_table(summary: Dict[str, Dict[str, float]], raw: Dict[str, List[float]]) -> str:
     header = (
         f"{'measurement':<46} {'median s':>8} {'min s':>6} {'x plain':>7} "
@@ -679,7 +727,10 @@ def markdown_section(result: Dict[str, Any]) -> str:
         "experience is materialised once for that); (d) reads whole mini-batches from the "
         "`uint8` base. The garbage-collector-paused row shows how much of (b) is Python's "
         "collection of the per-sample objects. (b2) adds `WholeBatchLoaderPlugin`, which gives "
-        "Naive a whole-batch loader when an experience holds one task.",
+        "Naive a whole-batch loader when an experience holds one task. (e) gives Naive "
+        "mini-batches cut in advance from (a2)'s tensors: Avalanche's training template "
+        "with no data loading at all, a floor no stream can go below.",
+        "- Against that floor: " + floor_context(summary) + ".",
         "",
         "| measurement | median (s) | min (s) | ratio to plain loop (a2), medians "
         "| ratio, minima | CPU time, median (s) | images/s |",
@@ -763,6 +814,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_table(summary, timings["raw_seconds"]))
     print()
     print(format_targets(result["targets"]))
+    print("Against the floor (e): " + floor_context(result["summary"]))
     print()
     print(format_memory(memory))
     check = timings["same_data_check"]

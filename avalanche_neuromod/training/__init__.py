@@ -1,4 +1,4 @@
-"""Strategies and plugins, the checkpoint layer they share, the untrained-task eval rule,
+"""Strategies and plugins (CRWN, Dynamos), the checkpoint layer they share, the untrained-task eval rule,
 and whole-batch training loaders."""
 
 from .checkpoint import (
@@ -13,7 +13,10 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .crwn import CRWN, CRWNPlugin
+from .dynamos import PAPER_SETTINGS, ConsistencyReplay, ConsistencyReplayPlugin, Dynamos, DynamosPlugin
+from .dynamos_losses import consistency_loss, keep_ratio_reward, prototype_loss, reinforce_loss
 from .loaders import WholeBatchLoaderPlugin, whole_batch_loader
+from .reservoir import ReservoirBuffer
 from .untrained import SkipUntrainedEvalMixin, SkipUntrainedEvalPlugin, UntrainedTaskWarning
 
 __all__ = [
@@ -21,14 +24,24 @@ __all__ = [
     "CRWNPlugin",
     "CheckpointError",
     "CheckpointMixin",
+    "ConsistencyReplay",
+    "ConsistencyReplayPlugin",
+    "Dynamos",
+    "DynamosPlugin",
+    "PAPER_SETTINGS",
+    "ReservoirBuffer",
     "SkipUntrainedEvalMixin",
     "SkipUntrainedEvalPlugin",
     "UntrainedTaskWarning",
     "WholeBatchLoaderPlugin",
     "checkpoint_compat",
+    "consistency_loss",
+    "keep_ratio_reward",
     "load_strategy_state",
     "maybe_load_checkpoint",
+    "prototype_loss",
     "read_checkpoint",
+    "reinforce_loss",
     "save_checkpoint",
     "strategy_state_dict",
     "whole_batch_loader",
