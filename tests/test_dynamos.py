@@ -4,6 +4,7 @@ import itertools
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -406,3 +407,72 @@ def test_same_seed_same_numbers(mnist360):
         return torch.cat([p.detach().flatten() for p in strategy.model.parameters()])
 
     assert torch.equal(run(), run())
+
+
+# ------------------------------------------------------------------ analysis
+
+
+def _hand_stats():
+    from avalanche_neuromod.analysis import GateStatistics
+
+    # Two layers; classes 0 and 1, two samples each; tasks 0, 0, 1, 1.
+    layer1 = np.array([[1, 0], [1, 1], [0, 1], [0, 1]], dtype=float)
+    layer2 = np.array([[1], [1], [1], [0]], dtype=float)
+    return GateStatistics(actions=[layer1, layer2], attention=np.zeros((4, 3)), labels=np.array([0, 0, 1, 1]),
+                          task_labels=np.array([0, 1, 0, 1]))
+
+
+def test_activation_rates_and_keep_ratios_by_hand():
+    from avalanche_neuromod.analysis import activation_rates, keep_ratios
+
+    stats = _hand_stats()
+    by_class = activation_rates(stats, by="class")
+    assert by_class["groups"].tolist() == [0, 1]
+    assert by_class["rates"][0].tolist() == [[1.0, 0.5], [0.0, 1.0]]
+    assert by_class["rates"][1].tolist() == [[1.0], [0.5]]
+    by_task = activation_rates(stats, by="task")
+    assert by_task["rates"][0].tolist() == [[0.5, 0.5], [0.5, 1.0]]
+    assert keep_ratios(stats) == [5 / 8, 3 / 4]
+
+
+def test_js_divergence_by_hand():
+    from avalanche_neuromod.analysis import js_divergence_matrix
+
+    # Class profiles over the 3 gated channels: (1, .5, 1) and (0, 1, .5), normalised.
+    p, q = np.array([1, 0.5, 1]) / 2.5, np.array([0, 1, 0.5]) / 1.5
+    m = (p + q) / 2
+    kl = lambda a, b: sum(x * np.log2(x / y) for x, y in zip(a, b) if x > 0)  # noqa: E731
+    expected = (kl(p, m) + kl(q, m)) / 2
+    result = js_divergence_matrix(_hand_stats())
+    assert result["divergence"][0, 1] == pytest.approx(expected)
+    assert result["divergence"][1, 0] == result["divergence"][0, 1] and result["divergence"][0, 0] == 0
+
+
+def test_figures_from_a_trained_network(mnist360):
+    from avalanche_neuromod.analysis import (activation_rates, collect_gates, js_divergence_matrix, keep_ratios,
+                                             plot_activation_rates, plot_attention_tsne, plot_js_divergence,
+                                             plot_trial_variability, trial_variability)
+
+    strategy = _dynamos(warmup_iterations=2)
+    strategy.train(list(itertools.islice(mnist360.online_train_stream, 4)))
+    model = strategy.model
+    stats = collect_gates(model, mnist360.test_stream[0].dataset, batch_size=64)
+    assert len(stats.labels) == len(mnist360.test_stream[0].dataset)
+    assert [a.shape[1] for a in stats.actions] == [64, 64, 64, 64] and stats.attention.shape[1] == 256
+    assert all(0 <= k <= 1 for k in keep_ratios(stats))
+    assert model.training  # restored
+    rates = activation_rates(stats)
+    figures = [plot_activation_rates(rates), plot_attention_tsne(stats, max_points=60)]
+    if all(r.sum() > 0 for r in np.concatenate(rates["rates"], axis=1)):
+        figures.append(plot_js_divergence(js_divergence_matrix(stats)))
+    x = mnist360.test_stream[0].dataset[0][0][None]
+    before = torch.random.get_rng_state()
+    kept = trial_variability(model, x, n_trials=5)
+    assert torch.equal(before, torch.random.get_rng_state())
+    assert all(((k >= 0) & (k <= 1)).all() for k in kept)
+    assert [a.sample_at_eval for a in model.agents] == [False] * 4
+    figures.append(plot_trial_variability(kept))
+    import matplotlib.pyplot as plt
+    for fig in figures:
+        assert fig.axes
+        plt.close(fig)
