@@ -185,3 +185,23 @@ def test_docs_and_results_hold_no_machine_paths():
                 found.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not found, "absolute paths of a machine (use a repository-relative path or " \
                       "$AVALANCHE_NEUROMOD_DATA):\n" + "\n".join(found)
+
+
+def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
+    import dynamos as dynamos_benchmark
+
+    out = tmp_path / "dynamos.json"
+    code = dynamos_benchmark.main([
+        "--dataset-root", str(fake_mnist_root), "--streams", "mnist360", "--buffers", "200", "--seeds", "0", "1",
+        "--methods", "dynamos", "der", "--max-batches", "3", "--no-docs", "--out", str(out),
+    ])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert [(r["method"], r["seed"]) for r in result["runs"]] == [("dynamos", 0), ("der", 0), ("dynamos", 1),
+                                                                  ("der", 1)]
+    assert all(r["training_experiences"] == 3 and 0 <= r["accuracy"] <= 1 for r in result["runs"])
+    assert "REDUCED" in result["scale"]
+    rows = {row["method"]: row for row in result["summary"]}
+    assert rows["dynamos"]["seeds"] == [0, 1] and len(rows["dynamos"]["keep_ratio_per_layer"]) == 4
+    assert rows["dynamos"]["paper"] == [79.64, 2.85]
+    assert any("DER" in note for note in result["notes"])

@@ -1,0 +1,287 @@
+"""Dynamos against its ablation, plain SGD and Avalanche's replay strategies (MNIST-360, Seq-MNIST).
+
+For each stream, buffer size and seed, every method trains the reduced
+ResNet-18 of the paper (with agents for Dynamos, without for the others) on
+the same stream and is evaluated on the test stream at the end:
+
+* ``dynamos``: ``Dynamos.preset(stream, buffer)`` (the paper's Table 5);
+* ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
+* ``sgd``: Avalanche's ``Naive`` with plain SGD (lr 0.07), no memory;
+* ``der``, ``er_ace``, ``replay``: Avalanche's ``DER`` (alpha and beta of
+  Table 5's row, like Dynamos' consistency weights), ``ER_ACE`` and
+  ``Replay`` with a reservoir of the same size, plain SGD lr 0.07, the same
+  stream batch and a memory batch of the same size. Their settings are the
+  paper's for Dynamos, not tuned for them.
+
+MNIST-360 trains on the online stream (3,387 mini-batches of 16, one
+experience each, no boundaries); Seq-MNIST on ``SplitMNIST(channels=3)``
+(5 experiences of 2 classes, batch 10, 1 epoch). Recorded per run: final
+test accuracy, seconds, the keep ratio of each gated layer on the test
+stream (Dynamos), and the buffer's fill. ``--max-batches N`` stops
+MNIST-360 after its first N online mini-batches (a stated reduced scale;
+the accuracy of such a run is not comparable with the paper's).
+
+Run (full scale takes hours on 2 CPU cores)::
+
+    python benchmarks/dynamos.py --dataset-root "$AVALANCHE_NEUROMOD_DATA" \\
+        --streams mnist360 --buffers 200 --seeds 0 --methods dynamos der
+
+Results go to ``benchmarks/results/dynamos.json`` (``--out``) and to a
+delimited section of ``docs/results.md`` (skip it with ``--no-docs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, command_line, data_files,
+                     machine_info, portable_path, update_results_md, write_json)
+
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
+SECTION_START = "<!-- dynamos:start -->"
+SECTION_END = "<!-- dynamos:end -->"
+
+METHODS = ("dynamos", "consistency", "sgd", "der", "er_ace", "replay")
+STREAMS = {"mnist360": (100, 200, 500), "seq-mnist": (500, 1000, 2000)}
+N_THREADS = 2
+LR = 0.07
+
+PAPER = {
+    ("mnist360", "dynamos"): {100: (64.42, 4.10), 200: (79.64, 2.85), 500: (90.52, 0.74)},
+    ("mnist360", "consistency"): {100: (61.19, None), 200: (75.36, None), 500: (88.15, None)},
+    ("mnist360", "sgd"): {100: (18.71, None), 200: (18.71, None), 500: (18.71, None)},
+    ("seq-mnist", "dynamos"): {500: (97.19, None), 1000: (97.51, None), 2000: (97.57, None)},
+}
+"""The paper's means (and standard deviations where it gives them), in %."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_dataset_root_argument(parser)
+    parser.add_argument("--streams", nargs="+", choices=sorted(STREAMS), default=["mnist360"])
+    parser.add_argument("--buffers", nargs="+", type=int, default=None,
+                        help="buffer sizes (default: the paper's three for each stream).")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="MNIST-360 only: stop after this many online mini-batches (reduced scale).")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
+    args = parser.parse_args(argv)
+    args.dataset_root = check_mnist_root(parser, args.dataset_root)
+    if args.max_batches is not None and args.max_batches < 1:
+        parser.error("--max-batches must be at least 1.")
+    return args
+
+
+def build_stream(name: str, root: Path) -> Any:
+    from avalanche_neuromod.benchmarks import MNIST360, SplitMNIST
+
+    if name == "mnist360":
+        return MNIST360(dataset_root=root)
+    return SplitMNIST(dataset_root=root, channels=3)
+
+
+def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_channels: int) -> Any:
+    import torch
+    from avalanche.training import DER, ER_ACE, Naive, Replay
+    from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+    from avalanche_neuromod.models import DynamosResNet18
+    from avalanche_neuromod.training import PAPER_SETTINGS, ConsistencyReplay, Dynamos
+    from avalanche_neuromod.training.dynamos import STREAM_SETTINGS
+
+    quiet = dict(evaluator=None)
+    if method == "dynamos":
+        return Dynamos.preset(stream, buffer, DynamosResNet18(n_classes, in_channels=in_channels), **quiet)
+    model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False)
+    if method == "consistency":
+        return ConsistencyReplay.preset(stream, buffer, model, **quiet)
+    settings = {**STREAM_SETTINGS[stream], **PAPER_SETTINGS[stream][buffer]}
+    common = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
+                  train_mb_size=settings["train_mb_size"], train_epochs=settings["train_epochs"],
+                  eval_mb_size=256, device="cpu", **quiet)
+    batch = settings["train_mb_size"]
+    if method == "sgd":
+        return Naive(**common)
+    if method == "der":
+        return DER(mem_size=buffer, batch_size_mem=batch, alpha=settings["alpha"], beta=settings["beta"], **common)
+    if method == "er_ace":
+        return ER_ACE(mem_size=buffer, batch_size_mem=batch, **common)
+    return Replay(mem_size=buffer, storage_policy=ReservoirSamplingBuffer(max_size=buffer), **common)
+
+
+def training_experiences(benchmark: Any, stream: str, max_batches: Optional[int]) -> List[Any]:
+    if stream == "mnist360":
+        return list(itertools.islice(benchmark.online_train_stream, max_batches))
+    return list(benchmark.train_stream)
+
+
+def evaluate(strategy: Any, benchmark: Any) -> float:
+    """Accuracy on the whole test stream (every test sample counts once)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    model = strategy.model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for experience in benchmark.test_stream:
+            dataset = experience.dataset.eval()
+            for batch in DataLoader(dataset, batch_size=512, collate_fn=dataset.collate_fn):
+                correct += int((model(batch[0]).argmax(dim=1) == batch[1]).sum())
+                total += len(batch[1])
+    return correct / total
+
+
+def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, max_batches: Optional[int]) -> Dict[str, Any]:
+    import torch
+    from tqdm import tqdm
+
+    from avalanche_neuromod.analysis import collect_gates, keep_ratios
+
+    torch.manual_seed(seed)
+    in_channels = 1 if stream == "mnist360" else 3
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        strategy = make_strategy(method, stream, buffer, benchmark.n_classes, in_channels)
+    experiences = training_experiences(benchmark, stream, max_batches)
+    started = time.perf_counter()
+    for experience in tqdm(experiences, desc=f"{stream} {method} buffer {buffer} seed {seed}", unit="exp",
+                           mininterval=10, leave=False):
+        strategy.train(experience)
+    train_s = time.perf_counter() - started
+    run: Dict[str, Any] = {
+        "stream": stream, "method": method, "buffer": buffer, "seed": seed,
+        "training_experiences": len(experiences), "train_seconds": train_s,
+        "accuracy": evaluate(strategy, benchmark),
+    }
+    buffer_obj = getattr(strategy, "buffer", None)
+    if buffer_obj is not None and hasattr(buffer_obj, "n_seen"):
+        run["buffer_filled"] = len(buffer_obj)
+    if method == "dynamos":
+        stats = collect_gates(strategy.model, benchmark.test_stream[0].dataset)
+        run["keep_ratio_per_layer"] = keep_ratios(stats)
+    return run
+
+
+def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    rows = []
+    keys = sorted({(r["stream"], r["buffer"], r["method"]) for r in runs},
+                  key=lambda k: (k[0], k[1], METHODS.index(k[2])))
+    for stream, buffer, method in keys:
+        group = [r for r in runs if (r["stream"], r["buffer"], r["method"]) == (stream, buffer, method)]
+        accs = [100 * r["accuracy"] for r in group]
+        row = {
+            "stream": stream, "buffer": buffer, "method": method, "seeds": [r["seed"] for r in group],
+            "accuracy_mean": statistics.mean(accs), "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else None,
+            "train_seconds_mean": statistics.mean(r["train_seconds"] for r in group),
+            "training_experiences": group[0]["training_experiences"],
+            "paper": PAPER.get((stream, method), {}).get(buffer),
+        }
+        if method == "dynamos":
+            row["keep_ratio_per_layer"] = [statistics.mean(v) for v in zip(*(r["keep_ratio_per_layer"] for r in group))]
+        rows.append(row)
+    return rows
+
+
+def _pm(mean: float, std: Optional[float]) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} +- {std:.2f}"
+
+
+def markdown_section(result: Dict[str, Any]) -> str:
+    machine = result["machine"]
+    lines = [
+        SECTION_START,
+        "## Dynamos (issue 8)",
+        "",
+        f"Measured {result['timestamp_utc']} with `benchmarks/dynamos.py`:",
+        "",
+        "```",
+        result["command"],
+        "```",
+        "",
+        f"- Data: real MNIST from `{result['dataset_root']}`; streams {', '.join(result['settings']['streams'])}.",
+        f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), no GPU, torch {machine['torch']} "
+        f"with {N_THREADS} threads, avalanche-lib {machine['avalanche']}.",
+        f"- Scale: {result['scale']}",
+        "- Avalanche's DER, ER-ACE and Replay use the backbone without agents, plain SGD lr 0.07, the memory size "
+        "and memory batch of the Dynamos row (DER: its alpha and beta); not tuned for them.",
+        "",
+        "| stream | buffer | method | seeds | final accuracy (%) | paper (%) | train s (mean) | "
+        "keep ratio per gated layer |",
+        "|---|---:|---|---|---:|---:|---:|---|",
+    ]
+    for row in result["summary"]:
+        paper = "" if row["paper"] is None else _pm(*row["paper"])
+        keep = ", ".join(f"{k:.2f}" for k in row.get("keep_ratio_per_layer", []))
+        lines.append(
+            f"| {row['stream']} | {row['buffer']} | {row['method']} | {', '.join(map(str, row['seeds']))} | "
+            f"{_pm(row['accuracy_mean'], row['accuracy_std'])} | {paper} | {row['train_seconds_mean']:.0f} | {keep} |"
+        )
+    lines += ["", *result["notes"], SECTION_END]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(N_THREADS)
+    buffers = {s: (args.buffers or list(STREAMS[s])) for s in args.streams}
+    for stream, sizes in buffers.items():
+        bad = [b for b in sizes if b not in STREAMS[stream]]
+        if bad:
+            raise SystemExit(f"{stream} has paper settings for buffers {list(STREAMS[stream])}, not {bad}.")
+    full = args.max_batches is None
+    result: Dict[str, Any] = {
+        "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command_line(argv, script=__file__),
+        "dataset_root": portable_path(args.dataset_root, is_data_root=True),
+        "data_files": data_files(args.dataset_root),
+        "machine": machine_info(),
+        "settings": {"streams": args.streams, "buffers": buffers, "seeds": args.seeds, "methods": args.methods,
+                     "max_batches": args.max_batches, "lr": LR},
+        "scale": ("full streams" if full else
+                  f"REDUCED: MNIST-360 stopped after its first {args.max_batches} of 3,387 online mini-batches; "
+                  f"accuracies are not comparable with the paper's"),
+        "runs": [], "summary": [], "notes": [],
+    }
+    for stream in args.streams:
+        benchmark = build_stream(stream, args.dataset_root)
+        for buffer, seed, method in itertools.product(buffers[stream], args.seeds, args.methods):
+            run = run_one(benchmark, stream, method, buffer, seed, args.max_batches if stream == "mnist360" else None)
+            result["runs"].append(run)
+            print(f"{stream} buffer {buffer} seed {seed} {method}: accuracy {100 * run['accuracy']:.2f}%, "
+                  f"{run['train_seconds']:.0f} s" + (f", keep ratios {run['keep_ratio_per_layer']}"
+                                                      if "keep_ratio_per_layer" in run else ""), flush=True)
+            result["summary"] = summarise(result["runs"])
+            write_json(result, args.out)
+    by_key = {(r["stream"], r["buffer"], r["method"]): r for r in result["summary"]}
+    for (stream, buffer, method), row in by_key.items():
+        der = by_key.get((stream, buffer, "der"))
+        if method == "dynamos" and der is not None:
+            ratio = row["train_seconds_mean"] / der["train_seconds_mean"]
+            result["notes"].append(f"- {stream}, buffer {buffer}: Dynamos trains in {ratio:.2f}x the time of "
+                                   f"Avalanche's DER (target: at most 1.5x).")
+        if method == "dynamos" and stream == "mnist360":
+            per_batch = row["train_seconds_mean"] / row["training_experiences"]
+            result["notes"].append(f"- mnist360, buffer {buffer}: {per_batch * 1000:.0f} ms per online mini-batch; "
+                                   f"all 3,387 would take {per_batch * 3387 / 60:.1f} min (target: at most 5).")
+    print("\n".join(result["notes"]))
+    write_json(result, args.out)
+    if not args.no_docs:
+        update_results_md(markdown_section(result), SECTION_START, SECTION_END)
+        print(f"Updated {portable_path(REPO_ROOT / 'docs' / 'results.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
