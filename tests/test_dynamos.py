@@ -264,7 +264,7 @@ def _dynamos(buffer_size=20, **overrides):
                     warmup_iterations=2, train_mb_size=16)
     settings.update(overrides)
     model = settings.pop("model", None) or DynamosResNet18(n_classes=10, in_channels=1)
-    return quiet(Dynamos, model, **settings)
+    return quiet(Dynamos, model=model, **settings)
 
 
 def test_dynamos_trains_on_the_online_stream(mnist360):
@@ -341,7 +341,7 @@ def test_bad_input_names_the_fix(mnist360):
 
 def test_consistency_replay_has_no_agent_terms(mnist360):
     torch.manual_seed(0)
-    strategy = quiet(ConsistencyReplay, DynamosResNet18(agents=False), buffer_size=20, alpha=0.2, beta=1.0,
+    strategy = quiet(ConsistencyReplay, model=DynamosResNet18(agents=False), buffer_size=20, alpha=0.2, beta=1.0,
                      warmup_iterations=8)
     strategy.train(list(itertools.islice(mnist360.online_train_stream, 16)))
     assert set(strategy.replay_plugin.last_terms) == {"consistency_logits", "replay_ce"}

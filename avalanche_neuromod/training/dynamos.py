@@ -287,7 +287,7 @@ class ConsistencyReplayPlugin(DynamosPlugin):
 class _ReplayStrategy(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
     """A ``SupervisedTemplate`` with plain SGD and one replay plugin of this module."""
 
-    def __init__(self, model: nn.Module, plugin: DynamosPlugin, *, lr: float, train_mb_size: int,
+    def __init__(self, *, model: nn.Module, plugin: DynamosPlugin, lr: float, train_mb_size: int,
                  train_epochs: int, eval_mb_size: Optional[int], device: Any, plugins: Optional[Sequence[Any]],
                  evaluator: Any, eval_every: int, criterion: Optional[nn.Module], **base_kwargs: Any):
         if lr <= 0:
@@ -348,7 +348,7 @@ class Dynamos(_ReplayStrategy):
     :param criterion: the stream loss (cross-entropy).
     """
 
-    def __init__(self, model: nn.Module, *, buffer_size: int, alpha: float, beta: float, alpha_p: float,
+    def __init__(self, *, model: nn.Module, buffer_size: int, alpha: float, beta: float, alpha_p: float,
                  penalty: float, gamma: float, w_p: float, keep_ratio: float = PAPER_KEEP_RATIO,
                  lr: float = PAPER_LR, warmup_iterations: int = 10, warmup_epochs: int = 0,
                  replay_batch_size: Optional[int] = None, seed: int = 0, train_mb_size: int = 16,
@@ -359,7 +359,7 @@ class Dynamos(_ReplayStrategy):
         plugin = DynamosPlugin(buffer_size, alpha=alpha, beta=beta, alpha_p=alpha_p, penalty=penalty, gamma=gamma,
                                w_p=w_p, keep_ratio=keep_ratio, warmup_iterations=warmup_iterations,
                                warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed)
-        super().__init__(model, plugin, lr=lr, train_mb_size=train_mb_size, train_epochs=train_epochs,
+        super().__init__(model=model, plugin=plugin, lr=lr, train_mb_size=train_mb_size, train_epochs=train_epochs,
                          eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
                          eval_every=eval_every, criterion=criterion, **base_kwargs)
 
@@ -372,7 +372,7 @@ class Dynamos(_ReplayStrategy):
         :param model: the network.
         :param overrides: any constructor argument, replacing the table's.
         """
-        return cls(model, buffer_size=buffer_size, **{**_paper_setting(stream, buffer_size), **overrides})
+        return cls(model=model, buffer_size=buffer_size, **{**_paper_setting(stream, buffer_size), **overrides})
 
 
 class ConsistencyReplay(_ReplayStrategy):
@@ -401,14 +401,14 @@ class ConsistencyReplay(_ReplayStrategy):
     :param criterion: the stream loss (cross-entropy).
     """
 
-    def __init__(self, model: nn.Module, *, buffer_size: int, alpha: float, beta: float, lr: float = PAPER_LR,
+    def __init__(self, *, model: nn.Module, buffer_size: int, alpha: float, beta: float, lr: float = PAPER_LR,
                  warmup_iterations: int = 10, warmup_epochs: int = 0, replay_batch_size: Optional[int] = None,
                  seed: int = 0, train_mb_size: int = 16, train_epochs: int = 1, eval_mb_size: Optional[int] = None,
                  device: Any = "cpu", plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
                  eval_every: int = -1, criterion: Optional[nn.Module] = None, **base_kwargs: Any):
         plugin = ConsistencyReplayPlugin(buffer_size, alpha=alpha, beta=beta, warmup_iterations=warmup_iterations,
                                          warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed)
-        super().__init__(model, plugin, lr=lr, train_mb_size=train_mb_size, train_epochs=train_epochs,
+        super().__init__(model=model, plugin=plugin, lr=lr, train_mb_size=train_mb_size, train_epochs=train_epochs,
                          eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
                          eval_every=eval_every, criterion=criterion, **base_kwargs)
 
@@ -423,4 +423,4 @@ class ConsistencyReplay(_ReplayStrategy):
         """
         setting = _paper_setting(stream, buffer_size)
         keep = ("alpha", "beta", "train_epochs", "warmup_iterations", "warmup_epochs", "train_mb_size")
-        return cls(model, buffer_size=buffer_size, **{**{k: setting[k] for k in keep}, **overrides})
+        return cls(model=model, buffer_size=buffer_size, **{**{k: setting[k] for k in keep}, **overrides})
