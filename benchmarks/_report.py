@@ -43,6 +43,7 @@ import re
 import shlex
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -295,6 +296,22 @@ def update_results_md(section: str, start: str, end: str, path: Path = RESULTS_M
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def result_header(argv: Optional[Sequence[str]], script: PathLike, dataset_root: PathLike) -> Dict[str, Any]:
+    """What every result file starts with: when, the command, the data (portably) and the machine.
+
+    :param argv: the script's arguments (None: ``sys.argv[1:]``).
+    :param script: the script's ``__file__``.
+    :param dataset_root: the data root the run read.
+    """
+    return {
+        "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command_line(argv, script=script),
+        "dataset_root": portable_path(dataset_root, is_data_root=True),
+        "data_files": data_files(dataset_root),
+        "machine": machine_info(),
+    }
 
 
 def write_json(result: Dict[str, Any], path: Path) -> None:

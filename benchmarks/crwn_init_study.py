@@ -34,14 +34,13 @@ import math
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, command_line, data_files, machine_info,
-                     portable_path, update_results_md, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, result_header, update_results_md,
+                     write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_init_study.json"
 SECTION_START = "<!-- crwn_init_study:start -->"
@@ -168,11 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     benchmark = RotatedMNIST(n_experiences=36, return_task_id=True, dataset_root=args.dataset_root)
     result: Dict[str, Any] = {
-        "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(argv, script=__file__),
-        "dataset_root": portable_path(args.dataset_root, is_data_root=True),
-        "data_files": data_files(args.dataset_root),
-        "machine": machine_info(),
+        **result_header(argv, __file__, args.dataset_root),
         "settings": {"seeds": args.seeds, "tasks": args.tasks, "iterations": args.iterations,
                      "batch_size": 128, "lr": 0.01, "model": "FlyNet-10d"},
         "configs": {},

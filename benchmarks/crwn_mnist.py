@@ -52,14 +52,13 @@ import math
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, command_line, data_files,
-                     machine_info, portable_path, shell_quote, update_results_md, write_json)
+from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, portable_path,
+                     result_header, shell_quote, update_results_md, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_mnist.json"
 PLOT_PATH = REPO_ROOT / "docs" / "images" / "crwn_pmnist_vs_ewc.png"
@@ -669,11 +668,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
     plan = grid_plan(args)
     result: Dict[str, Any] = {
-        "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(argv, script=__file__),
-        "dataset_root": portable_path(args.dataset_root, is_data_root=True),
-        "data_files": data_files(args.dataset_root),
-        "machine": machine_info(),
+        **result_header(argv, __file__, args.dataset_root),
         "settings": {
             "iterations_per_task": args.iterations, "batch_size": BATCH_SIZE, "eval_batch_size": EVAL_BATCH_SIZE,
             "crwn_optimizer": f"{OPTIMIZERS[args.optimizer]} lr {CRWN_LR}", "seed": args.seed,

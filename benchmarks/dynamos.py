@@ -38,12 +38,11 @@ import statistics
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, command_line, data_files,
-                     machine_info, portable_path, update_results_md, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, portable_path, result_header,
+                     update_results_md, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
 SECTION_START = "<!-- dynamos:start -->"
@@ -242,11 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise SystemExit(f"{stream} has paper settings for buffers {list(STREAMS[stream])}, not {bad}.")
     full = args.max_batches is None
     result: Dict[str, Any] = {
-        "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(argv, script=__file__),
-        "dataset_root": portable_path(args.dataset_root, is_data_root=True),
-        "data_files": data_files(args.dataset_root),
-        "machine": machine_info(),
+        **result_header(argv, __file__, args.dataset_root),
         "settings": {"streams": args.streams, "buffers": buffers, "seeds": args.seeds, "methods": args.methods,
                      "max_batches": args.max_batches, "lr": LR},
         "scale": ("full streams" if full else
