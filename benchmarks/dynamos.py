@@ -95,8 +95,7 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
     from avalanche_neuromod.models import DynamosResNet18
-    from avalanche_neuromod.training import PAPER_SETTINGS, ConsistencyReplay, Dynamos
-    from avalanche_neuromod.training.dynamos import STREAM_SETTINGS
+    from avalanche_neuromod.training import ConsistencyReplay, Dynamos, paper_setting
 
     quiet = dict(evaluator=None)
     if method == "dynamos":
@@ -104,7 +103,7 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
     model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False)
     if method == "consistency":
         return ConsistencyReplay.preset(stream, buffer, model, **quiet)
-    settings = {**STREAM_SETTINGS[stream], **PAPER_SETTINGS[stream][buffer]}
+    settings = paper_setting(stream, buffer)
     common = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
                   train_mb_size=settings["train_mb_size"], train_epochs=settings["train_epochs"],
                   eval_mb_size=256, device="cpu", **quiet)

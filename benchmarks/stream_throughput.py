@@ -378,13 +378,19 @@ def make_naive(plugins: Optional[List[Any]] = None) -> Any:
         )
 
 
+def _first_and_warm(strategy: Any, exp: Any) -> Tuple[Timing, Timing]:
+    """``strategy.train(exp)`` timed twice: the first epoch on a fresh experience, then a warm one."""
+    first = _timed(lambda: strategy.train(exp))
+    warm = _timed(lambda: strategy.train(exp))
+    return first, warm
+
+
 def time_ours(benchmark: Any, experience: int) -> Tuple[Timing, Timing, Timing]:
     """First epoch on a fresh experience, a warm epoch, and a warm epoch with the
     garbage collector paused (how much of (b) is collection time)."""
     strategy = make_naive()
     exp = benchmark.train_stream[experience]
-    first = _timed(lambda: strategy.train(exp))
-    warm = _timed(lambda: strategy.train(exp))
+    first, warm = _first_and_warm(strategy, exp)
     gc.collect()
     gc.disable()
     try:
@@ -398,11 +404,7 @@ def time_ours_batched(benchmark: Any, experience: int) -> Tuple[Timing, Timing]:
     """(b) with the whole-batch loader plugin: first epoch on a fresh experience, then warm."""
     from avalanche_neuromod.training import WholeBatchLoaderPlugin
 
-    strategy = make_naive([WholeBatchLoaderPlugin()])
-    exp = benchmark.train_stream[experience]
-    first = _timed(lambda: strategy.train(exp))
-    warm = _timed(lambda: strategy.train(exp))
-    return first, warm
+    return _first_and_warm(make_naive([WholeBatchLoaderPlugin()]), benchmark.train_stream[experience])
 
 
 def time_ours_loader(benchmark: Any, experience: int) -> Timing:
@@ -438,11 +440,7 @@ def time_naive_floor(benchmark: Any, experience: int, x: Any, y: Any) -> Tuple[T
                 batches.append([x[idx], y[idx], torch.zeros(len(idx), dtype=torch.long)])
             strategy.dataloader = batches
 
-    strategy = make_naive([PrecutBatches()])
-    exp = benchmark.train_stream[experience]
-    first = _timed(lambda: strategy.train(exp))
-    warm = _timed(lambda: strategy.train(exp))
-    return first, warm
+    return _first_and_warm(make_naive([PrecutBatches()]), benchmark.train_stream[experience])
 
 
 def time_avalanche(benchmark: Any, experience: int) -> Timing:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..models.dynamos import require_agents
 from .plots import _figure
 
 __all__ = [
@@ -59,12 +60,6 @@ class GateStatistics:
     task_labels: np.ndarray
 
 
-def _require_gated(model: Any) -> None:
-    if not list(getattr(model, "agents", ())) or not hasattr(model, "last_gates"):
-        raise TypeError(f"these figures need a network with channel agents (DynamosResNet18(agents=True)); got "
-                        f"{type(model).__name__} without them.")
-
-
 @torch.no_grad()
 def collect_gates(model: Any, dataset: Any, batch_size: int = 256, device: Any = "cpu") -> GateStatistics:
     """Run ``model`` in eval mode over ``dataset`` and record its agents' decisions.
@@ -75,7 +70,7 @@ def collect_gates(model: Any, dataset: Any, batch_size: int = 256, device: Any =
     :param batch_size: evaluation batch size.
     :param device: where to run the model.
     """
-    _require_gated(model)
+    require_agents(model, "these figures")
     was_training = model.training
     model.eval().to(device)
     actions: List[List[torch.Tensor]] = []
@@ -170,7 +165,7 @@ def trial_variability(model: Any, inputs: torch.Tensor, n_trials: int = 20, seed
     :return: per gated layer, ``(B, C_l)``: fraction of trials in which the
         channel was kept; 0 or 1 means no variability.
     """
-    _require_gated(model)
+    require_agents(model, "these figures")
     if n_trials < 2:
         raise ValueError(f"variability needs at least 2 trials, got n_trials={n_trials}.")
     agents = list(model.agents)
@@ -291,13 +286,11 @@ def plot_trial_variability(kept: List[np.ndarray], sample: int = 0, layer_names:
     import matplotlib.pyplot as plt
 
     names = list(layer_names) if layer_names is not None else _layer_names(len(kept))
-    rows = np.stack([layer[sample] for layer in kept]) if len({k.shape[1] for k in kept}) == 1 else None
+    # Layers may gate different numbers of channels: shorter rows are padded (blank).
+    rows = np.full((len(kept), max(k.shape[1] for k in kept)), np.nan)
+    for i, layer in enumerate(kept):
+        rows[i, : layer.shape[1]] = layer[sample]
     fig, ax = plt.subplots(figsize=(8, 0.6 + 0.45 * len(kept)))
-    if rows is None:
-        width = max(k.shape[1] for k in kept)
-        rows = np.full((len(kept), width), np.nan)
-        for i, layer in enumerate(kept):
-            rows[i, : layer.shape[1]] = layer[sample]
     image = ax.imshow(rows, aspect="auto", vmin=0, vmax=1, cmap="coolwarm", interpolation="nearest")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("channel")

@@ -1,7 +1,7 @@
 """Networks: neuromodulated layers, the CRWN models (FlyNet, NeuroModNet) and Dynamos' gated ResNet."""
 
 from .crwn import CRWNModule, FlyNet, NeuroModNet, NeuroModResNet18, SparseFlyEncoder
-from .dynamos import AgentDecision, ChannelAgent, DynamosResNet18, GateRecord
+from .dynamos import AgentDecision, ChannelAgent, DynamosResNet18, GateRecord, require_agents
 from .modulated import ModulatedConv2d, ModulatedLinear, TaskBatchNorm2d, TaskModulation, derive_generator
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "TaskBatchNorm2d",
     "TaskModulation",
     "derive_generator",
+    "require_agents",
 ]

@@ -34,7 +34,7 @@ from torch import nn
 
 from ._checks import check_dtype, check_images
 
-__all__ = ["AgentDecision", "ChannelAgent", "DynamosResNet18", "GateRecord"]
+__all__ = ["AgentDecision", "ChannelAgent", "DynamosResNet18", "GateRecord", "require_agents"]
 
 
 @dataclass
@@ -146,6 +146,21 @@ class GateRecord:
         head, tail = slice(None, n), slice(n, None)
         return (GateRecord([cut(d, head) for d in self.decisions]),
                 GateRecord([cut(d, tail) for d in self.decisions]))
+
+
+def require_agents(model: nn.Module, owner: str, alternative: str = "") -> None:
+    """Raise a ``TypeError`` naming the fix unless ``model`` has agents and reports their decisions.
+
+    :param model: the network given to ``owner``.
+    :param owner: what needs the agents, for the message.
+    :param alternative: a further fix to suggest (e.g. a strategy for networks without agents).
+    """
+    if not list(getattr(model, "agents", ())) or not hasattr(model, "last_gates"):
+        raise TypeError(
+            f"{owner} needs a network with channel agents that reports their decisions "
+            f"(model.agents, model.last_gates); got {type(model).__name__} without them. Use "
+            f"avalanche_neuromod.models.DynamosResNet18(agents=True){alternative}."
+        )
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:

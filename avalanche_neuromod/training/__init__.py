@@ -13,7 +13,8 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .crwn import CRWN, CRWNPlugin
-from .dynamos import PAPER_SETTINGS, ConsistencyReplay, ConsistencyReplayPlugin, Dynamos, DynamosPlugin
+from .dynamos import (PAPER_SETTINGS, ConsistencyReplay, ConsistencyReplayPlugin, Dynamos, DynamosPlugin,
+                      paper_setting)
 from .dynamos_losses import consistency_loss, keep_ratio_reward, prototype_loss, reinforce_loss
 from .loaders import WholeBatchLoaderPlugin, whole_batch_loader
 from .reservoir import ReservoirBuffer
@@ -39,6 +40,7 @@ __all__ = [
     "keep_ratio_reward",
     "load_strategy_state",
     "maybe_load_checkpoint",
+    "paper_setting",
     "prototype_loss",
     "read_checkpoint",
     "reinforce_loss",

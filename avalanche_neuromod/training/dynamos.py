@@ -35,12 +35,14 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
+from ..models.dynamos import require_agents
 from .checkpoint import CheckpointMixin
 from .dynamos_losses import consistency_loss, keep_ratio_reward, prototype_loss, reinforce_loss
 from .reservoir import ReservoirBuffer
 from .untrained import SkipUntrainedEvalMixin
 
-__all__ = ["ConsistencyReplay", "ConsistencyReplayPlugin", "Dynamos", "DynamosPlugin", "PAPER_SETTINGS"]
+__all__ = ["ConsistencyReplay", "ConsistencyReplayPlugin", "Dynamos", "DynamosPlugin", "PAPER_SETTINGS",
+           "paper_setting"]
 
 PAPER_SETTINGS: Dict[str, Dict[int, Dict[str, Any]]] = {
     "seq-mnist": {
@@ -77,7 +79,12 @@ PAPER_LR = 0.07
 PAPER_KEEP_RATIO = 0.7
 
 
-def _paper_setting(stream: str, buffer_size: int) -> Dict[str, Any]:
+def paper_setting(stream: str, buffer_size: int) -> Dict[str, Any]:
+    """Table 5's row for ``stream`` and ``buffer_size``: loss weights, epochs, warm-up, batch size.
+
+    :param stream: ``"mnist360"``, ``"seq-mnist"`` or ``"seq-svhn"`` (some spellings accepted).
+    :param buffer_size: one of the paper's sizes for that stream.
+    """
     key = _STREAM_ALIASES.get(stream.lower())
     if key is None:
         raise ValueError(f"no paper setting for stream {stream!r}; the paper's streams are "
@@ -89,13 +96,7 @@ def _paper_setting(stream: str, buffer_size: int) -> Dict[str, Any]:
 
 
 def _require_agents(model: nn.Module, owner: str) -> None:
-    if not list(getattr(model, "agents", ())) or not hasattr(model, "last_gates"):
-        raise TypeError(
-            f"{owner} needs a network with channel agents that reports their decisions "
-            f"(model.agents, model.last_gates); got {type(model).__name__} without them. Use "
-            f"avalanche_neuromod.models.DynamosResNet18(agents=True), or ConsistencyReplay for a "
-            f"network without agents."
-        )
+    require_agents(model, owner, alternative=", or ConsistencyReplay for a network without agents")
 
 
 class DynamosPlugin(SupervisedPlugin):
@@ -144,7 +145,7 @@ class DynamosPlugin(SupervisedPlugin):
         self.warmup_epochs = warmup_epochs
         self.replay_batch_size = replay_batch_size
         self.iterations = 0
-        self.last_terms: Dict[str, float] = {}
+        self._last_terms: Dict[str, torch.Tensor] = {}
         self._step: Optional[Dict[str, Any]] = None
 
     def in_warmup(self, strategy: Any) -> bool:
@@ -195,6 +196,11 @@ class DynamosPlugin(SupervisedPlugin):
         strategy.mb_output = logits[:n]
         strategy.mbatch = [field[:n] for field in strategy.mbatch]
 
+    @property
+    def last_terms(self) -> Dict[str, float]:
+        """The weighted terms of the last step that had more than ``CE(B)``, by name."""
+        return {k: float(v) for k, v in self._last_terms.items()}
+
     def extra_loss(self, step: Dict[str, Any]) -> torch.Tensor:
         """Every term of the module doc except ``CE(B)`` for one step; fills :attr:`last_terms`."""
         y, logits = step["y"], step["logits"]
@@ -214,7 +220,8 @@ class DynamosPlugin(SupervisedPlugin):
                 replay_correct = replay_logits.argmax(dim=1) == replay["labels"]
                 terms.update(self._agent_terms(gates, replay["labels"], replay_correct, weight=self.beta,
                                                tag="replay"))
-        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        # Kept as tensors: reading them as numbers would wait for the device on every step.
+        self._last_terms = {k: v.detach() for k, v in terms.items()}
         return sum(terms.values(), logits.new_zeros(()))
 
     def _agent_terms(self, gates: Any, labels: torch.Tensor, correct: torch.Tensor, weight: float,
@@ -285,11 +292,23 @@ class ConsistencyReplayPlugin(DynamosPlugin):
 
 
 class _ReplayStrategy(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
-    """A ``SupervisedTemplate`` with plain SGD and one replay plugin of this module."""
+    """A ``SupervisedTemplate`` with plain SGD and one replay plugin of this module.
 
-    def __init__(self, *, model: nn.Module, plugin: DynamosPlugin, lr: float, train_mb_size: int,
-                 train_epochs: int, eval_mb_size: Optional[int], device: Any, plugins: Optional[Sequence[Any]],
-                 evaluator: Any, eval_every: int, criterion: Optional[nn.Module], **base_kwargs: Any):
+    The template's arguments, shared by :class:`Dynamos` and
+    :class:`ConsistencyReplay`: ``train_mb_size`` (stream batch size, 16),
+    ``train_epochs`` (epochs per experience, 1), ``eval_mb_size`` (None:
+    ``max(train_mb_size, 256)``), ``device``, ``plugins`` (more Avalanche
+    plugins), ``evaluator``, ``eval_every`` (Avalanche's periodic evaluation)
+    and ``criterion`` (the stream loss, cross-entropy by default).
+    """
+
+    _table_keys: Optional[Sequence[str]] = None
+    """The keys of Table 5's row that :meth:`preset` uses (None: all)."""
+
+    def __init__(self, *, model: nn.Module, plugin: DynamosPlugin, lr: float, train_mb_size: int = 16,
+                 train_epochs: int = 1, eval_mb_size: Optional[int] = None, device: Any = "cpu",
+                 plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
+                 eval_every: int = -1, criterion: Optional[nn.Module] = None, **base_kwargs: Any):
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}.")
         self.replay_plugin = plugin
@@ -307,6 +326,20 @@ class _ReplayStrategy(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplat
             **base_kwargs,
         )
 
+    @classmethod
+    def preset(cls, stream: str, buffer_size: int, model: nn.Module, **overrides: Any):
+        """The strategy with the paper's Table 5 row for ``stream`` and ``buffer_size``.
+
+        :param stream: ``"mnist360"``, ``"seq-mnist"`` or ``"seq-svhn"``.
+        :param buffer_size: one of the paper's sizes for that stream.
+        :param model: the network.
+        :param overrides: any constructor argument, replacing the table's.
+        """
+        setting = paper_setting(stream, buffer_size)
+        if cls._table_keys is not None:
+            setting = {k: setting[k] for k in cls._table_keys}
+        return cls(model=model, buffer_size=buffer_size, **{**setting, **overrides})
+
     @property
     def buffer(self) -> ReservoirBuffer:
         """The reservoir."""
@@ -320,7 +353,7 @@ class Dynamos(_ReplayStrategy):
     on MNIST-360's ``online_train_stream`` or on class-incremental
     ``SplitMNIST``). Plain SGD over the network and its agents; the
     objective, warm-up and reservoir of the module doc (:class:`DynamosPlugin`).
-    :meth:`preset` fills in the paper's Table 5. Checkpoint with
+    ``Dynamos.preset(stream, buffer_size, model)`` fills in the paper's Table 5. Checkpoint with
     :meth:`save_checkpoint` / :meth:`load_checkpoint` (the reservoir included)
     or Avalanche's helpers (:mod:`.checkpoint`).
 
@@ -338,41 +371,19 @@ class Dynamos(_ReplayStrategy):
     :param warmup_epochs: ungated, cross-entropy-only epochs at the start of the first experience.
     :param replay_batch_size: buffer samples per step (None: ``train_mb_size``).
     :param seed: seed of the reservoir's draws.
-    :param train_mb_size: stream batch size.
-    :param train_epochs: epochs per experience.
-    :param eval_mb_size: evaluation batch size.
-    :param device: torch device.
-    :param plugins: more Avalanche plugins.
-    :param evaluator: Avalanche evaluation plugin.
-    :param eval_every: Avalanche's periodic evaluation setting.
-    :param criterion: the stream loss (cross-entropy).
+    :param template: the template's arguments (``train_mb_size=16``, ``train_epochs=1``,
+        ``eval_mb_size``, ``device``, ``plugins``, ``evaluator``, ``eval_every``, ``criterion``, ...).
     """
 
     def __init__(self, *, model: nn.Module, buffer_size: int, alpha: float, beta: float, alpha_p: float,
                  penalty: float, gamma: float, w_p: float, keep_ratio: float = PAPER_KEEP_RATIO,
                  lr: float = PAPER_LR, warmup_iterations: int = 10, warmup_epochs: int = 0,
-                 replay_batch_size: Optional[int] = None, seed: int = 0, train_mb_size: int = 16,
-                 train_epochs: int = 1, eval_mb_size: Optional[int] = None, device: Any = "cpu",
-                 plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
-                 eval_every: int = -1, criterion: Optional[nn.Module] = None, **base_kwargs: Any):
+                 replay_batch_size: Optional[int] = None, seed: int = 0, **template: Any):
         _require_agents(model, "Dynamos")
         plugin = DynamosPlugin(buffer_size, alpha=alpha, beta=beta, alpha_p=alpha_p, penalty=penalty, gamma=gamma,
                                w_p=w_p, keep_ratio=keep_ratio, warmup_iterations=warmup_iterations,
                                warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed)
-        super().__init__(model=model, plugin=plugin, lr=lr, train_mb_size=train_mb_size, train_epochs=train_epochs,
-                         eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
-                         eval_every=eval_every, criterion=criterion, **base_kwargs)
-
-    @classmethod
-    def preset(cls, stream: str, buffer_size: int, model: nn.Module, **overrides: Any) -> "Dynamos":
-        """Dynamos with the paper's Table 5 row for ``stream`` and ``buffer_size``.
-
-        :param stream: ``"mnist360"``, ``"seq-mnist"`` or ``"seq-svhn"``.
-        :param buffer_size: one of the paper's sizes for that stream.
-        :param model: the network.
-        :param overrides: any constructor argument, replacing the table's.
-        """
-        return cls(model=model, buffer_size=buffer_size, **{**_paper_setting(stream, buffer_size), **overrides})
+        super().__init__(model=model, plugin=plugin, lr=lr, **template)
 
 
 class ConsistencyReplay(_ReplayStrategy):
@@ -380,7 +391,8 @@ class ConsistencyReplay(_ReplayStrategy):
 
     Loss ``CE(B) + beta * CE(M) + alpha * MSE(logits_M, stored logits)``,
     plain SGD, warm-up and reservoir as in :class:`Dynamos`; any classifier
-    (e.g. ``DynamosResNet18(agents=False)``).
+    (e.g. ``DynamosResNet18(agents=False)``). ``ConsistencyReplay.preset`` takes
+    Table 5's alpha, beta, epochs, warm-up and batch size.
 
     :param model: the network.
     :param buffer_size: samples in the reservoir.
@@ -391,36 +403,14 @@ class ConsistencyReplay(_ReplayStrategy):
     :param warmup_epochs: cross-entropy-only epochs at the start of the first experience.
     :param replay_batch_size: buffer samples per step (None: ``train_mb_size``).
     :param seed: seed of the reservoir's draws.
-    :param train_mb_size: stream batch size.
-    :param train_epochs: epochs per experience.
-    :param eval_mb_size: evaluation batch size.
-    :param device: torch device.
-    :param plugins: more Avalanche plugins.
-    :param evaluator: Avalanche evaluation plugin.
-    :param eval_every: Avalanche's periodic evaluation setting.
-    :param criterion: the stream loss (cross-entropy).
+    :param template: the template's arguments, as for :class:`Dynamos`.
     """
+
+    _table_keys = ("alpha", "beta", "train_epochs", "warmup_iterations", "warmup_epochs", "train_mb_size")
 
     def __init__(self, *, model: nn.Module, buffer_size: int, alpha: float, beta: float, lr: float = PAPER_LR,
                  warmup_iterations: int = 10, warmup_epochs: int = 0, replay_batch_size: Optional[int] = None,
-                 seed: int = 0, train_mb_size: int = 16, train_epochs: int = 1, eval_mb_size: Optional[int] = None,
-                 device: Any = "cpu", plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
-                 eval_every: int = -1, criterion: Optional[nn.Module] = None, **base_kwargs: Any):
+                 seed: int = 0, **template: Any):
         plugin = ConsistencyReplayPlugin(buffer_size, alpha=alpha, beta=beta, warmup_iterations=warmup_iterations,
                                          warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed)
-        super().__init__(model=model, plugin=plugin, lr=lr, train_mb_size=train_mb_size, train_epochs=train_epochs,
-                         eval_mb_size=eval_mb_size, device=device, plugins=plugins, evaluator=evaluator,
-                         eval_every=eval_every, criterion=criterion, **base_kwargs)
-
-    @classmethod
-    def preset(cls, stream: str, buffer_size: int, model: nn.Module, **overrides: Any) -> "ConsistencyReplay":
-        """The ablation with Table 5's alpha, beta, lr, epochs, warm-up and batch size.
-
-        :param stream: ``"mnist360"``, ``"seq-mnist"`` or ``"seq-svhn"``.
-        :param buffer_size: one of the paper's sizes for that stream.
-        :param model: the network.
-        :param overrides: any constructor argument, replacing the table's.
-        """
-        setting = _paper_setting(stream, buffer_size)
-        keep = ("alpha", "beta", "train_epochs", "warmup_iterations", "warmup_epochs", "train_mb_size")
-        return cls(model=model, buffer_size=buffer_size, **{**{k: setting[k] for k in keep}, **overrides})
+        super().__init__(model=model, plugin=plugin, lr=lr, **template)
