@@ -55,6 +55,55 @@ def test_agent_follows_its_equations():
     assert agent.fc1.out_features == 2  # reduction 4 of 8 channels
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_agent_pooled_response_equals_the_full_resolution_layers(momentum):
+    # u = GAP(BN(conv1x1(x))) computed from the input's mean and covariance:
+    # the same values, gradients and running statistics as the layers themselves.
+    torch.manual_seed(0)
+    agent = ChannelAgent(5, 12, reduction=4)
+    with torch.no_grad():
+        agent.bn.weight.uniform_(0.5, 1.5)
+        agent.bn.bias.uniform_(-0.5, 0.5)
+    reference = ChannelAgent(5, 12, reduction=4)
+    reference.load_state_dict(agent.state_dict())
+    agent.bn.momentum = reference.bn.momentum = momentum
+    for step in range(3):
+        x = (torch.randn(4, 5, 7, 7) + 0.5).relu().requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        u = agent.pooled_response(x)
+        u_ref = reference.bn(reference.conv(x_ref)).mean(dim=(2, 3))
+        assert torch.allclose(u, u_ref, atol=1e-5)
+        weights = torch.randn_like(u)
+        (u * weights).sum().backward()
+        (u_ref * weights).sum().backward()
+        assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+        for p, q in zip(agent.parameters(), reference.parameters()):
+            if p.grad is not None or q.grad is not None:
+                assert torch.allclose(p.grad, q.grad, atol=1e-4)
+        for name, buf in agent.bn.named_buffers():
+            assert torch.allclose(buf.float(), dict(reference.bn.named_buffers())[name].float(), atol=1e-6), name
+    agent.eval(), reference.eval()
+    x = torch.rand(3, 5, 6, 6)
+    assert torch.allclose(agent.pooled_response(x), reference.bn(reference.conv(x)).mean(dim=(2, 3)), atol=1e-5)
+
+
+def test_channels_last_is_only_a_layout():
+    torch.manual_seed(0)
+    fast = DynamosResNet18(n_classes=5)
+    plain = DynamosResNet18(n_classes=5, channels_last=False)
+    plain.load_state_dict(fast.state_dict())
+    assert fast.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(6, 1, 28, 28)
+    fast.eval(), plain.eval()
+    assert torch.allclose(fast(x), plain(x), atol=1e-5)
+    for model in (fast, plain):
+        torch.manual_seed(1)
+        logits = model.train()(x)
+        (logits.sum() + model.last_gates.attention.sum() + model.last_gates.log_probs.sum()).backward()
+    for p, q in zip(fast.parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4)
+
+
 def test_agent_samples_in_training_and_optionally_at_eval():
     torch.manual_seed(0)
     agent = ChannelAgent(4, 64)
@@ -283,6 +332,20 @@ def test_dynamos_trains_on_the_online_stream(mnist360):
     assert all(math.isfinite(v) for v in terms.values())
     results = strategy.eval(mnist360.test_stream)
     assert 0.0 <= results["Top1_Acc_Stream/eval_phase/test_stream/Task000"] <= 1.0
+
+
+def test_optimiser_follows_a_changed_model(mnist360):
+    # The optimiser update is skipped only while the parameters stay the same ones.
+    strategy = _dynamos(warmup_iterations=0)
+    experiences = list(itertools.islice(mnist360.online_train_stream, 3))
+    strategy.train(experiences[:2])
+    optimised = {id(p) for group in strategy.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in strategy.model.parameters()}
+    strategy.model.classifier = nn.Linear(64, 10)
+    strategy.train(experiences[2])
+    optimised = {id(p) for group in strategy.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in strategy.model.classifier.parameters()} <= optimised
+    assert strategy.model.classifier.weight.grad is not None
 
 
 def test_warmup_gives_agents_no_gradient(mnist360):
