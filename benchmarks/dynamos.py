@@ -5,13 +5,15 @@ ResNet-18 of the paper (with agents for Dynamos, without for the others) on
 the same stream and is evaluated on the test stream at the end:
 
 * ``dynamos``: ``Dynamos.preset(stream, buffer)`` (the paper's Table 5);
+* ``dynamos_detached``: the same with ``DynamosResNet18(detach_agent_inputs=True)``
+  (the agents' terms train the agents only; a diagnostic, not the paper's);
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
 * ``sgd``: Avalanche's ``Naive`` with plain SGD (lr 0.07), no memory;
 * ``der``, ``er_ace``, ``replay``: Avalanche's ``DER`` (alpha and beta of
   Table 5's row, like Dynamos' consistency weights), ``ER_ACE`` and
-  ``Replay`` with a reservoir of the same size, plain SGD lr 0.07, the same
-  stream batch and a memory batch of the same size. Their settings are the
-  paper's for Dynamos, not tuned for them.
+  ``Replay`` with a reservoir of the same size, plain SGD lr 0.07 (DER:
+  0.03, see ``DER_LR``), the same stream batch and a memory batch of the
+  same size. Their settings are the paper's for Dynamos, not tuned for them.
 
 MNIST-360 trains on the online stream (3,387 mini-batches of 16, one
 experience each, no boundaries); Seq-MNIST on ``SplitMNIST(channels=3)``
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import sys
 import time
@@ -48,12 +51,15 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
 SECTION_START = "<!-- dynamos:start -->"
 SECTION_END = "<!-- dynamos:end -->"
 
-METHODS = ("dynamos", "consistency", "sgd", "der", "er_ace", "replay")
+METHODS = ("dynamos", "dynamos_detached", "consistency", "sgd", "der", "er_ace", "replay")
 STREAMS = {"mnist360": (100, 200, 500), "seq-mnist": (500, 1000, 2000)}
 N_THREADS = 2
 LR = 0.07
+DER_LR = 0.03
+"""Avalanche's DER on MNIST-360 with this backbone: its weights become NaN within 800 online mini-batches
+at lr 0.07 with Table 5's alpha and beta; at 0.03 it trains."""
 TRAIN_CHUNK = 100
-"""Experiences per ``train()`` call (the progress bar advances by chunk)."""
+"""Experiences per ``train()`` call (:func:`~avalanche_neuromod.training.train_online`)."""
 
 PAPER = {
     ("mnist360", "dynamos"): {100: (64.42, 4.10), 200: (79.64, 2.85), 500: (90.52, 0.74)},
@@ -74,8 +80,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--max-batches", type=int, default=None,
                         help="MNIST-360 only: stop after this many online mini-batches (reduced scale).")
+    parser.add_argument("--replacement", action="store_true",
+                        help="MNIST-360 drawn with replacement inside each chunk, as the authors' code does "
+                             "(default: without, the spec's choice).")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs already in --out (same scale) and add these; a run of the same "
+                             "stream, method, buffer and seed replaces the old one. The summary covers all.")
     args = parser.parse_args(argv)
     args.dataset_root = check_mnist_root(parser, args.dataset_root)
     if args.max_batches is not None and args.max_batches < 1:
@@ -83,11 +95,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def build_stream(name: str, root: Path) -> Any:
+def build_stream(name: str, root: Path, replacement: bool = False) -> Any:
     from avalanche_neuromod.benchmarks import MNIST360, SplitMNIST
 
     if name == "mnist360":
-        return MNIST360(dataset_root=root)
+        return MNIST360(dataset_root=root, replacement=replacement)
     return SplitMNIST(dataset_root=root, channels=3)
 
 
@@ -100,13 +112,15 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
     from avalanche_neuromod.training import ConsistencyReplay, Dynamos, paper_setting
 
     quiet = dict(evaluator=None)
-    if method == "dynamos":
-        return Dynamos.preset(stream, buffer, DynamosResNet18(n_classes, in_channels=in_channels), **quiet)
+    if method in ("dynamos", "dynamos_detached"):
+        model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=method == "dynamos_detached")
+        return Dynamos.preset(stream, buffer, model, **quiet)
     model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False)
     if method == "consistency":
         return ConsistencyReplay.preset(stream, buffer, model, **quiet)
     settings = paper_setting(stream, buffer)
-    common = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=LR),
+    lr = DER_LR if method == "der" else LR
+    common = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
                   train_mb_size=settings["train_mb_size"], train_epochs=settings["train_epochs"],
                   eval_mb_size=256, device="cpu", **quiet)
     batch = settings["train_mb_size"]
@@ -143,9 +157,9 @@ def evaluate(strategy: Any, benchmark: Any) -> float:
 
 def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, max_batches: Optional[int]) -> Dict[str, Any]:
     import torch
-    from tqdm import tqdm
 
     from avalanche_neuromod.analysis import collect_gates, keep_ratios
+    from avalanche_neuromod.training import train_online
 
     torch.manual_seed(seed)
     in_channels = 1 if stream == "mnist360" else 3
@@ -154,14 +168,7 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
         strategy = make_strategy(method, stream, buffer, benchmark.n_classes, in_channels)
     experiences = training_experiences(benchmark, stream, max_batches)
     started = time.perf_counter()
-    with tqdm(total=len(experiences), desc=f"{stream} {method} buffer {buffer} seed {seed}", unit="exp",
-              mininterval=10, leave=False) as progress:
-        # Many experiences per train() call, as Avalanche trains a stream: the
-        # per-call set-up (model.train(), moving the model) is paid once per chunk.
-        for start in range(0, len(experiences), TRAIN_CHUNK):
-            chunk = experiences[start:start + TRAIN_CHUNK]
-            strategy.train(chunk, eval_streams=[])
-            progress.update(len(chunk))
+    train_online(strategy, experiences, chunk_size=TRAIN_CHUNK, desc=f"{stream} {method} buffer {buffer} seed {seed}")
     train_s = time.perf_counter() - started
     run: Dict[str, Any] = {
         "stream": stream, "method": method, "buffer": buffer, "seed": seed,
@@ -171,10 +178,33 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     buffer_obj = getattr(strategy, "buffer", None)
     if buffer_obj is not None and hasattr(buffer_obj, "n_seen"):
         run["buffer_filled"] = len(buffer_obj)
-    if method == "dynamos":
+    if method.startswith("dynamos"):
         stats = collect_gates(strategy.model, benchmark.test_stream[0].dataset)
         run["keep_ratio_per_layer"] = keep_ratios(stats)
     return run
+
+
+def _run_key(run: Dict[str, Any]) -> tuple:
+    return run["stream"], run["method"], run["buffer"], run["seed"]
+
+
+def load_previous(path: Path, stream_settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The runs and commands of an earlier result file, for ``--append`` (none if there is no file).
+
+    :param path: the result file.
+    :param stream_settings: this invocation's ``max_batches`` and ``replacement``; the file's must be the same.
+    """
+    if not path.exists():
+        return {"runs": [], "commands": []}
+    previous = json.loads(path.read_text())
+    for name, value in stream_settings.items():
+        theirs = previous["settings"].get(name, False if name == "replacement" else None)
+        if theirs != value:
+            option = "--" + name.replace("_", "-")
+            raise SystemExit(f"--append: {portable_path(path)} holds runs with {option} {theirs}, this "
+                             f"invocation {value}; runs of different streams or scales cannot be summarised "
+                             f"together. Write to another --out.")
+    return {"runs": previous["runs"], "commands": previous.get("commands", [previous["command"]])}
 
 
 def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -191,7 +221,7 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             "training_experiences": group[0]["training_experiences"],
             "paper": PAPER.get((stream, method), {}).get(buffer),
         }
-        if method == "dynamos":
+        if method.startswith("dynamos"):
             row["keep_ratio_per_layer"] = [statistics.mean(v) for v in zip(*(r["keep_ratio_per_layer"] for r in group))]
         rows.append(row)
     return rows
@@ -207,18 +237,21 @@ def markdown_section(result: Dict[str, Any]) -> str:
         SECTION_START,
         "## Dynamos (issue 8)",
         "",
-        f"Measured {result['timestamp_utc']} with `benchmarks/dynamos.py`:",
+        f"Measured with `benchmarks/dynamos.py` (last run {result['timestamp_utc']}):",
         "",
         "```",
-        result["command"],
+        *result["commands"],
         "```",
         "",
         f"- Data: real MNIST from `{result['dataset_root']}`; streams {', '.join(result['settings']['streams'])}.",
         f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), no GPU, torch {machine['torch']} "
         f"with {N_THREADS} threads, avalanche-lib {machine['avalanche']}.",
         f"- Scale: {result['scale']}",
-        "- Avalanche's DER, ER-ACE and Replay use the backbone without agents, plain SGD lr 0.07, the memory size "
-        "and memory batch of the Dynamos row (DER: its alpha and beta); not tuned for them.",
+        f"- Avalanche's DER, ER-ACE and Replay use the backbone without agents, plain SGD lr {LR} (DER: {DER_LR}; "
+        f"at {LR} its weights become NaN on MNIST-360), the memory size and memory batch of the Dynamos row "
+        "(DER: its alpha and beta); not tuned for them.",
+        "- dynamos_detached: Dynamos with `detach_agent_inputs=True` (the agents' terms train the agents only), "
+        "a diagnostic of the gap to the paper, not the paper's method.",
         "",
         "| stream | buffer | method | seeds | final accuracy (%) | paper (%) | train s (mean) | "
         "keep ratio per gated layer |",
@@ -249,17 +282,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result: Dict[str, Any] = {
         **result_header(argv, __file__, args.dataset_root),
         "settings": {"streams": args.streams, "buffers": buffers, "seeds": args.seeds, "methods": args.methods,
-                     "max_batches": args.max_batches, "lr": LR},
+                     "max_batches": args.max_batches, "replacement": args.replacement, "lr": LR},
         "scale": ("full streams" if full else
                   f"REDUCED: MNIST-360 stopped after its first {args.max_batches} of 3,387 online mini-batches; "
-                  f"accuracies are not comparable with the paper's"),
+                  f"accuracies are not comparable with the paper's")
+                 + ("; MNIST-360 drawn with replacement inside each chunk (the authors' code)" if args.replacement
+                    else ""),
         "runs": [], "summary": [], "notes": [],
     }
+    if args.append:
+        previous = load_previous(args.out, {"max_batches": args.max_batches, "replacement": args.replacement})
+        result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]
+        result["summary"] = summarise(result["runs"])
+    else:
+        result["commands"] = [result["command"]]
     for stream in args.streams:
-        benchmark = build_stream(stream, args.dataset_root)
+        benchmark = build_stream(stream, args.dataset_root, args.replacement)
         for buffer, seed, method in itertools.product(buffers[stream], args.seeds, args.methods):
             run = run_one(benchmark, stream, method, buffer, seed, args.max_batches if stream == "mnist360" else None)
-            result["runs"].append(run)
+            result["runs"] = [r for r in result["runs"] if _run_key(r) != _run_key(run)] + [run]
             print(f"{stream} buffer {buffer} seed {seed} {method}: accuracy {100 * run['accuracy']:.2f}%, "
                   f"{run['train_seconds']:.0f} s" + (f", keep ratios {run['keep_ratio_per_layer']}"
                                                       if "keep_ratio_per_layer" in run else ""), flush=True)

@@ -205,3 +205,25 @@ def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
     assert rows["dynamos"]["seeds"] == [0, 1] and len(rows["dynamos"]["keep_ratio_per_layer"]) == 4
     assert rows["dynamos"]["paper"] == [79.64, 2.85]
     assert any("DER" in note for note in result["notes"])
+
+
+def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_path):
+    import dynamos as dynamos_benchmark
+
+    out = tmp_path / "dynamos.json"
+    common = ["--dataset-root", str(fake_mnist_root), "--streams", "mnist360", "--buffers", "100",
+              "--max-batches", "2", "--no-docs", "--out", str(out)]
+    assert dynamos_benchmark.main(common + ["--seeds", "0", "--methods", "sgd", "consistency"]) == 0
+    first = json.loads(out.read_text())
+    assert dynamos_benchmark.main(common + ["--seeds", "1", "0", "--methods", "sgd", "--append"]) == 0
+    result = json.loads(out.read_text())
+    keys = [(r["method"], r["seed"]) for r in result["runs"]]
+    assert sorted(keys) == [("consistency", 0), ("sgd", 0), ("sgd", 1)]  # sgd seed 0 replaced, not doubled
+    kept = next(r for r in result["runs"] if r["method"] == "consistency")
+    assert kept == next(r for r in first["runs"] if r["method"] == "consistency")
+    assert len(result["commands"]) == 2 and "--append" in result["commands"][1]
+    rows = {row["method"]: row for row in result["summary"]}
+    assert rows["sgd"]["seeds"] == [1, 0] and rows["consistency"]["seeds"] == [0]
+    with pytest.raises(SystemExit, match="max-batches"):
+        dynamos_benchmark.main([a if a != "2" else "3" for a in common] + ["--seeds", "0", "--methods", "sgd",
+                                                                          "--append"])

@@ -27,6 +27,7 @@ from avalanche_neuromod.training import (
     keep_ratio_reward,
     prototype_loss,
     reinforce_loss,
+    train_online,
 )
 
 def quiet(factory, *args, **kwargs):
@@ -102,6 +103,21 @@ def test_channels_last_is_only_a_layout():
         (logits.sum() + model.last_gates.attention.sum() + model.last_gates.log_probs.sum()).backward()
     for p, q in zip(fast.parameters(), plain.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-4)
+
+
+def test_detached_agent_inputs_keep_agent_gradients_out_of_the_backbone():
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28)
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        model = DynamosResNet18(n_classes=5, detach_agent_inputs=detach)
+        model(x)
+        model.last_gates.attention.sum().backward()  # an agents-only term
+        grads[detach] = model.stem[0].weight.grad
+        assert all(p.grad is not None for p in model.agents[0].conv.parameters())
+    assert grads[False] is not None and grads[False].abs().sum() > 0
+    assert grads[True] is None  # nothing reached the layers before the agents
 
 
 def test_agent_samples_in_training_and_optionally_at_eval():
@@ -470,6 +486,48 @@ def test_same_seed_same_numbers(mnist360):
         return torch.cat([p.detach().flatten() for p in strategy.model.parameters()])
 
     assert torch.equal(run(), run())
+
+
+def test_train_online_in_chunks_equals_one_experience_per_call(mnist360):
+    experiences = list(itertools.islice(mnist360.online_train_stream, 7))
+
+    def run(one_by_one):
+        torch.manual_seed(7)
+        strategy = _dynamos()
+        if one_by_one:
+            for experience in experiences:
+                strategy.train(experience)
+        else:
+            assert train_online(strategy, iter(experiences), chunk_size=3, progress=False) == 7
+        state = strategy.buffer.state_dict()
+        return torch.cat([p.detach().flatten() for p in strategy.model.parameters()]), state
+
+    (chunked, buffer_a), (single, buffer_b) = run(False), run(True)
+    assert torch.equal(chunked, single)
+    assert buffer_a["n_seen"] == buffer_b["n_seen"] > 0
+    assert buffer_a["storage"].keys() == buffer_b["storage"].keys()
+    assert all(torch.equal(buffer_a["storage"][k], buffer_b["storage"][k]) for k in buffer_a["storage"])
+    with pytest.raises(ValueError, match="chunk_size"):
+        train_online(_dynamos(), experiences, chunk_size=0)
+
+
+def test_example_trains_on_digits_and_saves_the_figures(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "dynamos_mnist360.py"
+    spec = importlib.util.spec_from_file_location("dynamos_mnist360", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--max-batches", "14", "--buffer", "100", "--ablation", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "| Dynamos | 100 |" in printed and "| ConsistencyReplay | 100 |" in printed
+    assert "14 online mini-batches" in printed
+    for name in ("activation_rates", "js_divergence", "attention_tsne", "trial_variability"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    resumed = quiet(Dynamos.preset, "mnist360", 100, DynamosResNet18(n_classes=9))
+    assert resumed.load_checkpoint(tmp_path / "dynamos.pt") == 14  # online experiences trained
+    assert resumed.buffer.n_seen > 0 and resumed.replay_plugin.iterations == 14
 
 
 # ------------------------------------------------------------------ analysis

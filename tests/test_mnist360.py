@@ -7,6 +7,7 @@ import torch
 from avalanche.training import Naive
 from avalanche_neuromod.benchmarks import (
     MNIST360,
+    load_digits,
     load_mnist,
     mnist360_chunks,
     mnist360_schedule,
@@ -157,3 +158,22 @@ def test_real_mnist360_counts(data_root):
     assert np.bincount(np.diff(s.batch_bounds())).argmax() == 16
     bm = MNIST360(dataset_root=data_root)
     assert len(bm.test_stream[0].dataset) == 8991
+
+
+def test_digits_stream_needs_no_data():
+    bm = MNIST360(dataset="digits")
+    assert bm.dataset == "digits" and bm.n_classes == 9
+    train_x, train_y = load_digits(train=True)
+    test_y = load_digits(train=False)[1]
+    s = bm.schedule
+    assert len(s) == int((train_y < 9).sum())  # every training digit 0-8 once (no replacement)
+    assert len(bm.test_stream[0].dataset) == int((test_y < 9).sum())
+    online = list(bm.online_train_stream)
+    assert len(online) == len(s.batch_bounds()) - 1 and len(online) > 50
+    x, y, t = online[0].dataset[0]
+    assert x.shape == (1, 28, 28) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert y == s.labels[0] and t == 0
+    expected = rotate_images(train_x[s.indices[0]][None].float() / 255.0, float(s.angles[0]))[0]
+    assert torch.equal(x, expected)
+    with pytest.raises(ValueError, match="dataset_root"):
+        MNIST360(dataset="digits", dataset_root="somewhere")

@@ -23,8 +23,8 @@ from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import CLStream
 from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 
-from .sources import PathLike, load_mnist
-from .streams import NeuromodBenchmark, _experience, _stream
+from .sources import PathLike
+from .streams import NeuromodBenchmark, _experience, _stream, load_source
 from .tensor_data import LazyImageData, make_classification_dataset
 
 __all__ = [
@@ -231,11 +231,15 @@ def MNIST360(
     seed: int = 0,
     dataset_root: Optional[PathLike] = None,
     interpolation: str = "nearest",
+    dataset: str = "mnist",
 ) -> MNIST360Benchmark:
     """Build MNIST-360 from MNIST (see :func:`mnist360_schedule` for the rules).
 
     Images are 1x28x28 in [0, 1] (no normalisation), as in Dynamos. Every
-    experience has task label 0.
+    experience has task label 0. ``dataset="digits"`` builds the same stream
+    from scikit-learn's bundled digits (no download; about 1,300 training
+    images of the digits 0-8, so 82 mini-batches of 16 instead of 3,387): for
+    examples and quick checks, not for the paper's figures.
 
     :param batch_size: size of the stream's mini-batches (Dynamos: 16).
     :param n_rounds: rounds over the 9 class pairs (3 gives 27 stages).
@@ -243,9 +247,9 @@ def MNIST360(
     :param seed: seed of the drawing order.
     :param dataset_root: MNIST folder (torchvision layout).
     :param interpolation: rotation interpolation.
+    :param dataset: ``"mnist"``, ``"fashion_mnist"`` or ``"digits"`` (no ``dataset_root``).
     """
-    train_x, train_y = load_mnist(dataset_root, train=True)
-    test_x, test_y = load_mnist(dataset_root, train=False)
+    (train_x, train_y), (test_x, test_y), _ = load_source(dataset, dataset_root)
     schedule = mnist360_schedule(train_y.numpy(), batch_size, n_rounds, replacement, seed)
 
     sequence = LazyImageData(
@@ -307,7 +311,7 @@ def MNIST360(
         schedule=schedule,
         online_stream_factory=online_stream,
         name="MNIST360",
-        dataset="mnist",
+        dataset=dataset,
         n_classes=MNIST360_CLASSES,
         details={"batch_size": batch_size, "n_rounds": n_rounds, "replacement": replacement, "seed": seed},
     )

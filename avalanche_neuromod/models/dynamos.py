@@ -71,10 +71,14 @@ class ChannelAgent(nn.Module):
     :param temperature: temperature ``tau`` of the probability layer (0.15).
     :param sample_at_eval: keep sampling actions in eval mode (trial-to-trial
         variability) instead of keeping the channels with ``p >= 0.5``.
+    :param detach_input: read the input without letting gradients through it,
+        so that the policy, prototype and attention-consistency terms train
+        the agent only and not the layers before it (not in the paper, which
+        is silent on it; see docs/dynamos.rst for what it changes).
     """
 
     def __init__(self, in_channels: int, channels: int, *, reduction: int = 16,
-                 temperature: float = 0.15, sample_at_eval: bool = False):
+                 temperature: float = 0.15, sample_at_eval: bool = False, detach_input: bool = False):
         super().__init__()
         if in_channels < 1 or channels < 1:
             raise ValueError(f"channel counts must be positive, got in_channels={in_channels}, "
@@ -85,6 +89,7 @@ class ChannelAgent(nn.Module):
         self.channels = channels
         self.temperature = float(temperature)
         self.sample_at_eval = sample_at_eval
+        self.detach_input = detach_input
         self.conv = nn.Conv2d(in_channels, channels, kernel_size=1, bias=False)
         self.bn = nn.BatchNorm2d(channels)
         hidden = max(1, channels // reduction)
@@ -130,7 +135,7 @@ class ChannelAgent(nn.Module):
         bn.running_var.mul_(1 - momentum).add_(var * (n / max(n - 1, 1)), alpha=momentum)
 
     def forward(self, x: torch.Tensor) -> AgentDecision:
-        u = self.pooled_response(x)
+        u = self.pooled_response(x.detach() if self.detach_input else x)
         v = u * torch.sigmoid(self.fc2(F.relu(self.fc1(u))))
         logits = v / self.temperature
         p = torch.sigmoid(logits)
@@ -265,6 +270,7 @@ class DynamosResNet18(nn.Module):
     :param temperature: the agents' temperature ``tau``.
     :param reduction: the agents' squeeze-excitation reduction.
     :param sample_at_eval: agents keep sampling in eval mode.
+    :param detach_agent_inputs: the agents' ``detach_input`` (False: as the paper's method is specified).
     :param channels_last: keep weights and activations in the channels-last
         memory layout (the same numbers; about 20% faster training steps on
         CPU, where oneDNN's convolutions prefer it).
@@ -272,7 +278,7 @@ class DynamosResNet18(nn.Module):
 
     def __init__(self, n_classes: int = 10, *, in_channels: int = 1, agents: bool = True, width: int = 32,
                  temperature: float = 0.15, reduction: int = 16, sample_at_eval: bool = False,
-                 channels_last: bool = True):
+                 detach_agent_inputs: bool = False, channels_last: bool = True):
         super().__init__()
         if n_classes < 1:
             raise ValueError(f"n_classes must be positive, got {n_classes}.")
@@ -282,7 +288,8 @@ class DynamosResNet18(nn.Module):
         self.in_channels = in_channels
         self.has_agents = agents
         self.gating = agents
-        agent_kwargs = dict(temperature=temperature, reduction=reduction, sample_at_eval=sample_at_eval)
+        agent_kwargs = dict(temperature=temperature, reduction=reduction, sample_at_eval=sample_at_eval,
+                            detach_input=detach_agent_inputs)
         self.stem = nn.Sequential(_conv3x3(in_channels, width), nn.BatchNorm2d(width), nn.ReLU())
         self.stage1 = nn.ModuleList([GatedBasicBlock(width, width), GatedBasicBlock(width, width)])
         self.stage2 = nn.ModuleList([

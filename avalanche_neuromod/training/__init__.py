@@ -1,5 +1,5 @@
 """Strategies and plugins (CRWN, Dynamos), the checkpoint layer they share, the untrained-task eval rule,
-and whole-batch training loaders."""
+whole-batch training loaders and chunked training on online streams."""
 
 from .checkpoint import (
     CheckpointError,
@@ -17,6 +17,7 @@ from .dynamos import (PAPER_SETTINGS, ConsistencyReplay, ConsistencyReplayPlugin
                       paper_setting)
 from .dynamos_losses import consistency_loss, keep_ratio_reward, prototype_loss, reinforce_loss
 from .loaders import WholeBatchLoaderPlugin, whole_batch_loader
+from .online import train_online
 from .reservoir import ReservoirBuffer
 from .untrained import SkipUntrainedEvalMixin, SkipUntrainedEvalPlugin, UntrainedTaskWarning
 
@@ -46,6 +47,7 @@ __all__ = [
     "reinforce_loss",
     "save_checkpoint",
     "strategy_state_dict",
+    "train_online",
     "whole_batch_loader",
     "write_checkpoint",
 ]
