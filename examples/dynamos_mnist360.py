@@ -12,7 +12,7 @@ sampling at inference. ``--ablation`` trains the paper's ablation
 
     # real MNIST (torchvision layout), the paper's stream of 3,387 mini-batches (minutes on 2 cores):
     python examples/dynamos_mnist360.py --dataset-root "$AVALANCHE_NEUROMOD_DATA" --buffer 200
-    # no data at hand: the same stream built from scikit-learn's bundled digits (82 mini-batches)
+    # no data at hand: the same stream built from scikit-learn's bundled digits (81 mini-batches)
     python examples/dynamos_mnist360.py
 """
 

@@ -237,8 +237,8 @@ def MNIST360(
 
     Images are 1x28x28 in [0, 1] (no normalisation), as in Dynamos. Every
     experience has task label 0. ``dataset="digits"`` builds the same stream
-    from scikit-learn's bundled digits (no download; about 1,300 training
-    images of the digits 0-8, so 82 mini-batches of 16 instead of 3,387): for
+    from scikit-learn's bundled digits (no download; about 1,200 training
+    images of the digits 0-8, so 81 mini-batches of 16 instead of 3,387): for
     examples and quick checks, not for the paper's figures.
 
     :param batch_size: size of the stream's mini-batches (Dynamos: 16).
