@@ -34,6 +34,7 @@ from avalanche_neuromod.benchmarks import MNIST360
 from avalanche_neuromod.models import DynamosResNet18
 from avalanche_neuromod.training import ConsistencyReplay, Dynamos, train_online
 
+
 def train(strategy: Any, experiences: List[Any], name: str) -> float:
     """Train on the online experiences in stream order; return the seconds it took."""
     start = time.perf_counter()
