@@ -44,8 +44,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, portable_path, result_header,
-                     update_results_md, write_json)
+from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, portable_path,
+                     result_header, update_results_md, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
 SECTION_START = "<!-- dynamos:start -->"
@@ -139,26 +139,11 @@ def training_experiences(benchmark: Any, stream: str, max_batches: Optional[int]
     return list(benchmark.train_stream)
 
 
-def evaluate(strategy: Any, benchmark: Any) -> float:
-    """Accuracy on the whole test stream (every test sample counts once)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    model = strategy.model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for experience in benchmark.test_stream:
-            dataset = experience.dataset.eval()
-            for batch in DataLoader(dataset, batch_size=512, collate_fn=dataset.collate_fn):
-                correct += int((model(batch[0]).argmax(dim=1) == batch[1]).sum())
-                total += len(batch[1])
-    return correct / total
-
-
 def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, max_batches: Optional[int]) -> Dict[str, Any]:
     import torch
 
     from avalanche_neuromod.analysis import collect_gates, keep_ratios
+    from avalanche_neuromod.evaluation import stream_accuracy
     from avalanche_neuromod.training import train_online
 
     torch.manual_seed(seed)
@@ -173,7 +158,7 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     run: Dict[str, Any] = {
         "stream": stream, "method": method, "buffer": buffer, "seed": seed,
         "training_experiences": len(experiences), "train_seconds": train_s,
-        "accuracy": evaluate(strategy, benchmark),
+        "accuracy": stream_accuracy(strategy.model, benchmark.test_stream),
     }
     buffer_obj = getattr(strategy, "buffer", None)
     if buffer_obj is not None and hasattr(buffer_obj, "n_seen"):
@@ -321,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_json(result, args.out)
     if not args.no_docs:
         update_results_md(markdown_section(result), SECTION_START, SECTION_END)
-        print(f"Updated {portable_path(REPO_ROOT / 'docs' / 'results.md')}")
+        print(f"Updated {portable_path(RESULTS_MD)}")
     return 0
 
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from avalanche_neuromod.analysis import (activation_rates, collect_gates, js_divergence_matrix, keep_ratios,
                                          plot_activation_rates, plot_attention_tsne, plot_js_divergence,
                                          plot_trial_variability, trial_variability)
 from avalanche_neuromod.benchmarks import MNIST360
+from avalanche_neuromod.evaluation import stream_accuracy
 from avalanche_neuromod.models import DynamosResNet18
 from avalanche_neuromod.training import ConsistencyReplay, Dynamos, train_online
 
@@ -40,17 +40,6 @@ def train(strategy: Any, experiences: List[Any], name: str) -> float:
     start = time.perf_counter()
     train_online(strategy, experiences, desc=name)
     return time.perf_counter() - start
-
-
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, dataset: Any) -> float:
-    """Accuracy of ``model`` (eval mode) over ``dataset``."""
-    model.eval()
-    correct = total = 0
-    for x, y, *_ in DataLoader(dataset, batch_size=512, collate_fn=dataset.collate_fn):
-        correct += int((model(x).argmax(dim=1) == y).sum())
-        total += len(y)
-    return correct / total
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -79,14 +68,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     torch.manual_seed(args.seed)
     model = DynamosResNet18(n_classes=benchmark.n_classes, in_channels=1)
     strategy = Dynamos.preset("mnist360", args.buffer, model, seed=args.seed, evaluator=None)
-    rows = [("Dynamos", train(strategy, experiences, "Dynamos"), accuracy(model, test_set))]
+    rows = [("Dynamos", train(strategy, experiences, "Dynamos"), stream_accuracy(model, benchmark.test_stream))]
     if args.ablation:
         torch.manual_seed(args.seed)
         ablation = ConsistencyReplay.preset(
             "mnist360", args.buffer, DynamosResNet18(n_classes=benchmark.n_classes, agents=False),
             seed=args.seed, evaluator=None)
         seconds = train(ablation, experiences, "ConsistencyReplay")
-        rows.append(("ConsistencyReplay", seconds, accuracy(ablation.model, test_set)))
+        rows.append(("ConsistencyReplay", seconds, stream_accuracy(ablation.model, benchmark.test_stream)))
 
     stats = collect_gates(model, test_set)
     print("\n| method | buffer | final accuracy | train seconds |\n|---|---:|---:|---:|")

@@ -137,3 +137,23 @@ def test_evaluator_optional_loggers(tmp_path):
     assert not make_evaluator(progress_bar=False).loggers
     names = {str(m) for m in make_evaluator(parameters=True, timing=False, bwt=False).metrics}
     assert "LearnableParams_Exp" in names and "StreamBWT" not in names
+
+
+def test_stream_accuracy_counts_every_sample_once():
+    from avalanche_neuromod.evaluation import stream_accuracy
+
+    bm = PermutedMNIST(n_experiences=2, dataset="digits", return_task_id=True)
+
+    # A model that always answers 0: its accuracy is the share of zeros over both experiences.
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(len(x), 10)
+            out[:, 0] = 1
+            return out
+
+    labels = torch.cat([torch.as_tensor(e.dataset.targets) for e in bm.test_stream])
+    model = Zero().train()
+    assert stream_accuracy(model, bm.test_stream) == pytest.approx(float((labels == 0).float().mean()))
+    assert model.training  # its mode is given back
+    with pytest.raises(ValueError, match="no samples"):
+        stream_accuracy(model, [])

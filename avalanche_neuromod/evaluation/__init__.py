@@ -1,5 +1,6 @@
 """Evaluation helpers: a ready evaluator, extra metrics and result tables."""
 
+from .accuracy import stream_accuracy
 from .evaluator import make_evaluator
 from .params import ParametersPerExperience, count_changed_parameters, parameters_per_experience_metrics
 from .results import ACC_PREFIX, ContinualResults, accuracy_matrix, results_table
@@ -13,4 +14,5 @@ __all__ = [
     "make_evaluator",
     "parameters_per_experience_metrics",
     "results_table",
+    "stream_accuracy",
 ]
