@@ -1,0 +1,474 @@
+"""TSAR's two networks: a regulator that masks every weight of a classifier.
+
+For an image ``x`` the regulator computes features ``f = trunk(x)`` and, for
+every weight tensor ``W_l`` of the classifier, a mask of the same shape::
+
+    m_l(x) = sigmoid(H_l f + b_l)          (the regulation of layer l)
+    W_l_eff = m_l(x) * W_l                 (biases are not masked)
+
+The classifier runs with the effective weights, so the mask shapes both the
+forward pass and the gradient: ``dL/dW_l = m_l(x) * dL/dW_l_eff``, a weight
+whose mask is near 0 neither acts nor learns on that image. The regulation
+bias ``b_l`` sets where regulation starts: ``-8`` (Grow: every synapse
+suppressed, sigmoid(-8) = 0.0003) or ``0`` (Sculpt: every synapse half open).
+
+Sizes follow the paper (classifier: three 112-channel 3x3 convolutions and a
+class prediction layer; regulator: three 192-channel convolutions and one
+head per classifier weight) and every one is a parameter. A full head is a
+linear map from the features to every mask entry: with 1,000 classes the
+four heads hold ~589M parameters. :class:`LowRankHead` is the low-memory
+option: ``b_l + (U(f) V(f)^T) / sqrt(r)`` with ``U(f)`` and ``V(f)`` of rank
+``r``, computed by two small linear maps, and a static bias per entry.
+
+Normalisation is the original's "instance norm" (batch norm in training mode
+applied to one image): :class:`SingleImageNorm`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import check_dtype, check_images
+
+__all__ = [
+    "REGULATION_BIAS",
+    "FullHead",
+    "LowRankHead",
+    "RegulatedClassifier",
+    "Regulator",
+    "SingleImageNorm",
+    "TSARNet",
+    "regulated_conv2d",
+    "regulated_linear",
+    "regulation_bias",
+]
+
+REGULATION_BIAS: Dict[str, float] = {"grow": -8.0, "sculpt": 0.0}
+"""The paper's regulation-bias presets: Grow starts fully suppressed, Sculpt half open."""
+
+
+def regulation_bias(value: Union[str, float]) -> float:
+    """A regulation bias from a preset name (``"grow"``, ``"sculpt"``) or a number.
+
+    :param value: a key of :data:`REGULATION_BIAS` or any float.
+    """
+    if isinstance(value, str):
+        if value.lower() not in REGULATION_BIAS:
+            raise ValueError(f"unknown regulation bias preset {value!r}; use 'grow' (-8), 'sculpt' (0) or a float.")
+        return REGULATION_BIAS[value.lower()]
+    return float(value)
+
+
+class SingleImageNorm(nn.Module):
+    """Normalise every channel of every image over its own positions, then scale and shift.
+
+    This is what the original code computes with batch norm in training mode
+    on a batch of one image: per channel, ``(x - mean) / sqrt(var + eps)``
+    over the image's ``H x W`` values (biased variance), then ``gamma * . +
+    beta`` (initialised to 1 and 0). It is the same in training and
+    evaluation and for any batch size (each image is normalised alone), so a
+    batch of images gives what the original gives image by image. It keeps
+    no running statistics (the original never used them).
+
+    :param channels: number of channels.
+    :param eps: added to the variance.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+def regulated_conv2d(x: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor],
+                     bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Convolution with ``mask * weight`` (no padding, stride 1); the bias is not masked.
+
+    :param x: ``(B, C_in, H, W)``.
+    :param weight: ``(C_out, C_in, k, k)``.
+    :param mask: None (no regulation), one mask shaped like ``weight``, or
+        one per image ``(B, C_out, C_in, k, k)`` (a grouped convolution).
+    :param bias: ``(C_out,)`` or None.
+    """
+    if mask is None:
+        return F.conv2d(x, weight, bias)
+    if mask.dim() == weight.dim():
+        return F.conv2d(x, mask * weight, bias)
+    b, c_in, h, w = x.shape
+    c_out = weight.shape[0]
+    per_image = (mask * weight).reshape(b * c_out, *weight.shape[1:])
+    y = F.conv2d(x.reshape(1, b * c_in, h, w), per_image, groups=b)
+    y = y.reshape(b, c_out, *y.shape[-2:])
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+def regulated_linear(x: torch.Tensor, weight: torch.Tensor, mask: Optional[torch.Tensor],
+                     bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Linear map with ``mask * weight``; the bias is not masked.
+
+    :param x: ``(B, in)``.
+    :param weight: ``(out, in)``.
+    :param mask: None, one mask shaped like ``weight``, or one per image ``(B, out, in)``.
+    :param bias: ``(out,)`` or None.
+    """
+    if mask is None or mask.dim() == weight.dim():
+        return F.linear(x, weight if mask is None else mask * weight, bias)
+    y = torch.bmm((mask * weight), x.unsqueeze(2)).squeeze(2)
+    return y if bias is None else y + bias
+
+
+def _conv_out(size: int, layers: int, pools: int) -> int:
+    for i in range(layers):
+        size -= 2
+        if i < pools:
+            size //= 2
+    return size
+
+
+class RegulatedClassifier(nn.Module):
+    """TSAR's classifier: three regulated 3x3 convolutions and a class prediction layer.
+
+    Each block is ``conv(W * mask) -> norm -> ReLU -> maxpool2`` (the code's
+    order; ``pool_before_norm=True`` gives the paper's ``conv -> pool ->
+    norm -> ReLU``), then the flattened features go through the class
+    prediction layer ``Linear(W_cp * mask_cp, b)``. Without masks it is a
+    plain network (the Scratch and No Regulation baselines). Weights are
+    kaiming-normal, biases zero.
+
+    :param n_classes: outputs of the class prediction layer (paper: 1000).
+    :param in_channels: image channels (TSAR: 3).
+    :param channels: channels of every convolution (paper: 112).
+    :param input_size: image side length (28).
+    :param pool_before_norm: the paper's block order instead of the code's.
+    """
+
+    def __init__(self, n_classes: int = 1000, *, in_channels: int = 3, channels: int = 112,
+                 input_size: int = 28, pool_before_norm: bool = False):
+        super().__init__()
+        if _conv_out(input_size, 3, 3) < 1:
+            raise ValueError(f"input_size={input_size} is too small for three 3x3 convolutions with 2x2 pooling; "
+                             f"use at least 22.")
+        self.config = {"n_classes": n_classes, "in_channels": in_channels, "channels": channels,
+                       "input_size": input_size, "pool_before_norm": pool_before_norm}
+        self.in_channels = in_channels
+        self.input_size = input_size
+        self.pool_before_norm = pool_before_norm
+        shapes = [(channels, in_channels, 3, 3), (channels, channels, 3, 3), (channels, channels, 3, 3)]
+        self.conv_weights = nn.ParameterList([nn.Parameter(torch.empty(s)) for s in shapes])
+        self.conv_biases = nn.ParameterList([nn.Parameter(torch.zeros(channels)) for _ in shapes])
+        self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in shapes])
+        self.features = channels * _conv_out(input_size, 3, 3) ** 2
+        self.cp_weight = nn.Parameter(torch.empty(n_classes, self.features))
+        self.cp_bias = nn.Parameter(torch.zeros(n_classes))
+        for w in self.conv_weights:
+            nn.init.kaiming_normal_(w)
+        nn.init.kaiming_normal_(self.cp_weight)
+
+    @property
+    def n_classes(self) -> int:
+        """Outputs of the class prediction layer."""
+        return self.cp_weight.shape[0]
+
+    @property
+    def regulated_shapes(self) -> List[Tuple[int, ...]]:
+        """Shapes of the regulated weights, in order (three convolutions, then the class prediction layer)."""
+        return [tuple(w.shape) for w in self.conv_weights] + [tuple(self.cp_weight.shape)]
+
+    def reset_class_prediction(self, rows: Optional[Sequence[int]] = None,
+                               generator: Optional[torch.Generator] = None) -> None:
+        """Re-initialise class prediction weights (kaiming-normal) and biases (0).
+
+        :param rows: the classes to reset (None: all).
+        :param generator: random source of the new weights.
+        """
+        with torch.no_grad():
+            fresh = torch.empty_like(self.cp_weight)
+            nn.init.kaiming_normal_(fresh, generator=generator)
+            index = slice(None) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+            self.cp_weight[index] = fresh[index]
+            self.cp_bias[index] = 0.0
+
+    def check_input(self, x: torch.Tensor, owner: str = "RegulatedClassifier") -> None:
+        """Raise a clear ``ValueError`` for a batch this network cannot take.
+
+        :param x: the batch.
+        :param owner: the name used in the message.
+        """
+        check_images(x, self.in_channels, owner=f"{owner}(in_channels={self.in_channels})")
+        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            raise ValueError(
+                f"{owner} was built for {self.input_size}x{self.input_size} images (input_size="
+                f"{self.input_size}); got shape {tuple(x.shape)}. Fix: build it with input_size={x.shape[-1]} "
+                f"(square images), or resize the images, e.g. DomainTransfer(size={self.input_size}).")
+        check_dtype(x, self.cp_weight.dtype, owner=owner)
+
+    def forward(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Class scores of a batch.
+
+        :param x: images ``(B, in_channels, input_size, input_size)``.
+        :param masks: None, or four masks (three convolutions, class
+            prediction), each shaped like its weight or with a leading batch
+            dimension (one mask per image).
+        """
+        self.check_input(x)
+        if masks is not None and len(masks) != 4:
+            raise ValueError(f"RegulatedClassifier takes 4 masks (3 convolutions, class prediction), got "
+                             f"{len(masks)}.")
+        h = x
+        for i in range(3):
+            h = regulated_conv2d(h, self.conv_weights[i], None if masks is None else masks[i], self.conv_biases[i])
+            if self.pool_before_norm:
+                h = F.relu(self.norms[i](F.max_pool2d(h, 2)))
+            else:
+                h = F.max_pool2d(F.relu(self.norms[i](h)), 2)
+        return regulated_linear(h.flatten(1), self.cp_weight, None if masks is None else masks[3], self.cp_bias)
+
+
+class FullHead(nn.Module):
+    """A regulation head with one linear output per mask entry: ``sigmoid(H f + b)``.
+
+    :param features: regulator features.
+    :param shape: shape of the regulated weight.
+    :param bias: the regulation bias every entry starts at.
+    """
+
+    def __init__(self, features: int, shape: Sequence[int], bias: float):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.linear = nn.Linear(features, math.prod(self.shape))
+        self.reset(bias)
+
+    def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
+        """Kaiming-normal weights, every bias set to ``bias``.
+
+        :param bias: the regulation bias.
+        :param generator: random source of the weights.
+        """
+        with torch.no_grad():
+            nn.init.kaiming_normal_(self.linear.weight, generator=generator)
+            self.linear.bias.fill_(bias)
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid regulation ``(B, *shape)``.
+
+        :param f: features ``(B, features)``.
+        """
+        return self.linear(f).view(f.shape[0], *self.shape)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(f))
+
+
+class LowRankHead(nn.Module):
+    """A low-memory regulation head: ``sigmoid(B + U(f) V(f)^T / sqrt(r))``.
+
+    The weight is seen as a matrix ``rows x cols`` (``rows = shape[0]``,
+    ``cols`` the rest). ``U(f)`` (``rows x r``) and ``V(f)`` (``cols x r``)
+    are linear in the features, ``B`` is a static per-entry bias starting at
+    the regulation bias. With kaiming-normal maps the input-dependent part
+    has unit variance at initialisation, like a full head's. Parameters:
+    ``features * r * (rows + cols) + rows * cols`` instead of
+    ``(features + 1) * rows * cols``.
+
+    :param features: regulator features.
+    :param shape: shape of the regulated weight.
+    :param bias: the regulation bias every entry starts at.
+    :param rank: ``r``.
+    """
+
+    def __init__(self, features: int, shape: Sequence[int], bias: float, rank: int = 4):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"rank must be at least 1, got {rank}.")
+        self.shape = tuple(shape)
+        self.rows = self.shape[0]
+        self.cols = math.prod(self.shape[1:])
+        self.rank = rank
+        self.left = nn.Linear(features, self.rows * rank, bias=False)
+        self.right = nn.Linear(features, self.cols * rank, bias=False)
+        self.bias = nn.Parameter(torch.empty(self.shape))
+        self.reset(bias)
+
+    def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
+        """Kaiming-normal factor maps, every bias entry set to ``bias``.
+
+        :param bias: the regulation bias.
+        :param generator: random source of the maps.
+        """
+        with torch.no_grad():
+            nn.init.kaiming_normal_(self.left.weight, generator=generator)
+            nn.init.kaiming_normal_(self.right.weight, generator=generator)
+            self.bias.fill_(bias)
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid regulation ``(B, *shape)``.
+
+        :param f: features ``(B, features)``.
+        """
+        u = self.left(f).view(-1, self.rows, self.rank)
+        v = self.right(f).view(-1, self.cols, self.rank)
+        product = torch.bmm(u, v.transpose(1, 2)) / math.sqrt(self.rank)
+        return self.bias + product.view(f.shape[0], *self.shape)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(f))
+
+
+class Regulator(nn.Module):
+    """TSAR's regulator: a convolutional trunk and one sigmoid head per regulated weight.
+
+    Trunk: ``conv(in -> C) -> norm -> ReLU -> maxpool2``, ``conv(C -> C) ->
+    norm -> ReLU -> maxpool2``, ``conv(C -> C) -> norm -> ReLU``, flatten
+    (1,728 features for 192 channels and 28x28 images). Heads:
+    :class:`FullHead` (``head="full"``, the original) or :class:`LowRankHead`
+    (``head="low_rank"``).
+
+    :param regulated_shapes: shapes of the classifier's regulated weights
+        (:attr:`RegulatedClassifier.regulated_shapes`).
+    :param in_channels: image channels.
+    :param channels: channels of the trunk (paper: 192).
+    :param input_size: image side length.
+    :param bias: regulation bias of every head: ``"grow"`` (-8), ``"sculpt"`` (0) or a float.
+    :param head: ``"full"`` or ``"low_rank"``.
+    :param rank: rank of the low-rank heads.
+    """
+
+    def __init__(self, regulated_shapes: Sequence[Sequence[int]], *, in_channels: int = 3, channels: int = 192,
+                 input_size: int = 28, bias: Union[str, float] = "grow", head: str = "full", rank: int = 4):
+        super().__init__()
+        if head not in ("full", "low_rank"):
+            raise ValueError(f"head must be 'full' or 'low_rank', got {head!r}.")
+        if _conv_out(input_size, 3, 2) < 1:
+            raise ValueError(f"input_size={input_size} is too small for the regulator's trunk; use at least 18.")
+        value = regulation_bias(bias)
+        self.config = {"regulated_shapes": [list(s) for s in regulated_shapes], "in_channels": in_channels,
+                       "channels": channels, "input_size": input_size, "bias": value, "head": head, "rank": rank}
+        self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
+                                    nn.Conv2d(channels, channels, 3)])
+        self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
+        for conv in self.convs:
+            nn.init.kaiming_normal_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        self.features = channels * _conv_out(input_size, 3, 2) ** 2
+        if head == "full":
+            self.heads = nn.ModuleList([FullHead(self.features, s, value) for s in regulated_shapes])
+        else:
+            self.heads = nn.ModuleList([LowRankHead(self.features, s, value, rank) for s in regulated_shapes])
+
+    def trunk_parameters(self) -> List[nn.Parameter]:
+        """The trunk's parameters (frozen during domain transfer)."""
+        return list(self.convs.parameters()) + list(self.norms.parameters())
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's features ``(B, features)``.
+
+        :param x: images.
+        """
+        h = x
+        for i in range(3):
+            h = F.relu(self.norms[i](self.convs[i](h)))
+            if i < 2:
+                h = F.max_pool2d(h, 2)
+        return h.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """One mask per regulated weight, each ``(B, *shape)`` in [0, 1].
+
+        :param x: images.
+        """
+        f = self.encode(x)
+        return [head(f) for head in self.heads]
+
+
+class TSARNet(nn.Module):
+    """A classifier with its regulator (or without one), as one Avalanche-ready model.
+
+    ``forward(x)`` returns class scores: the regulator's masks for ``x``
+    applied to the classifier, or the plain classifier when ``regulator`` is
+    None (Scratch, No Regulation) or :attr:`regulation` is off.
+    :meth:`paper` builds the networks with every size as a parameter.
+
+    :param classifier: the regulated classifier.
+    :param regulator: its regulator, or None.
+    """
+
+    def __init__(self, classifier: RegulatedClassifier, regulator: Optional[Regulator] = None):
+        super().__init__()
+        if regulator is not None:
+            expected = [list(s) for s in classifier.regulated_shapes]
+            if regulator.config["regulated_shapes"] != expected:
+                raise ValueError(f"the regulator masks weights of shapes {regulator.config['regulated_shapes']}, "
+                                 f"the classifier has {expected}. Fix: build the regulator with "
+                                 f"Regulator(classifier.regulated_shapes, ...).")
+        self.classifier = classifier
+        self.regulator = regulator
+        self.regulation = regulator is not None
+        """Apply the regulator's masks (set False to run the classifier alone)."""
+
+    @classmethod
+    def build(cls, n_classes: int = 1000, *, in_channels: int = 3, input_size: int = 28,
+              classifier_channels: int = 112, regulator_channels: int = 192,
+              bias: Union[str, float, None] = "grow", head: str = "full", rank: int = 4,
+              pool_before_norm: bool = False) -> "TSARNet":
+        """Both networks at the given sizes (the defaults are the paper's).
+
+        :param n_classes: class prediction outputs.
+        :param in_channels: image channels.
+        :param input_size: image side length.
+        :param classifier_channels: channels of the classifier's convolutions.
+        :param regulator_channels: channels of the regulator's trunk.
+        :param bias: regulation bias (``"grow"``, ``"sculpt"``, a float), or
+            None for a classifier without regulator.
+        :param head: ``"full"`` or ``"low_rank"`` regulation heads.
+        :param rank: rank of low-rank heads.
+        :param pool_before_norm: the paper's block order in the classifier.
+        """
+        classifier = RegulatedClassifier(n_classes, in_channels=in_channels, channels=classifier_channels,
+                                         input_size=input_size, pool_before_norm=pool_before_norm)
+        regulator = None
+        if bias is not None:
+            regulator = Regulator(classifier.regulated_shapes, in_channels=in_channels,
+                                  channels=regulator_channels, input_size=input_size, bias=bias, head=head,
+                                  rank=rank)
+        return cls(classifier, regulator)
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """Constructor settings of both networks (saved in checkpoints)."""
+        return {"classifier": dict(self.classifier.config),
+                "regulator": None if self.regulator is None else dict(self.regulator.config)}
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "TSARNet":
+        """Rebuild the networks from :attr:`config`.
+
+        :param config: a dictionary from :attr:`config`.
+        """
+        classifier = RegulatedClassifier(**config["classifier"])
+        regulator = None
+        if config.get("regulator") is not None:
+            settings = dict(config["regulator"])
+            regulator = Regulator(settings.pop("regulated_shapes"), **settings)
+        return cls(classifier, regulator)
+
+    def masks(self, x: torch.Tensor) -> Optional[List[torch.Tensor]]:
+        """The regulator's masks for ``x``, or None without regulation.
+
+        :param x: images.
+        """
+        if self.regulator is None or not self.regulation:
+            return None
+        self.classifier.check_input(x, owner="TSARNet")
+        return self.regulator(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x, self.masks(x))

@@ -1,0 +1,554 @@
+"""TSAR: Omniglot reader, meta-training sampler, transfer streams, regulated networks, OML, transfer strategy."""
+
+import io
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from avalanche.core import SupervisedPlugin
+
+from avalanche_neuromod.benchmarks import (
+    DatasetNotFoundError,
+    DomainTransfer,
+    OmniglotMetaSampler,
+    load_omniglot,
+)
+from avalanche_neuromod.benchmarks.omniglot import OMNIGLOT_UNSEEN_ALPHABETS
+from avalanche_neuromod.evaluation import make_evaluator
+from avalanche_neuromod.models import (
+    LowRankHead,
+    RegulatedClassifier,
+    Regulator,
+    SingleImageNorm,
+    TSARNet,
+    regulated_conv2d,
+    regulated_linear,
+)
+from avalanche_neuromod.training import (
+    TSAR,
+    CheckpointError,
+    TSARMetaLearner,
+    TSARNoRegulation,
+    TSARReservoir,
+    TSARScratch,
+    load_tsar_model,
+)
+
+SMALL = dict(classifier_channels=6, regulator_channels=5)
+
+
+def _png(seed: int, size: int = 105) -> bytes:
+    rng = np.random.RandomState(seed)
+    pixels = np.where(rng.rand(size, size) < 0.1, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").convert("1").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_omniglot_zip(folder: Path, subset: str, alphabets: dict, drawings: int = 4) -> None:
+    """An archive in the official layout: <subset>/<alphabet>/<characterNN>/<id>_<nn>.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(folder / f"{subset}.zip", "w") as z:
+        z.writestr(f"{subset}/", b"")
+        for a, (alphabet, n_chars) in enumerate(alphabets.items()):
+            for c in range(n_chars):
+                for d in range(drawings):
+                    name = f"{subset}/{alphabet}/character{c + 1:02d}/{a:02d}{c:02d}_{d + 1:02d}.png"
+                    z.writestr(name, _png(hash((alphabet, c, d)) % 2**31))
+
+
+@pytest.fixture
+def omniglot_root(tmp_path):
+    base = tmp_path / "omniglot-py"
+    make_omniglot_zip(base, "images_background_small1", {"Greek": 3, "Korean": 2})
+    make_omniglot_zip(base, "images_background_small2", {"Greek": 3, "Tagalog": 2, "Sanskrit": 1})
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+def test_omniglot_reader_reads_the_zip_resizes_and_keeps_alphabets(omniglot_root):
+    data = load_omniglot(omniglot_root, ["images_background_small1"])
+    assert data.images.shape == (5 * 4, 1, 28, 28) and data.images.dtype == torch.uint8
+    assert data.classes == [("Greek", "character01"), ("Greek", "character02"), ("Greek", "character03"),
+                            ("Korean", "character01"), ("Korean", "character02")]
+    assert data.labels.tolist() == [i for i in range(5) for _ in range(4)]
+    with zipfile.ZipFile(omniglot_root / "omniglot-py" / "images_background_small1.zip") as z:
+        png = z.read("images_background_small1/Korean/character02/0101_03.png")
+    expected = Image.open(io.BytesIO(png)).convert("L").resize((28, 28), Image.LANCZOS)
+    assert torch.equal(data.images[4 * 4 + 2, 0], torch.from_numpy(np.asarray(expected)))
+    # nothing was extracted next to the archives
+    assert sorted(os.listdir(omniglot_root / "omniglot-py")) == ["images_background_small1.zip",
+                                                                 "images_background_small2.zip"]
+
+
+def test_omniglot_subsets_share_classes_once_and_select_alphabets(omniglot_root):
+    both = load_omniglot(omniglot_root, ["images_background_small1", "images_background_small2"])
+    assert both.alphabets == ["Greek", "Korean", "Sanskrit", "Tagalog"]
+    assert both.n_classes == 3 + 2 + 1 + 2
+    unseen = load_omniglot(omniglot_root, ["images_background_small2"], exclude_alphabets=["Greek"])
+    assert unseen.alphabets == ["Sanskrit", "Tagalog"] and unseen.n_classes == 3
+    inverted = load_omniglot(omniglot_root, ["images_background_small2"], alphabets=["Sanskrit"], invert=True)
+    plain = load_omniglot(omniglot_root, ["images_background_small2"], alphabets=["Sanskrit"])
+    assert torch.equal(inverted.images, 255 - plain.images)
+    with pytest.raises(ValueError, match="Latin"):
+        load_omniglot(omniglot_root, ["images_background_small2"], alphabets=["Latin"])
+
+
+def test_omniglot_missing_archive_names_every_path(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="images_background_small1.zip"):
+        load_omniglot(tmp_path, ["images_background_small1"])
+    with pytest.raises(ValueError, match="unknown Omniglot subset"):
+        load_omniglot(tmp_path, ["images_background_big"])
+
+
+def test_meta_sampler_draws_one_class_in_and_a_random_outer_batch():
+    labels = torch.arange(10).repeat_interleave(20)
+    sampler = OmniglotMetaSampler(labels, n_inner=20, n_outer=64, seed=3)
+    for _ in range(5):
+        episode = sampler.sample()
+        assert len(episode.inner) == 20 and set(labels[episode.inner].tolist()) == {episode.class_id}
+        assert sorted(episode.inner.tolist()) == list(range(episode.class_id * 20, episode.class_id * 20 + 20))
+        assert len(episode.outer) == 84 and np.array_equal(episode.outer[64:], episode.inner)
+        assert len(set(episode.outer[:64].tolist())) == 64
+    other = OmniglotMetaSampler(labels, n_outer=30, exclude_inner_class=True, classes=[1, 2, 3], seed=0)
+    for _ in range(5):
+        episode = other.sample()
+        assert episode.class_id in (1, 2, 3)
+        assert episode.class_id not in labels[episode.outer[:30]].tolist()
+        assert set(labels[episode.outer[:30]].tolist()) <= {1, 2, 3}
+    a, b = OmniglotMetaSampler(labels, seed=1), OmniglotMetaSampler(labels, seed=1)
+    state = a.state_dict()
+    first = [a.sample().outer for _ in range(3)]
+    b.load_state_dict(torch.load(_roundtrip(state), weights_only=True))
+    assert all(np.array_equal(x, b.sample().outer) for x in first)
+    with pytest.raises(ValueError, match="n_inner"):
+        OmniglotMetaSampler(labels, n_inner=21)
+
+
+def _images(experience) -> torch.Tensor:
+    return torch.stack([experience.dataset[i][0] for i in range(len(experience.dataset))])
+
+
+def _labels(experience) -> list:
+    return [int(experience.dataset[i][1]) for i in range(len(experience.dataset))]
+
+
+def _roundtrip(obj) -> io.BytesIO:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_domain_transfer_stream_layout_recall_and_heldout():
+    bench = DomainTransfer("digits", n_classes=4, n_images=12, n_train=9, seed=5)
+    assert len(bench.train_stream) == len(bench.test_stream) == len(bench.heldout_stream) == 4
+    names = bench.details["class_names"]
+    assert sorted(names) == sorted(set(names)) and len(names) == 4
+    for i, (train, test, held) in enumerate(zip(bench.train_stream, bench.test_stream, bench.heldout_stream)):
+        assert train.classes_in_this_experience == [i]
+        x_tr, y_tr = _images(train), _labels(train)
+        x_te, y_te = _images(test), _labels(test)
+        x_ho = _images(held)
+        assert x_tr.shape == (9, 3, 28, 28) and x_ho.shape == (3, 3, 28, 28)
+        assert torch.equal(x_tr, x_te) and set(y_tr) == set(y_te) == {i}
+        assert not any(torch.equal(a, b) for a in x_tr for b in x_ho)
+        assert torch.equal(x_tr[:, 0], x_tr[:, 2]) and 0.0 <= x_tr.min() and x_tr.max() <= 1.0
+    other = DomainTransfer("digits", n_classes=4, n_images=12, seed=6)
+    assert other.details["class_names"] != names or not torch.equal(
+        _images(other.train_stream[0]), _images(bench.train_stream[0]))
+    again = DomainTransfer("digits", n_classes=4, n_images=12, n_train=9, seed=5)
+    assert torch.equal(_images(again.train_stream[3]), _images(bench.train_stream[3]))
+    assert not hasattr(DomainTransfer("digits", n_classes=2, n_images=3), "heldout_stream")
+    with pytest.raises(ValueError, match="n_train"):
+        DomainTransfer("digits", n_images=5, n_train=6)
+    with pytest.raises(ValueError, match="n_classes=11"):
+        DomainTransfer("digits", n_classes=11)
+
+
+def test_domain_transfer_on_omniglot_and_an_image_folder(omniglot_root, tmp_path):
+    bench = DomainTransfer("omniglot", n_classes=3, n_images=4, dataset_root=omniglot_root)
+    assert bench.details["class_names"] and all(n.split("/")[0] in ("Tagalog", "Sanskrit")
+                                                for n in bench.details["class_names"])
+    folder = tmp_path / "imagenet"
+    rng = np.random.RandomState(0)
+    for c in range(4):
+        (folder / f"n{c:08d}").mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.randint(0, 256, (40, 36, 3)).astype(np.uint8)).save(folder / f"n{c:08d}" / f"{i}.JPEG")
+    images = DomainTransfer("image_folder", n_classes=3, n_images=5, n_train=4, dataset_root=folder)
+    assert _images(images.train_stream[0]).shape == (4, 3, 28, 28) and len(images.heldout_stream) == 3
+    with pytest.raises(ValueError, match="n_classes=5"):
+        DomainTransfer("image_folder", n_classes=5, dataset_root=folder)
+
+
+@pytest.mark.realdata
+def test_real_omniglot_small_subsets_and_the_unseen_alphabets():
+    root = os.environ.get("AVALANCHE_NEUROMOD_DATA")
+    if not root or not (Path(root) / "omniglot-py" / "images_background_small1.zip").is_file():
+        pytest.skip("real Omniglot subsets not available under $AVALANCHE_NEUROMOD_DATA/omniglot-py")
+    small1 = load_omniglot(root, ["images_background_small1"])
+    assert small1.n_classes == 136 and small1.images.shape == (2720, 1, 28, 28)
+    unseen = load_omniglot(root, ["images_background_small2"], alphabets=OMNIGLOT_UNSEEN_ALPHABETS)
+    assert unseen.n_classes == 47 + 42 + 17 and len(unseen.images) == 106 * 20
+    assert not set(unseen.classes) & set(small1.classes)
+    bench = DomainTransfer("omniglot", dataset_root=root)
+    assert len(bench.train_stream) == 100 and all(len(e.dataset) == 20 for e in bench.train_stream)
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+
+def test_single_image_norm_is_batch_norm_in_training_mode_on_each_image():
+    torch.manual_seed(0)
+    norm, bn = SingleImageNorm(4), nn.BatchNorm2d(4)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+        norm.bias.copy_(torch.tensor([0.0, 1.0, -1.0, 0.3]))
+        bn.weight.copy_(norm.weight)
+        bn.bias.copy_(norm.bias)
+    x = torch.randn(3, 4, 7, 7) * 3 + 1
+    per_image = torch.cat([bn.train()(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(norm(x), per_image)
+    torch.testing.assert_close(norm.eval()(x), per_image)
+
+
+def test_masks_shape_forward_and_gradient():
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, requires_grad=True)
+    b = torch.randn(3)
+    mask = torch.rand(3, 4)
+    x = torch.randn(1, 4)
+    y = regulated_linear(x, w, mask, b)
+    torch.testing.assert_close(y, x @ (mask * w).T + b)
+    y.sum().backward()
+    torch.testing.assert_close(w.grad, mask * x.expand(3, 4))  # d/dW of sum(x (m*W)^T) = m * x
+    conv_w = torch.randn(5, 2, 3, 3)
+    per_image_masks = torch.rand(4, 5, 2, 3, 3)
+    xs = torch.randn(4, 2, 8, 8)
+    batched = regulated_conv2d(xs, conv_w, per_image_masks, torch.zeros(5))
+    singles = torch.cat([F.conv2d(xs[i : i + 1], per_image_masks[i] * conv_w) for i in range(4)])
+    torch.testing.assert_close(batched, singles)
+    lin_masks = torch.rand(4, 3, 4)
+    xs2 = torch.randn(4, 4)
+    torch.testing.assert_close(regulated_linear(xs2, w.detach(), lin_masks, b),
+                               torch.stack([(lin_masks[i] * w.detach()) @ xs2[i] + b for i in range(4)]))
+
+
+def test_regulated_net_per_image_masks_and_presets():
+    torch.manual_seed(0)
+    net = TSARNet.build(7, bias="sculpt", **SMALL)
+    x = torch.rand(3, 3, 28, 28)
+    masks = net.masks(x)
+    assert [tuple(m.shape[1:]) for m in masks] == net.classifier.regulated_shapes
+    one_by_one = torch.cat([net.classifier(x[i : i + 1], [m[i] for m in masks]) for i in range(3)])
+    torch.testing.assert_close(net(x), one_by_one)
+    assert all(torch.all(h.linear.bias == 0.0) for h in net.regulator.heads)
+    grow = TSARNet.build(7, bias="grow", **SMALL)
+    assert all(torch.all(h.linear.bias == -8.0) for h in grow.regulator.heads)
+    assert grow.masks(x)[1].median() < 0.01 < net.masks(x)[1].median()
+    custom = TSARNet.build(7, bias=-3.5, head="low_rank", rank=2, **SMALL)
+    assert all(torch.all(h.bias == -3.5) for h in custom.regulator.heads)
+    net.regulation = False
+    torch.testing.assert_close(net(x), net.classifier(x))
+
+
+def test_low_rank_head_formula_and_parameter_count():
+    torch.manual_seed(0)
+    head = LowRankHead(10, (6, 2, 3, 3), bias=-1.0, rank=3)
+    f = torch.randn(2, 10)
+    u = (f @ head.left.weight.T).view(2, 6, 3)
+    v = (f @ head.right.weight.T).view(2, 18, 3)
+    expected = -1.0 + torch.einsum("bir,bjr->bij", u, v).view(2, 6, 2, 3, 3) / math.sqrt(3)
+    torch.testing.assert_close(head.logits(f), expected)
+    assert sum(p.numel() for p in head.parameters()) == 10 * 3 * (6 + 18) + 6 * 18
+
+
+def test_paper_sizes_regulator_features_and_head_parameters():
+    with torch.device("meta"):
+        net = TSARNet.build(1000)
+        low = TSARNet.build(1000, head="low_rank", rank=4)
+    assert net.regulator.features == 1728 and net.classifier.features == 112
+    assert net.classifier.regulated_shapes == [(112, 3, 3, 3), (112, 112, 3, 3), (112, 112, 3, 3), (1000, 112)]
+    full = sum(p.numel() for p in net.regulator.heads.parameters())
+    assert full == sum(1729 * math.prod(s) for s in net.classifier.regulated_shapes)
+    assert 588e6 < full < 590e6  # the paper's ~589M
+    assert sum(p.numel() for p in low.regulator.heads.parameters()) * 10 < full
+
+
+def test_wrong_inputs_get_clear_errors():
+    net = TSARNet.build(5, **SMALL)
+    with pytest.raises(ValueError, match="input_size=32"):
+        net(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="in_channels"):
+        net(torch.rand(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="regulated_shapes"):
+        TSARNet(RegulatedClassifier(5, channels=6), Regulator([(1, 2, 3, 3)]))
+    with pytest.raises(ValueError, match="preset"):
+        TSARNet.build(5, bias="prune")
+
+
+# ---------------------------------------------------------------------------
+# Meta-learning
+# ---------------------------------------------------------------------------
+
+def _meta_data(n_classes=6, per_class=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    images = (torch.rand(len(labels), 1, 28, 28, generator=g) * 255).to(torch.uint8)
+    return images, labels
+
+
+def _learner(tmp_path=None, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    images, labels = _meta_data()
+    net = TSARNet.build(8, **SMALL)
+    return TSARMetaLearner(net, images, labels, n_inner=5, n_outer=6, seed=seed,
+                           checkpoint_path=None if tmp_path is None else tmp_path / "meta.pt",
+                           checkpoint_every=3, **kwargs)
+
+
+def test_first_order_step_is_the_fast_weights_gradient_by_hand():
+    """One meta-iteration of a classifier without regulator, inner loop on the class layer only."""
+    torch.manual_seed(0)
+    images, labels = _meta_data()
+    net = TSARNet.build(8, bias=None, **SMALL)
+    learner = TSARMetaLearner(net, images, labels, n_inner=3, n_outer=4, inner_params="head", seed=2,
+                              repeat_first=False, inner_lr=0.1, outer_lr=0.01)
+    twin = TSARMetaLearner(TSARNet.build(8, bias=None, **SMALL), images, labels, n_inner=3, n_outer=4,
+                           inner_params="head", seed=2, repeat_first=False)
+    twin.model.load_state_dict(net.state_dict())
+    episode = twin.sampler.sample()
+    clf = twin.model.classifier
+    clf.reset_class_prediction([episode.class_id], generator=twin.generator)
+    x = images.float().div(255).expand(-1, 3, -1, -1)
+    w, b = clf.cp_weight.detach().clone(), clf.cp_bias.detach().clone()
+    with torch.no_grad():
+        feats = lambda idx: F.max_pool2d(F.relu(clf.norms[2](F.conv2d(F.max_pool2d(F.relu(clf.norms[1](F.conv2d(
+            F.max_pool2d(F.relu(clf.norms[0](F.conv2d(x[idx], clf.conv_weights[0], clf.conv_biases[0]))), 2),
+            clf.conv_weights[1], clf.conv_biases[1]))), 2), clf.conv_weights[2], clf.conv_biases[2]))), 2).flatten(1)
+    for i in episode.inner:  # SGD on softmax cross-entropy: grad_W = (p - onehot) h^T
+        h = feats([i])
+        p = torch.softmax(h @ w.T + b, 1)
+        p[0, episode.class_id] -= 1
+        w, b = w - 0.1 * p.T @ h, b - 0.1 * p[0]
+    h = feats(episode.outer)
+    p = torch.softmax(h @ w.T + b, 1)
+    p[torch.arange(len(episode.outer)), labels[episode.outer]] -= 1
+    grad_w = p.T @ h / len(episode.outer)
+    before = net.classifier.cp_weight.detach().clone()
+    learner.step()
+    grad = learner.model.classifier.cp_weight.grad
+    torch.testing.assert_close(grad, grad_w, atol=1e-5, rtol=1e-4)
+    # Adam's first step (bias-corrected moments g and g^2): -lr * g / (|g| + eps)
+    moved = learner.model.classifier.cp_weight.detach() - clf.cp_weight.detach()
+    torch.testing.assert_close(moved, -0.01 * grad / (grad.abs() + 1e-8), atol=1e-6, rtol=1e-3)
+    assert learner.model.classifier.conv_weights[0].grad is not None  # convolutions learn in the outer step
+    assert not torch.equal(before, learner.model.classifier.cp_weight)
+
+
+def test_meta_learning_is_seeded_and_second_order_differs():
+    a, b = _learner(seed=1), _learner(seed=1)
+    a.fit(4, progress=False)
+    b.fit(4, progress=False)
+    for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(v, w), k
+    c = _learner(seed=1, second_order=True)
+    c.fit(1, progress=False)
+    d = _learner(seed=1)
+    d.fit(1, progress=False)
+    assert not torch.equal(c.model.regulator.heads[0].linear.weight, d.model.regulator.heads[0].linear.weight)
+    assert all(np.isfinite(c.history["loss"]))
+
+
+def test_meta_learner_resumes_to_the_same_weights(tmp_path):
+    full = _learner()
+    full.fit(7, progress=False)
+    part = _learner(tmp_path)
+    part.fit(3, progress=False)  # checkpoint at 3
+    resumed = _learner(tmp_path)
+    resumed.fit(7, progress=False)  # loads iteration 3, continues
+    assert resumed.iteration == 7 and resumed.history == full.history
+    for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(v, w), k
+    other = TSARMetaLearner(TSARNet.build(8, classifier_channels=7, regulator_channels=5), *_meta_data(),
+                            n_inner=5, n_outer=6, checkpoint_path=tmp_path / "meta.pt")
+    with pytest.raises(CheckpointError, match="networks differ"):
+        other.fit(8, progress=False)
+
+
+META_SCRIPT = textwrap.dedent("""
+    import sys, time, torch
+    torch.set_num_threads(1)
+    from avalanche_neuromod.models import TSARNet
+    from avalanche_neuromod.training import TSARMetaLearner
+    mode, ckpt, out = sys.argv[1:4]
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(5)
+    images = (torch.rand(30, 1, 28, 28, generator=g) * 255).to(torch.uint8)
+    learner = TSARMetaLearner(TSARNet.build(8, classifier_channels=6, regulator_channels=5), images, labels,
+                              n_inner=5, n_outer=6, checkpoint_path=None if mode == "full" else ckpt,
+                              checkpoint_every=4)
+    def stop(l):
+        if mode == "killed" and l.iteration == 4:
+            print("CHECKPOINTED", flush=True)
+            time.sleep(600)
+    learner.fit(10, progress=False, callback=stop)
+    torch.save(learner.model.state_dict(), out)
+""")
+
+
+def test_meta_learning_killed_with_sigkill_resumes_exactly(tmp_path):
+    script = tmp_path / "meta.py"
+    script.write_text(META_SCRIPT)
+    ckpt, env = tmp_path / "ckpt.pt", {**os.environ, "HOME": str(tmp_path)}
+
+    def start(mode, stdout=subprocess.DEVNULL):
+        return subprocess.Popen([sys.executable, str(script), mode, str(ckpt), str(tmp_path / f"{mode}.pt")],
+                                stdout=stdout, stderr=subprocess.DEVNULL, env=env, text=True)
+
+    killed = start("killed", stdout=subprocess.PIPE)
+    try:
+        assert killed.stdout.readline().strip() == "CHECKPOINTED"
+        os.kill(killed.pid, signal.SIGKILL)
+        assert killed.wait(timeout=60) == -signal.SIGKILL and ckpt.exists()
+        resumed, full = start("resume"), start("full")
+        assert resumed.wait(timeout=240) == 0 and full.wait(timeout=240) == 0
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "resume.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_outer_loss_is_a_clear_error():
+    learner = _learner()
+    with torch.no_grad():
+        learner.model.classifier.cp_bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="outer_lr"):
+        learner.step()
+
+
+# ---------------------------------------------------------------------------
+# Domain transfer
+# ---------------------------------------------------------------------------
+
+class _Order(SupervisedPlugin):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def before_training_iteration(self, strategy, **kwargs):
+        self.seen.append(strategy.mb_x.clone())
+
+
+def _meta_model_file(tmp_path, bias="grow", n_classes=8):
+    learner = TSARMetaLearner(TSARNet.build(n_classes, bias=bias, **SMALL), *_meta_data(), n_inner=5, n_outer=6)
+    learner.fit(2, progress=False)
+    path = tmp_path / "model.pt"
+    learner.save_model(path)
+    return path, learner.model
+
+
+def test_transfer_resets_freezes_and_learns_one_image_at_a_time_in_order(tmp_path):
+    path, meta = _meta_model_file(tmp_path)
+    bench = DomainTransfer("digits", n_classes=3, n_images=4, seed=0)
+    order = _Order()
+    strategy = TSAR.from_checkpoint(path, n_classes=8, seed=0, plugins=[order],
+                                    evaluator=make_evaluator(progress_bar=False))
+    model = strategy.model
+    assert torch.all(model.regulator.heads[-1].linear.bias == -2.0)
+    assert torch.all(model.classifier.cp_bias == 0.0)
+    torch.testing.assert_close(model.regulator.heads[0].linear.bias, meta.regulator.heads[0].linear.bias)
+    trunk = [p.detach().clone() for p in model.regulator.trunk_parameters()]
+    heads = [p.detach().clone() for p in model.regulator.heads.parameters()]
+    strategy.train(bench.train_stream)
+    expected = torch.cat([_images(e) for e in bench.train_stream])
+    assert len(order.seen) == 12 and all(x.shape[0] == 1 for x in order.seen)
+    assert torch.equal(torch.cat(order.seen), expected)
+    assert all(torch.equal(a, b) for a, b in zip(trunk, model.regulator.trunk_parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(heads, model.regulator.heads.parameters()))
+    results = strategy.eval(bench.test_stream)
+    assert "Top1_Acc_Stream/eval_phase/test_stream/Task000" in results
+    assert "Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp002" in results
+
+
+def test_transfer_baselines_train_what_they_should(tmp_path):
+    bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
+    evaluator = make_evaluator(progress_bar=False)
+    scratch = TSARScratch(model=TSARNet.build(4, bias=None, **SMALL), evaluator=evaluator)
+    before = [p.detach().clone() for p in scratch.model.parameters()]
+    scratch.train(bench.train_stream[0])
+    assert all(not torch.equal(a, b) for a, b in zip(before, scratch.model.parameters()))
+    no_reg = TSARNoRegulation(model=TSARNet.build(4, bias=None, **SMALL), evaluator=evaluator)
+    convs = [p.detach().clone() for p in no_reg.model.classifier.conv_weights]
+    cp = no_reg.model.classifier.cp_weight.detach().clone()
+    no_reg.train(bench.train_stream[0])
+    assert all(torch.equal(a, b) for a, b in zip(convs, no_reg.model.classifier.conv_weights))
+    assert not torch.equal(cp, no_reg.model.classifier.cp_weight)
+    reservoir = TSARReservoir(model=TSARNet.build(4, bias="grow", **SMALL), evaluator=evaluator)
+    regulator = [p.detach().clone() for p in reservoir.model.regulator.parameters()]
+    reservoir.train(bench.train_stream[0])
+    assert all(torch.equal(a, b) for a, b in zip(regulator, reservoir.model.regulator.parameters()))
+    with pytest.raises(ValueError, match="regulator"):
+        TSARScratch(model=TSARNet.build(4, **SMALL))
+    with pytest.raises(ValueError, match="regulator"):
+        TSAR(model=TSARNet.build(4, bias=None, **SMALL))
+
+
+def test_transfer_bad_input_errors(tmp_path):
+    path, _ = _meta_model_file(tmp_path, n_classes=8)
+    with pytest.raises(ValueError, match="train_mb_size must be 1"):
+        TSAR.from_checkpoint(path, train_mb_size=16)
+    with pytest.raises(CheckpointError, match="n_classes=8"):
+        TSAR.from_checkpoint(path, n_classes=100)
+    with pytest.raises(CheckpointError, match="regulated"):
+        TSARScratch.from_checkpoint(path)
+    strategy = TSAR.from_checkpoint(path, evaluator=make_evaluator(progress_bar=False))
+    too_many = DomainTransfer("digits", n_classes=10, n_images=1, seed=0)
+    strategy.train(too_many.train_stream[:8])
+    with pytest.raises(ValueError, match="at most 8 classes"):
+        strategy.train(too_many.train_stream[8])
+    wrong_size = DomainTransfer("digits", n_classes=2, n_images=2, size=32)
+    with pytest.raises(ValueError, match="input_size"):
+        strategy.train(wrong_size.train_stream[0])
+    with pytest.raises(CheckpointError, match="not a TSAR model"):
+        torch.save({"format": "other"}, tmp_path / "other.pt")
+        load_tsar_model(tmp_path / "other.pt")
+
+
+def test_transfer_strategy_checkpoint_resumes_identically(tmp_path):
+    path, _ = _meta_model_file(tmp_path)
+    bench = DomainTransfer("digits", n_classes=3, n_images=3, seed=2)
+
+    def run(split: bool):
+        torch.manual_seed(0)
+        strategy = TSAR.from_checkpoint(path, seed=0, evaluator=make_evaluator(progress_bar=False))
+        strategy.train(bench.train_stream[0])
+        if split:
+            strategy.save_checkpoint(tmp_path / "transfer.pt")
+            strategy = TSAR.from_checkpoint(path, seed=0, evaluator=make_evaluator(progress_bar=False))
+            assert strategy.load_checkpoint(tmp_path / "transfer.pt") == 1
+        strategy.train(bench.train_stream[1:])
+        return strategy.model.state_dict()
+
+    a, b = run(False), run(True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
