@@ -552,3 +552,48 @@ def test_transfer_strategy_checkpoint_resumes_identically(tmp_path):
 
     a, b = run(False), run(True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------
+# Analysis
+# ---------------------------------------------------------------------------
+
+def test_regulation_statistics_by_hand():
+    from avalanche_neuromod.analysis import RegulationStatistics
+
+    stats = RegulationStatistics("C1", thresholds=(0.5,))
+    masks = torch.tensor([[0.9, 0.6, 0.1, 0.0], [0.2, 0.7, 0.8, 0.9], [1.0, 0.0, 0.0, 0.4]]).view(3, 4, 1, 1, 1)
+    stats.update(masks[:2], torch.tensor([0, 1]))
+    stats.update(masks[2:], torch.tensor([0]))
+    assert stats.active[0.5] == [2, 3, 1]
+    np.testing.assert_allclose(stats.total, [1.6, 2.6, 1.4], rtol=1e-6)
+    np.testing.assert_allclose(stats.task_specific(), [[0.95, 0.3, 0.05, 0.2], [0.2, 0.7, 0.8, 0.9]], rtol=1e-6)
+    np.testing.assert_allclose(stats.task_agnostic(), [[0.2, 0.7, 0.8, 0.9], [0.95, 0.3, 0.05, 0.2]], rtol=1e-6)
+    values, p = stats.ccdf(0.5)
+    assert values.tolist() == [1, 2, 3] and np.allclose(p, [1.0, 2 / 3, 1 / 3])
+
+
+def test_regulation_recorder_sees_each_image_as_it_is_learned(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from avalanche_neuromod.analysis import (RegulationRecorder, plot_regulation_ccdf, plot_task_activity,
+                                             plot_total_regulation, regulation_statistics)
+
+    bench = DomainTransfer("digits", n_classes=3, n_images=4, seed=0)
+    recorder = RegulationRecorder("C3", thresholds=(0.3,))
+    strategy = TSAR(model=TSARNet.build(5, bias="sculpt", **SMALL), plugins=[recorder],
+                    evaluator=make_evaluator(progress_bar=False))
+    first = _images(bench.train_stream[0])[:1]
+    expected_first = strategy.model.regulator(first)[2].sum().item()
+    strategy.train(bench.train_stream)
+    stats = recorder.statistics
+    assert stats.labels == [0] * 4 + [1] * 4 + [2] * 4
+    assert stats.total[0] == pytest.approx(expected_first, rel=1e-5)
+    after = regulation_statistics(strategy.model, bench.test_stream, "C3", thresholds=(0.3,))
+    assert after.labels == stats.labels and after.task_specific().shape == (3, 6 * 6 * 9)
+    for fig in (plot_regulation_ccdf([stats, after], ["during", "after"]), plot_task_activity(after),
+                plot_total_regulation(stats)):
+        fig.savefig(tmp_path / "figure.png")
+    with pytest.raises(ValueError, match="regulator"):
+        regulation_statistics(TSARNet.build(5, bias=None, **SMALL), bench.test_stream)

@@ -13,9 +13,25 @@ from .gating import (
     plot_trial_variability,
     trial_variability,
 )
+from .regulation import (
+    LAYER_NAMES,
+    RegulationRecorder,
+    RegulationStatistics,
+    plot_regulation_ccdf,
+    plot_task_activity,
+    plot_total_regulation,
+    regulation_statistics,
+)
 from .plots import plot_accuracy_curves, plot_accuracy_matrix, plot_final_accuracy
 
 __all__ = [
+    "LAYER_NAMES",
+    "RegulationRecorder",
+    "RegulationStatistics",
+    "plot_regulation_ccdf",
+    "plot_task_activity",
+    "plot_total_regulation",
+    "regulation_statistics",
     "GateStatistics",
     "activation_rates",
     "collect_gates",
