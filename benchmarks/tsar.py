@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
+
 from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, data_files, portable_path,
                      result_header, update_results_md, write_json)
 
@@ -65,6 +67,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--selection-seed", type=int, default=1000,
                         help="the Omniglot sequence the transfer learning rate is chosen on (never reported).")
     parser.add_argument("--lr-grid", type=float, nargs="+", default=[1e-3, 3e-4, 1e-4])
+    parser.add_argument("--curve-lr", type=float, default=1e-4,
+                        help="transfer learning rate of the curve points before the budget.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--heads", nargs="+", choices=("full", "low_rank"), default=["full"])
     parser.add_argument("--rank", type=int, default=4, help="rank of the low-rank regulation heads.")
@@ -72,8 +76,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--classifier-channels", type=int, default=32)
     parser.add_argument("--regulator-channels", type=int, default=32)
     parser.add_argument("--n-classes", type=int, default=200, help="outputs of the class prediction layer.")
+    parser.add_argument("--omniglot-classes", type=int, default=100,
+                        help="unseen Omniglot classes per transfer sequence (of the 106).")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: re-read --out and rewrite its summary, notes and docs section.")
+    parser.add_argument("--label", default="",
+                        help="a name for this grid: its own section of docs/results.md (tsar:LABEL) beside the "
+                             "others; use it with its own --out.")
     return parser.parse_args(argv)
 
 
@@ -85,17 +96,19 @@ def regulator_bytes(model) -> Dict[str, int]:
     return {"parameters": n, "with_adam": 3 * n}
 
 
-def build_transfers(root: Path, seeds: Sequence[int], selection_seed: int, wanted: Sequence[str]) -> Dict:
+def build_transfers(root: Path, seeds: Sequence[int], selection_seed: int, wanted: Sequence[str],
+                    omniglot_classes: int) -> Dict:
     from avalanche_neuromod.benchmarks import DomainTransfer
 
-    streams: Dict[Any, Any] = {("selection", selection_seed): DomainTransfer("omniglot", seed=selection_seed,
-                                                                             dataset_root=root)}
+    def omniglot(seed: int, **kwargs: Any):
+        return DomainTransfer("omniglot", n_classes=omniglot_classes, seed=seed, dataset_root=root, **kwargs)
+
+    streams: Dict[Any, Any] = {("selection", selection_seed): omniglot(selection_seed)}
     for seed in seeds:
         if "omniglot" in wanted:
-            streams[("omniglot", seed)] = DomainTransfer("omniglot", seed=seed, dataset_root=root)
+            streams[("omniglot", seed)] = omniglot(seed)
         if "omniglot_heldout" in wanted and seed == seeds[0]:
-            streams[("omniglot_heldout", seed)] = DomainTransfer("omniglot", n_train=15, seed=seed,
-                                                                 dataset_root=root)
+            streams[("omniglot_heldout", seed)] = omniglot(seed, n_train=15)
         for source in ("mnist", "fashion_mnist"):
             if source in wanted:
                 streams[(source, seed)] = DomainTransfer(source, n_images=40, n_train=30, seed=seed,
@@ -171,10 +184,11 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
             if args.curve_every and first is not None and l.iteration % args.curve_every == 0 \
                     and l.iteration < args.meta_iterations:
                 tic = time.perf_counter()
-                point = transfer(strategy_for(method), l.model, first, 1e-3, seed=args.transfer_seeds[0])
-                run["curve"].append({"meta_iterations": l.iteration, "recall": point["recall"], "lr": 1e-3})
+                point = transfer(strategy_for(method), l.model, first, args.curve_lr, seed=args.transfer_seeds[0])
+                run["curve"].append({"meta_iterations": l.iteration, "recall": point["recall"], "lr": args.curve_lr})
                 curve_seconds[0] += time.perf_counter() - tic
-                progress(f"  {method}/{head} meta-it {l.iteration}: recall {100 * point['recall']:.1f}% (lr 1e-3)")
+                progress(f"  {method}/{head} meta-it {l.iteration}: recall {100 * point['recall']:.1f}% "
+                         f"(lr {args.curve_lr:g})")
 
         start = time.perf_counter()
         learner.fit(args.meta_iterations, progress=True, callback=curve_point)
@@ -221,10 +235,10 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         positions = [t["recall_by_position"] for r in group for k, t in r["transfers"].items()
                      if k.startswith("omniglot/")]
         if positions:
-            n = len(positions[0])
-            deciles = [statistics.mean(100 * statistics.mean(p[i * n // 10:(i + 1) * n // 10]) for p in positions)
-                       for i in range(10)]
-            row["omniglot_recall_by_decile"] = deciles
+            bins = min(10, len(positions[0]))  # tenths of the sequence (fewer for short test sequences)
+            row["omniglot_recall_by_decile"] = [
+                float(np.mean([100 * np.mean(part) for part in parts]))
+                for parts in zip(*(np.array_split(np.asarray(p), bins) for p in positions))]
         if "meta_seconds" in group[0]:
             row["meta_seconds_mean"] = statistics.mean(r["meta_seconds"] for r in group)
         rows.append(row)
@@ -234,7 +248,7 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]], rank: int) -> List[str]:
     by = {(r["method"], r["head"]): r for r in summary}
     notes = []
-    grow, sculpt, scratch = by.get(("grow", "full")), by.get(("sculpt", "full")), by.get(("scratch", "full"))
+    grow, sculpt, scratch = by.get(("grow", "full")), by.get(("sculpt", "full")), by.get(("scratch", "-"))
     if grow and "omniglot" in grow:
         mean = grow["omniglot"]["recall_mean"]
         notes.append(f"- Grow recall on 100 unseen Omniglot classes: {mean:.1f}% (target: at least 40%): "
@@ -264,12 +278,20 @@ def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]], rank: int
     return notes
 
 
+def section_markers(label: str) -> tuple:
+    """The markers of a grid's section of the results page."""
+    if not label:
+        return SECTION_START, SECTION_END
+    return f"<!-- tsar:{label}:start -->", f"<!-- tsar:{label}:end -->"
+
+
 def markdown_section(result: Dict[str, Any]) -> str:
     s = result["settings"]
     machine = result["machine"]
+    start, end = section_markers(s.get("label", ""))
     lines = [
-        SECTION_START,
-        "## TSAR (issue 9)",
+        start,
+        "## TSAR (issue 9)" + (f": {s['label']}" if s.get("label") else ""),
         "",
         f"Measured with `benchmarks/tsar.py` ({result['timestamp_utc']}):",
         "",
@@ -278,7 +300,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
         "```",
         "",
         f"- Data: real Omniglot, MNIST and Fashion-MNIST from `{result['dataset_root']}`. Meta-learning on "
-        "`images_background_small1` (136 classes x 20); transfer to 100 of the 106 classes of "
+        f"`images_background_small1` (136 classes x 20); transfer to {s.get('omniglot_classes', 100)} of the 106 classes of "
         "`images_background_small2` that small1 lacks (Japanese, Sanskrit, Tagalog) x 20 drawings, and to "
         "MNIST / Fashion-MNIST 10 classes x 30 images (10 more per class held out).",
         f"- Scale: {result['scale']}",
@@ -309,17 +331,20 @@ def markdown_section(result: Dict[str, Any]) -> str:
             f"{cell(row, 'mnist')} / {cell(row, 'mnist', 'heldout_mean')} | "
             f"{cell(row, 'fashion_mnist')} / {cell(row, 'fashion_mnist', 'heldout_mean')} | "
             f"{row.get('omniglot', {}).get('train_seconds_mean', 0):.0f} | {row.get('meta_seconds_mean', 0):.0f} |")
-    lines += ["", "Omniglot recall by position in the sequence (deciles: first 10 classes ... last 10), %:", "",
-              "| method | head | " + " | ".join(f"{10 * i + 1}-{10 * i + 10}" for i in range(10)) + " |",
-              "|---|---|" + "---:|" * 10]
+    n_positions = s.get("omniglot_classes", 100)
+    parts = np.array_split(np.arange(1, n_positions + 1), min(10, n_positions))
+    lines += ["", "Omniglot recall by position in the sequence (tenths: first classes ... last), %:", "",
+              "| method | head | " + " | ".join(f"{part[0]}-{part[-1]}" for part in parts) + " |",
+              "|---|---|" + "---:|" * len(parts)]
     for row in result["summary"]:
         if "omniglot_recall_by_decile" in row:
             lines.append(f"| {row['method']} | {row['head']} | "
                          + " | ".join(f"{v:.0f}" for v in row["omniglot_recall_by_decile"]) + " |")
     curves = [r for r in result["runs"] if r["curve"]]
     if curves:
-        lines += ["", "Omniglot recall (transfer seed "
-                  f"{s['transfer_seeds'][0]}) over meta-learning, lr 1e-3 before the budget, the chosen lr at it:", "",
+        curve_lr = s.get("curve_lr", 1e-3)
+        lines += ["", f"Omniglot recall (transfer seed {s['transfer_seeds'][0]}) over meta-learning, lr {curve_lr:g} "
+                  "before the budget, the chosen lr at it:", "",
                   "| method | head | meta seed | " + " | ".join(str(p["meta_iterations"]) for p in curves[0]["curve"])
                   + " |", "|---|---|---|" + "---:|" * len(curves[0]["curve"])]
         for r in curves:
@@ -327,12 +352,28 @@ def markdown_section(result: Dict[str, Any]) -> str:
                          + " | ".join(f"{100 * p['recall']:.1f}" for p in r["curve"]) + " |")
     lines += ["", "Paper, for reference (other data, full sizes, 25,000 meta-iterations on a GPU): ImageNet Grow "
               "92.2, Sculpt 57.5, Scratch 0.97; Omniglot 600 classes recall Grow 95.2, Sculpt 15.1.", "",
-              *result["notes"], SECTION_END]
+              *result["notes"], end]
     return "\n".join(lines)
+
+
+def report(args: argparse.Namespace) -> int:
+    """Rewrite the summary, the notes and the docs section of an earlier result file."""
+    import json
+
+    result = json.loads(args.out.read_text())
+    result["summary"] = summarise(result["runs"])
+    result["notes"] = targets(result["summary"], result["runs"], result["settings"]["rank"])
+    print("\n".join(result["notes"]))
+    write_json(result, args.out)
+    if not args.no_docs:
+        update_results_md(markdown_section(result), *section_markers(result["settings"].get("label", "")))
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return report(args)
     parser = argparse.ArgumentParser()
     root = check_mnist_root(parser, args.dataset_root)
     import torch
@@ -354,7 +395,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     result["data_files"] += data_files(root, "omniglot-py/*") + data_files(root, "FashionMNIST/raw/*")
     meta = load_omniglot(root, ["images_background_small1"])
-    transfers = build_transfers(root, args.transfer_seeds, args.selection_seed, args.transfers)
+    transfers = build_transfers(root, args.transfer_seeds, args.selection_seed, args.transfers,
+                                args.omniglot_classes)
 
     def progress(text: str) -> None:
         print(text, flush=True)
@@ -376,7 +418,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("\n".join(result["notes"]))
     write_json(result, args.out)
     if not args.no_docs:
-        update_results_md(markdown_section(result), SECTION_START, SECTION_END)
+        update_results_md(markdown_section(result), *section_markers(args.label))
         print(f"Updated {portable_path(REPO_ROOT / 'docs' / 'results.md')}")
     return 0
 

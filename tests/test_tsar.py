@@ -597,3 +597,56 @@ def test_regulation_recorder_sees_each_image_as_it_is_learned(tmp_path):
         fig.savefig(tmp_path / "figure.png")
     with pytest.raises(ValueError, match="regulator"):
         regulation_statistics(TSARNet.build(5, bias=None, **SMALL), bench.test_stream)
+
+
+# ---------------------------------------------------------------------------
+# Example and benchmark script, end to end at toy scale
+# ---------------------------------------------------------------------------
+
+def test_example_meta_learns_transfers_and_draws_the_figures(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "tsar_domain_transfer.py"
+    spec = importlib.util.spec_from_file_location("tsar_domain_transfer", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = example.main(["--meta-iterations", "3", "--channels", "4", "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "digits 0-4 -> digits 5-9" in printed and "scratch" in printed
+    assert set(results) == {"grow", "sculpt", "scratch"}
+    assert all(len(r["by_position"]) == 5 and 0.0 <= r["recall"] <= 1.0 for r in results.values())
+    for name in ("regulation_ccdf", "task_activity_grow", "total_regulation_grow"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    assert load_tsar_model(tmp_path / "grow.pt", expect={"regulated": True}).regulator is not None
+
+
+def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tsar as tsar_benchmark
+    from conftest import make_fake_mnist
+
+    make_fake_mnist(fake_mnist_root, folder="FashionMNIST")
+    base = fake_mnist_root / "omniglot-py"
+    make_omniglot_zip(base, "images_background_small1", {"Greek": 3, "Korean": 2}, drawings=20)
+    make_omniglot_zip(base, "images_background_small2", {"Greek": 3, "Tagalog": 3}, drawings=20)
+    out = tmp_path / "tsar.json"
+    code = tsar_benchmark.main([
+        "--dataset-root", str(fake_mnist_root), "--meta-iterations", "2", "--curve-every", "1",
+        "--meta-seeds", "0", "--transfer-seeds", "0", "1", "--lr-grid", "1e-3", "3e-4",
+        "--classifier-channels", "4", "--regulator-channels", "4", "--n-classes", "12",
+        "--omniglot-classes", "3", "--methods", "grow", "sculpt", "scratch", "--out", str(out), "--no-docs"])
+    assert code == 0
+    import json
+
+    result = json.loads(out.read_text())
+    runs = {r["method"]: r for r in result["runs"]}
+    assert set(runs) == {"grow", "sculpt", "scratch"}
+    assert set(runs["grow"]["transfers"]) == {"omniglot/0", "omniglot/1", "omniglot_heldout/0", "mnist/0",
+                                              "mnist/1", "fashion_mnist/0", "fashion_mnist/1"}
+    assert [p["meta_iterations"] for p in runs["grow"]["curve"]] == [1, 2] and runs["scratch"]["curve"] == []
+    assert runs["grow"]["lr"] in (1e-3, 3e-4) and set(runs["grow"]["selection_recall"]) == {"0.001", "0.0003"}
+    assert len(runs["grow"]["transfers"]["omniglot/0"]["recall_by_position"]) == 3
+    assert "heldout" in runs["grow"]["transfers"]["mnist/0"]
+    assert any("Grow above Sculpt" in n for n in result["notes"])
+    section = tsar_benchmark.markdown_section(result)
+    assert "| grow | full |" in section and str(tmp_path) not in section

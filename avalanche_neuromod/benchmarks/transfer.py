@@ -130,6 +130,7 @@ def DomainTransfer(
     size: int = 28,
     channels: int = 3,
     omniglot_subset: str = "images_background_small2",
+    classes: Optional[Sequence[int]] = None,
 ) -> NeuromodBenchmark:
     """A domain-transfer sequence as an Avalanche benchmark (see the module doc).
 
@@ -169,12 +170,21 @@ def DomainTransfer(
     if source == "image_folder":
         if dataset_root is None:
             raise ValueError("source='image_folder' needs dataset_root=<folder of class sub-folders>.")
+        if classes is not None:
+            raise ValueError("classes= picks class ids of the other sources; for an image folder, point "
+                             "dataset_root at a folder holding only the wanted class sub-folders.")
         images, names, positions = load_image_folder(dataset_root, n_classes, n_images, seed=seed, size=size)
         class_names: List[Any] = names
     else:
         pool_x, pool_y, all_names = _source_pool(source, dataset_root, size, omniglot_subset)
         labels = pool_y.numpy()
         available = np.unique(labels)
+        if classes is not None:
+            unknown = sorted(set(classes) - set(available.tolist()))
+            if unknown:
+                raise ValueError(f"classes {unknown} are not in source {source!r} (it has {len(available)} "
+                                 f"classes, ids {available.min()}..{available.max()}).")
+            available = np.asarray(sorted(set(classes)), dtype=available.dtype)
         if len(available) < n_classes:
             raise ValueError(f"source {source!r} has {len(available)} classes; n_classes={n_classes} is more. "
                              f"Fix: n_classes <= {len(available)}.")
