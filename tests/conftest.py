@@ -84,3 +84,14 @@ def svhn_root(tmp_path_factory):
         y = np.repeat(np.arange(1, 11), per_class).reshape(-1, 1)  # SVHN writes 0 as 10
         savemat(root / f"{split}_32x32.mat", {"X": rng.randint(0, 256, (32, 32, 3, len(y))).astype(np.uint8), "y": y})
     return root
+
+
+def start_script(script: Path, mode: str, ckpt: Path, folder: Path, stdout=None):
+    """Run ``script MODE CKPT FOLDER/MODE.pt`` in a new interpreter (HOME in ``folder``), stderr discarded."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOME": str(folder)}
+    return subprocess.Popen([sys.executable, str(script), mode, str(ckpt), str(folder / f"{mode}.pt")],
+                            stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=subprocess.DEVNULL,
+                            env=env, text=True)

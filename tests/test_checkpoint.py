@@ -23,6 +23,8 @@ from avalanche.benchmarks.utils import DataAttribute, make_avalanche_dataset
 from avalanche.core import SupervisedPlugin
 from avalanche.training import Naive
 
+from conftest import start_script
+
 from avalanche_neuromod.evaluation import make_evaluator
 from avalanche_neuromod.models import NeuroModNet
 from avalanche_neuromod.training import (
@@ -342,11 +344,10 @@ SCRIPT = textwrap.dedent("""
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    ckpt, env = tmp_path / "ckpt.pkl", {**os.environ, "HOME": str(tmp_path)}
+    ckpt = tmp_path / "ckpt.pkl"
 
-    def start(mode, stdout=subprocess.DEVNULL):
-        return subprocess.Popen([sys.executable, str(script), mode, str(ckpt), str(tmp_path / f"{mode}.pt")],
-                                stdout=stdout, stderr=subprocess.DEVNULL, env=env, text=True)
+    def start(mode, stdout=None):
+        return start_script(script, mode, ckpt, tmp_path, stdout)
 
     full, killed = start("full"), start("killed", stdout=subprocess.PIPE)
     try:

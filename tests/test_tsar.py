@@ -19,6 +19,8 @@ from torch import nn
 
 from avalanche.core import SupervisedPlugin
 
+from conftest import start_script
+
 from avalanche_neuromod.benchmarks import (
     DatasetNotFoundError,
     DomainTransfer,
@@ -195,6 +197,15 @@ def test_domain_transfer_on_omniglot_and_an_image_folder(omniglot_root, tmp_path
     assert _images(images.train_stream[0]).shape == (4, 3, 28, 28) and len(images.heldout_stream) == 3
     with pytest.raises(ValueError, match="n_classes=5"):
         DomainTransfer("image_folder", n_classes=5, dataset_root=folder)
+
+
+def test_domain_transfer_on_cifar100_resizes_to_28(cifar_root):
+    bench = DomainTransfer("cifar100", n_classes=4, n_images=3, n_train=2, dataset_root=cifar_root, seed=0)
+    x = _images(bench.train_stream[0])
+    assert x.shape == (2, 3, 28, 28) and len(bench.heldout_stream) == 4
+    assert len(set(bench.details["class_names"])) == 4
+    with pytest.raises(ValueError, match="classes"):
+        DomainTransfer("cifar100", classes=[100], dataset_root=cifar_root)
 
 
 @pytest.mark.realdata
@@ -418,11 +429,10 @@ META_SCRIPT = textwrap.dedent("""
 def test_meta_learning_killed_with_sigkill_resumes_exactly(tmp_path):
     script = tmp_path / "meta.py"
     script.write_text(META_SCRIPT)
-    ckpt, env = tmp_path / "ckpt.pt", {**os.environ, "HOME": str(tmp_path)}
+    ckpt = tmp_path / "ckpt.pt"
 
-    def start(mode, stdout=subprocess.DEVNULL):
-        return subprocess.Popen([sys.executable, str(script), mode, str(ckpt), str(tmp_path / f"{mode}.pt")],
-                                stdout=stdout, stderr=subprocess.DEVNULL, env=env, text=True)
+    def start(mode, stdout=None):
+        return start_script(script, mode, ckpt, tmp_path, stdout)
 
     killed = start("killed", stdout=subprocess.PIPE)
     try:

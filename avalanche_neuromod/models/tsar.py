@@ -233,7 +233,34 @@ class RegulatedClassifier(nn.Module):
         return regulated_linear(h.flatten(1), self.cp_weight, None if masks is None else masks[3], self.cp_bias)
 
 
-class FullHead(nn.Module):
+class _RegulationHead(nn.Module):
+    """What both head kinds share: the reset rule and ``sigmoid(logits)``."""
+
+    def _maps(self) -> List[torch.Tensor]:
+        raise NotImplementedError
+
+    def _bias(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
+        """Kaiming-normal linear maps, every bias entry set to ``bias``.
+
+        :param bias: the regulation bias.
+        :param generator: random source of the maps.
+        """
+        with torch.no_grad():
+            for weight in self._maps():
+                nn.init.kaiming_normal_(weight, generator=generator)
+            self._bias().fill_(bias)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(f))
+
+
+class FullHead(_RegulationHead):
     """A regulation head with one linear output per mask entry: ``sigmoid(H f + b)``.
 
     :param features: regulator features.
@@ -247,15 +274,11 @@ class FullHead(nn.Module):
         self.linear = nn.Linear(features, math.prod(self.shape))
         self.reset(bias)
 
-    def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
-        """Kaiming-normal weights, every bias set to ``bias``.
+    def _maps(self) -> List[torch.Tensor]:
+        return [self.linear.weight]
 
-        :param bias: the regulation bias.
-        :param generator: random source of the weights.
-        """
-        with torch.no_grad():
-            nn.init.kaiming_normal_(self.linear.weight, generator=generator)
-            self.linear.bias.fill_(bias)
+    def _bias(self) -> torch.Tensor:
+        return self.linear.bias
 
     def logits(self, f: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid regulation ``(B, *shape)``.
@@ -264,11 +287,8 @@ class FullHead(nn.Module):
         """
         return self.linear(f).view(f.shape[0], *self.shape)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(f))
 
-
-class LowRankHead(nn.Module):
+class LowRankHead(_RegulationHead):
     """A low-memory regulation head: ``sigmoid(B + U(f) V(f)^T / sqrt(r))``.
 
     The weight is seen as a matrix ``rows x cols`` (``rows = shape[0]``,
@@ -298,16 +318,11 @@ class LowRankHead(nn.Module):
         self.bias = nn.Parameter(torch.empty(self.shape))
         self.reset(bias)
 
-    def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
-        """Kaiming-normal factor maps, every bias entry set to ``bias``.
+    def _maps(self) -> List[torch.Tensor]:
+        return [self.left.weight, self.right.weight]
 
-        :param bias: the regulation bias.
-        :param generator: random source of the maps.
-        """
-        with torch.no_grad():
-            nn.init.kaiming_normal_(self.left.weight, generator=generator)
-            nn.init.kaiming_normal_(self.right.weight, generator=generator)
-            self.bias.fill_(bias)
+    def _bias(self) -> torch.Tensor:
+        return self.bias
 
     def logits(self, f: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid regulation ``(B, *shape)``.
@@ -318,9 +333,6 @@ class LowRankHead(nn.Module):
         v = self.right(f).view(-1, self.cols, self.rank)
         product = torch.bmm(u, v.transpose(1, 2)) / math.sqrt(self.rank)
         return self.bias + product.view(f.shape[0], *self.shape)
-
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(f))
 
 
 class Regulator(nn.Module):

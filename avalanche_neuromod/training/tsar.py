@@ -24,7 +24,6 @@ are the paper's baselines on the same streams.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -270,7 +269,7 @@ class TSARMetaLearner:
                    unit="it")
         with bar:
             while self.iteration < n_iterations:
-                record = self.step()
+                self.step()
                 bar.update(1)
                 if self.iteration % 50 == 0 or self.iteration == n_iterations:
                     window = slice(-50, None)
@@ -281,7 +280,6 @@ class TSARMetaLearner:
                     self.save_checkpoint(self.checkpoint_path)
                 if callback is not None:
                     callback(self)
-                del record
         return self.history
 
     def state_dict(self) -> Dict[str, Any]:
