@@ -29,6 +29,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
+from torch.utils.data import DataLoader
 
 __all__ = [
     "LAYER_NAMES",
@@ -126,7 +127,8 @@ def regulation_statistics(model: Any, stream: Iterable[Any], layer: Any = "C3",
     """Regulation of ``model`` over every image of ``stream`` (in the stream's order).
 
     :param model: a :class:`~avalanche_neuromod.models.TSARNet` with a regulator.
-    :param stream: Avalanche experiences (e.g. a ``DomainTransfer`` test stream).
+    :param stream: Avalanche experiences (e.g. a ``DomainTransfer`` test stream); read in
+        whole batches, as :func:`~avalanche_neuromod.evaluation.stream_accuracy` reads them.
     :param layer: which regulated layer.
     :param thresholds: thresholds of the active-synapse counts.
     :param batch_size: images per regulator pass.
@@ -135,14 +137,15 @@ def regulation_statistics(model: Any, stream: Iterable[Any], layer: Any = "C3",
     if getattr(model, "regulator", None) is None:
         raise ValueError("regulation_statistics needs a TSARNet with a regulator; this model has none.")
     stats = RegulationStatistics(layer, thresholds)
-    model.eval()
-    for experience in stream:
-        dataset = experience.dataset
-        for lo in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(lo, min(lo + batch_size, len(dataset)))]
-            x = torch.stack([item[0] for item in items]).to(device)
-            y = torch.as_tensor([int(item[1]) for item in items])
-            stats.update(model.regulator(x)[stats.layer], y)
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        for experience in stream:
+            dataset = experience.dataset.eval()
+            for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate_fn):
+                stats.update(model.regulator(batch[0].to(device))[stats.layer], batch[1])
+    finally:
+        model.train(was_training)
     return stats
 
 

@@ -220,6 +220,14 @@ class RegulatedClassifier(nn.Module):
             dimension (one mask per image).
         """
         self.check_input(x)
+        return self.run(x, masks)
+
+    def run(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """:meth:`forward` without the input check (for a caller that has checked ``x``).
+
+        :param x: images.
+        :param masks: as in :meth:`forward`.
+        """
         if masks is not None and len(masks) != 4:
             raise ValueError(f"RegulatedClassifier takes 4 masks (3 convolutions, class prediction), got "
                              f"{len(masks)}.")
@@ -477,10 +485,14 @@ class TSARNet(nn.Module):
 
         :param x: images.
         """
+        self.classifier.check_input(x, owner="TSARNet")
+        return self._masks(x)
+
+    def _masks(self, x: torch.Tensor) -> Optional[List[torch.Tensor]]:
         if self.regulator is None or not self.regulation:
             return None
-        self.classifier.check_input(x, owner="TSARNet")
         return self.regulator(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x, self.masks(x))
+        self.classifier.check_input(x, owner="TSARNet")
+        return self.classifier.run(x, self._masks(x))
