@@ -203,7 +203,7 @@ def test_missing_and_untrained_task_ids_are_errors(rotated):
 
 
 def test_wrong_model_and_arguments():
-    with pytest.raises(TypeError, match="FlyNet or NeuroModNet"):
+    with pytest.raises(TypeError, match="CRWN trains CRWN networks"):
         CRWN(model=torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match="n_iterations"):
         CRWN(model=FlyNet(1), n_iterations=0)

@@ -12,25 +12,26 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avalanche.models import MultiTaskModule
-
-from ._checks import as_task_labels, check_dtype, check_features, check_images
-from .modulated import ModulatedConv2d, ModulatedLinear, TaskBatchNorm2d, TaskModulation, derive_generator
+from ._checks import check_dtype, check_features
+from .modulated import ModulatedConv2d, ModulatedLinear, TaskModulation, derive_generator
+from .task_incremental import TaskIncrementalModule, TaskMLP, TaskResNet18
 
 __all__ = ["CRWNModule", "SparseFlyEncoder", "FlyNet", "NeuroModNet", "NeuroModResNet18"]
 
 
-class CRWNModule(MultiTaskModule):
-    """Base class: task bookkeeping shared by every CRWN network.
+class CRWNModule(TaskIncrementalModule):
+    """Base class of the CRWN networks: fixed random weights, per-task contexts and strengths.
 
-    Subclasses build their modulated layers, implement :meth:`forward_tasks`
-    and call :meth:`_finish_init` at the end of their constructor.
+    The task bookkeeping is :class:`~.task_incremental.TaskIncrementalModule`'s;
+    this class adds the paper's "pretrained mode" ablation. Subclasses build
+    their modulated layers, implement :meth:`forward_tasks` and call
+    :meth:`_finish_init` at the end of their constructor.
     """
 
     pretrained: bool = False
@@ -63,127 +64,22 @@ class CRWNModule(MultiTaskModule):
         """The per-task parameter holders of every modulated layer, in order."""
         return [m for m in self.modules() if isinstance(m, TaskModulation)]
 
-    @property
-    def n_tasks(self) -> int:
-        """Number of tasks the network holds parameters for."""
-        mods = self.modulations()
-        return mods[0].n_tasks if mods else 0
+    def shared_task_parameters(self, task: int) -> List[nn.Parameter]:
+        """In pretrained mode the first task also trains the shared weights."""
+        return self.shared_parameters() if task == 0 else []
 
-    @property
-    def trained_tasks(self) -> List[int]:
-        """Task labels the network was adapted to while training, sorted."""
-        return sorted(self.known_train_tasks_labels)
-
-    def add_task(self) -> int:
-        """Grow every per-task module (contexts, batch-norm statistics) by one task."""
-        growing = [m for m in self.modules() if isinstance(m, (TaskModulation, TaskBatchNorm2d))]
-        indices = {m.add_task() for m in growing}
-        (task,) = indices
-        return task
-
-    def ensure_tasks(self, n: int) -> None:
-        """Grow until the network holds parameters for ``n`` tasks."""
-        while self.n_tasks < n:
-            self.add_task()
-
-    def adaptation(self, experience) -> None:
-        """Add parameters for the experience's new task labels (training only)."""
-        labels = getattr(experience, "task_labels", None)
-        if self.training:
-            if not labels:
-                raise ValueError(
-                    "CRWN needs the task id: the training experience has no task "
-                    "labels. Build the benchmark with return_task_id=True."
-                )
-            self.ensure_tasks(max(labels) + 1)
-        super().adaptation(experience)
-
-    def task_parameters(self, task: int) -> List[nn.Parameter]:
-        """The learnable parameters of ``task`` across all layers.
-
-        In pretrained mode the first task also trains the shared weights.
-        """
-        self._check_known(task, allow_untrained=True)
-        own = [p for m in self.modulations() for p in m.task_parameters(task)]
-        return own + (self.shared_parameters() if task == 0 else [])
-
-    def freeze_task(self, task: int) -> None:
-        """Stop gradients to ``task``'s parameters (after it was learned)."""
-        for p in self.task_parameters(task):
-            p.requires_grad_(False)
+    def freeze_shared(self, task: int) -> None:
+        """Pretrained mode: the shared weights trained with the first task become fixed buffers."""
         if task == 0:
             for layer in self.modulated_layers():
                 layer.freeze_weight()
 
-    def params_per_task(self) -> int:
-        """Learnable parameters one task costs."""
-        return sum(m.params_per_task() for m in self.modulations())
-
-    def _check_known(self, task: int, allow_untrained: bool = False) -> None:
-        if task < 0 or task >= self.n_tasks:
-            raise ValueError(
-                f"task id {task} is out of range: the network holds {self.n_tasks} "
-                f"task(s), ids 0..{self.n_tasks - 1}. Train an experience with this "
-                f"task label first."
-            )
-        if not allow_untrained and task not in self.known_train_tasks_labels:
-            raise ValueError(
-                f"task id {task} was never trained; trained tasks: {self.trained_tasks}."
-            )
-
-    def _task_tensor(self, x: torch.Tensor, task_labels: Union[None, int, torch.Tensor]) -> torch.Tensor:
-        if task_labels is None:
-            raise ValueError(
-                "CRWN models need a task id for every sample: call model(x, task_labels) "
-                "(Avalanche does so when the benchmark has return_task_id=True)."
-            )
-        task_labels = as_task_labels(task_labels, x, owner=self._owner())
-        for t in torch.unique(task_labels).tolist():
-            self._check_known(int(t), allow_untrained=self.training)
-        return task_labels
-
-    def forward(self, x: torch.Tensor, task_labels: Union[None, int, torch.Tensor] = None) -> torch.Tensor:
-        """Logits of ``x`` under each sample's task; a mixed batch is one pass.
-
-        :param x: input batch.
-        :param task_labels: one task label per sample, or one for all.
-        :raises ValueError: a batch or task labels of the wrong shape or dtype,
-            with the shape expected, the shape received and the fix.
-        """
-        self.check_input(x)
-        return self.forward_tasks(x, self._task_tensor(x, task_labels))
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Subclasses: raise a ``ValueError`` naming the fix if ``x`` does not fit the network."""
-        raise NotImplementedError
-
-    def _owner(self) -> str:
-        """The network as its constructor call, for error messages."""
-        return type(self).__name__
-
-    def forward_single_task(self, x: torch.Tensor, task_label: int) -> torch.Tensor:
-        return self.forward(x, task_label)
-
-    def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
-        """Subclasses: logits given a validated ``(B,)`` task-label tensor."""
-        raise NotImplementedError
-
-    def get_extra_state(self) -> Dict[str, Any]:
-        return {"n_tasks": self.n_tasks, "trained_tasks": self.trained_tasks}
-
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        self.known_train_tasks_labels = set(int(t) for t in state["trained_tasks"])
+        super().set_extra_state(state)
         if self.pretrained and 0 in self.known_train_tasks_labels:
             # the saved buffers already hold the trained shared weights
             for layer in self.modulated_layers():
                 layer.shared_weight = None
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Load a state dict, first growing to the number of tasks it holds."""
-        extra = state_dict.get("_extra_state")
-        if isinstance(extra, dict) and "n_tasks" in extra:
-            self.ensure_tasks(int(extra["n_tasks"]))
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 class SparseFlyEncoder(nn.Module):
@@ -314,7 +210,7 @@ class FlyNet(CRWNModule):
         return self.decoder.forward_transposed(self.encoder.forward_transposed(x), task_labels)
 
 
-class NeuroModNet(CRWNModule):
+class NeuroModNet(CRWNModule, TaskMLP):
     """NeuroModNet, fully connected: every layer modulated, no biases.
 
     ``784 -> h -> ... -> 10`` with ReLU; per task it learns the sum of the
@@ -334,61 +230,14 @@ class NeuroModNet(CRWNModule):
     def __init__(self, hidden_sizes: Sequence[int] = (256, 256), *, input_size: int = 784,
                  n_classes: int = 10, init: str = "gaussian", local_only: bool = False,
                  pretrained: bool = False, seed: int = 0):
-        super().__init__()
-        sizes = [input_size, *[int(h) for h in hidden_sizes], n_classes]
-        if any(s < 1 for s in sizes):
-            raise ValueError(f"layer sizes must be positive, got {sizes}.")
-        self.hidden_sizes = tuple(sizes[1:-1])
-        self.layers = nn.ModuleList(
-            ModulatedLinear(a, b, init=init, seed=seed + 1000 * i, local_only=local_only)
-            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
-        )
+        def make_layer(index: int, d_in: int, d_out: int) -> ModulatedLinear:
+            return ModulatedLinear(d_in, d_out, init=init, seed=seed + 1000 * index, local_only=local_only)
+
+        super().__init__(make_layer, hidden_sizes, input_size=input_size, n_classes=n_classes)
         self._finish_init(pretrained)
 
-    @property
-    def input_size(self) -> int:
-        """Values per input sample (784 for MNIST)."""
-        return self.layers[0].in_features
 
-    def _owner(self) -> str:
-        return f"NeuroModNet(input_size={self.input_size})"
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """``(B, ...)`` with ``input_size`` values per sample, in the weights' dtype."""
-        check_features(x, self.input_size, owner=self._owner())
-        check_dtype(x, self.layers[0].weight.dtype, owner=self._owner())
-
-    def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
-        h = x.reshape(x.shape[0], -1)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, task_labels)
-            if i < len(self.layers) - 1:
-                h = F.relu(h)
-        return h
-
-
-class _ModulatedBasicBlock(nn.Module):
-    """ResNet basic block with modulated convolutions and per-task batch norm."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int, make_conv):
-        super().__init__()
-        self.conv1 = make_conv(in_planes, planes, 3, stride=stride, padding=1)
-        self.bn1 = TaskBatchNorm2d(planes)
-        self.conv2 = make_conv(planes, planes, 3, stride=1, padding=1)
-        self.bn2 = TaskBatchNorm2d(planes)
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = make_conv(in_planes, planes, 1, stride=stride, padding=0)
-            self.shortcut_bn = TaskBatchNorm2d(planes)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x, t), t))
-        out = self.bn2(self.conv2(out, t), t)
-        skip = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x, t), t)
-        return F.relu(out + skip)
-
-
-class NeuroModResNet18(CRWNModule):
+class NeuroModResNet18(CRWNModule, TaskResNet18):
     """NeuroModNet, convolutional: the reduced ResNet-18 of GEM/SupSup, every layer modulated.
 
     ``nf = 10 * width`` filters in the first stage (the "reduced" net halves
@@ -411,50 +260,17 @@ class NeuroModResNet18(CRWNModule):
     def __init__(self, width: int = 1, *, n_classes: int = 10, in_channels: int = 3,
                  init: str = "gaussian", local_only: bool = False, pretrained: bool = False,
                  seed: int = 0):
-        super().__init__()
-        if width < 1:
-            raise ValueError(f"width must be a positive integer, got {width}.")
-        self.width = width
-        nf = 10 * width
-        counter = iter(range(1, 10_000))
+        def make_layer(index: int, d_in: int, d_out: int, kernel_size: Optional[int] = None, stride: int = 1,
+                       padding: int = 0) -> nn.Module:
+            layer_seed = seed + 1000 * (index + 1)
+            if kernel_size is None:
+                return ModulatedLinear(d_in, d_out, init=init, seed=layer_seed, local_only=local_only)
+            return ModulatedConv2d(d_in, d_out, kernel_size, stride=stride, padding=padding, init=init,
+                                   seed=layer_seed, local_only=local_only)
 
-        def make_conv(c_in: int, c_out: int, k: int, stride: int, padding: int) -> ModulatedConv2d:
-            return ModulatedConv2d(c_in, c_out, k, stride=stride, padding=padding, init=init,
-                                   seed=seed + 1000 * next(counter), local_only=local_only)
-
-        self.conv1 = make_conv(in_channels, nf, 3, stride=1, padding=1)
-        self.bn1 = TaskBatchNorm2d(nf)
-        blocks = []
-        in_planes = nf
-        for planes, stride in ((nf, 1), (2 * nf, 2), (4 * nf, 2), (8 * nf, 2)):
-            for s in (stride, 1):
-                blocks.append(_ModulatedBasicBlock(in_planes, planes, s, make_conv))
-                in_planes = planes
-        self.blocks = nn.ModuleList(blocks)
-        self.linear = ModulatedLinear(8 * nf, n_classes, init=init, seed=seed + 1000 * next(counter),
-                                      local_only=local_only)
+        super().__init__(make_layer, width, n_classes=n_classes, in_channels=in_channels)
         self._finish_init(pretrained)
 
     def context_params_per_task(self) -> int:
         """Context entries per task, without the random strengths."""
         return sum(math.prod(m.context_shape) for m in self.modulations())
-
-    @property
-    def in_channels(self) -> int:
-        """Channels of an input image (3 for CIFAR)."""
-        return self.conv1.in_channels
-
-    def _owner(self) -> str:
-        return f"NeuroModResNet18(in_channels={self.in_channels})"
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """``(B, in_channels, H, W)``, in the kernels' dtype."""
-        check_images(x, self.in_channels, owner=self._owner())
-        check_dtype(x, self.conv1.weight.dtype, owner=self._owner())
-
-    def forward_tasks(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x, task_labels), task_labels))
-        for block in self.blocks:
-            out = block(out, task_labels)
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
-        return self.linear(out, task_labels)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_features, check_images, check_task_labels
+from .task_incremental import TaskBatchNorm2d, TaskState, run_per_task
 
 __all__ = ["derive_generator", "TaskModulation", "ModulatedLinear", "ModulatedConv2d", "TaskBatchNorm2d"]
 
@@ -43,7 +44,7 @@ def derive_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-class TaskModulation(nn.Module):
+class TaskModulation(TaskState):
     """Per-task contexts and random strengths of one layer.
 
     A new task's context is drawn from a xavier-normal distribution for a
@@ -133,9 +134,6 @@ def _random_weight(shape: Sequence[int], fan_in: int, init: str, generator: torc
         return torch.rand(tuple(shape), generator=generator) * (2 * bound) - bound
     raise ValueError(f"init must be one of {INITS}, got {init!r}.")
 
-
-
-
 class _FixedWeightMixin:
     """The fixed random weight, with an optional trainable phase.
 
@@ -163,6 +161,7 @@ class _FixedWeightMixin:
     def current_weight(self) -> torch.Tensor:
         """The weight the layer computes with."""
         return self.weight if self.shared_weight is None else self.shared_weight
+
 
 class ModulatedLinear(_FixedWeightMixin, nn.Module):
     """``y = a_t * R (c_t * x)`` with a fixed random ``R`` and no bias.
@@ -284,61 +283,8 @@ class ModulatedConv2d(_FixedWeightMixin, nn.Module):
         owner = f"ModulatedConv2d(in_channels={self.in_channels})"
         check_images(x, self.in_channels, owner=owner)
         check_task_labels(task_labels, x.shape[0], owner=owner)
-        uniq = torch.unique(task_labels)
-        if len(uniq) == 1:
-            return self._conv(x, int(uniq[0]))
-        out: Optional[torch.Tensor] = None
-        for t in uniq.tolist():
-            mask = task_labels == t
-            part = self._conv(x[mask], t)
-            if out is None:
-                out = part.new_empty((x.shape[0],) + part.shape[1:])
-            out[mask] = part
-        return out
+        return run_per_task(x, task_labels, self._conv)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, tasks={self.modulation.n_tasks}")
-
-
-class TaskBatchNorm2d(nn.Module):
-    """Batch norm with per-task running statistics and no affine parameters.
-
-    SupSup's non-affine multitask batch norm, as CRWN's convolutional nets
-    use it: each task normalises with its own statistics, so training a new
-    task never moves an earlier task's.
-
-    :param num_features: channels.
-    """
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-        self.norms = nn.ModuleList()
-
-    @property
-    def n_tasks(self) -> int:
-        """Number of tasks this layer holds statistics for."""
-        return len(self.norms)
-
-    def add_task(self) -> int:
-        """Create the next task's statistics; return its index."""
-        device = self.norms[0].running_mean.device if len(self.norms) else torch.device("cpu")
-        self.norms.append(nn.BatchNorm2d(self.num_features, affine=False).to(device))
-        return len(self.norms) - 1
-
-    def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
-        """:param x: ``(B, num_features, H, W)``.
-        :param task_labels: ``(B,)`` task labels, or one for all.
-        """
-        owner = f"TaskBatchNorm2d(num_features={self.num_features})"
-        check_images(x, self.num_features, owner=owner, argument="num_features")
-        check_task_labels(task_labels, x.shape[0], owner=owner)
-        uniq = torch.unique(task_labels)
-        if len(uniq) == 1:
-            return self.norms[int(uniq[0])](x)
-        out = torch.empty_like(x)
-        for t in uniq.tolist():
-            mask = task_labels == t
-            out[mask] = self.norms[t](x[mask])
-        return out
