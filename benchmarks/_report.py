@@ -57,6 +57,8 @@ repeated so that parsing arguments does not import torch and Avalanche."""
 DATA_ROOT_TEXT = "$" + DATA_ROOT_ENV
 """How a data root outside the repository is written (rule 2 of the module docstring)."""
 OUTSIDE_REPO = "<outside-repo>"
+EMBEDDED_DIGITS = "scikit-learn's digits (embedded, no download)"
+"""What a result records as its data when it read no data root."""
 """The prefix of any other absolute path (rule 3), whose last component alone is kept."""
 
 __all__ = ["REPO_ROOT", "RESULTS_MD", "DATA_ROOT_ENV", "DATA_ROOT_TEXT", "OUTSIDE_REPO", "add_dataset_root_argument",
@@ -298,18 +300,19 @@ def update_results_md(section: str, start: str, end: str, path: Path = RESULTS_M
     path.write_text(text)
 
 
-def result_header(argv: Optional[Sequence[str]], script: PathLike, dataset_root: PathLike) -> Dict[str, Any]:
+def result_header(argv: Optional[Sequence[str]], script: PathLike, dataset_root: Optional[PathLike]) -> Dict[str, Any]:
     """What every result file starts with: when, the command, the data (portably) and the machine.
 
     :param argv: the script's arguments (None: ``sys.argv[1:]``).
     :param script: the script's ``__file__``.
-    :param dataset_root: the data root the run read.
+    :param dataset_root: the data root the run read; None for scikit-learn's embedded digits.
     """
     return {
         "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command_line(argv, script=script),
-        "dataset_root": portable_path(dataset_root, is_data_root=True),
-        "data_files": data_files(dataset_root),
+        "dataset_root": (portable_path(dataset_root, is_data_root=True) if dataset_root is not None
+                         else EMBEDDED_DIGITS),
+        "data_files": data_files(dataset_root) if dataset_root is not None else [],
         "machine": machine_info(),
     }
 

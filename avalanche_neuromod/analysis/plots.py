@@ -8,7 +8,8 @@ import numpy as np
 
 from ..evaluation.results import ContinualResults
 
-__all__ = ["plot_accuracy_matrix", "plot_final_accuracy", "plot_accuracy_curves"]
+__all__ = ["plot_accuracy_matrix", "plot_final_accuracy", "plot_accuracy_curves", "plot_task_accuracies",
+           "plot_accuracy_vs_parameters"]
 
 ResultsLike = Union[ContinualResults, np.ndarray]
 
@@ -103,3 +104,61 @@ def plot_accuracy_curves(results: Sequence[ResultsLike], ax=None, title: str = "
         curve = r.accuracy_curve()
         ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3, label=r.name or str(k))
     return _finish(fig, ax, "experiences trained", "average accuracy", title)
+
+
+def _stream_rows(rows: Sequence[dict], stream: Optional[str]) -> list:
+    streams = sorted({r["stream"] for r in rows})
+    if stream is None:
+        if len(streams) != 1:
+            raise ValueError(f"the rows hold streams {streams}: pass stream= to pick one.")
+        stream = streams[0]
+    picked = [r for r in rows if r["stream"] == stream]
+    if not picked:
+        raise ValueError(f"no row of stream {stream!r}; the rows hold {streams}.")
+    return picked
+
+
+def plot_task_accuracies(rows: Sequence[dict], stream: Optional[str] = None, ax=None,
+                         title: Optional[str] = None):
+    """Final accuracy on every task, one line per method (the CRWN paper's Figures 2 and 4).
+
+    :param rows: summary rows of a comparison grid
+        (:func:`~avalanche_neuromod.evaluation.grid.summarize`).
+    :param stream: the stream to draw (needed when the rows hold several).
+    :param ax: draw into this axes (else a new figure).
+    :param title: defaults to the stream's name.
+    :return: the matplotlib figure.
+    """
+    picked = _stream_rows(rows, stream)
+    n_tasks = max(len(r["final_accuracies"]) for r in picked)
+    fig, ax = _figure(ax, (max(5.5, 0.18 * n_tasks + 3), 3.8))
+    for r in picked:
+        acc = r["final_accuracies"]
+        ax.plot(np.arange(len(acc)), acc, marker="o", ms=2.5, lw=1.2,
+                label=f"{r['method']} ({100 * r['avg_accuracy']:.1f}%)")
+    return _finish(fig, ax, "task", "final test accuracy", title or f"final accuracy per task: {picked[0]['stream']}",
+                   legend_loc="lower left")
+
+
+def plot_accuracy_vs_parameters(rows: Sequence[dict], stream: Optional[str] = None, ax=None,
+                                title: Optional[str] = None):
+    """Mean final accuracy against learnable parameters per task, log axis (the CRWN paper's Figures 3 and 5).
+
+    :param rows: summary rows of a comparison grid.
+    :param stream: the stream to draw (needed when the rows hold several).
+    :param ax: draw into this axes (else a new figure).
+    :param title: defaults to the stream's name.
+    :return: the matplotlib figure.
+    """
+    picked = _stream_rows(rows, stream)
+    fig, ax = _figure(ax, (6.0, 4.0))
+    for r in picked:
+        ax.scatter(r["params_per_task"], r["avg_accuracy"], s=28, label=r["method"])
+        ax.annotate(r["method"], (r["params_per_task"], r["avg_accuracy"]), textcoords="offset points",
+                    xytext=(4, 3), fontsize=7)
+    ax.set_xscale("log")
+    fig = _finish(fig, ax, "learnable parameters per task", "mean final accuracy",
+                  title or f"accuracy vs parameters per task: {picked[0]['stream']}", legend_loc="lower right")
+    low = min(r["avg_accuracy"] for r in picked)
+    ax.set_ylim(max(0.0, low - 0.1), 1.0)
+    return fig

@@ -1,18 +1,26 @@
-"""Evaluation helpers: a ready evaluator, extra metrics and result tables."""
+"""Evaluation helpers: a ready evaluator, extra metrics, result tables and the comparison grid."""
 
 from .accuracy import stream_accuracy
 from .evaluator import make_evaluator
+from .grid import Grid, GridCell, register_method, register_stream, run_grid, summarize, summary_table
 from .params import ParametersPerExperience, count_changed_parameters, parameters_per_experience_metrics
 from .results import ACC_PREFIX, ContinualResults, accuracy_matrix, results_table
 
 __all__ = [
     "ACC_PREFIX",
-    "ContinualResults",
-    "ParametersPerExperience",
     "accuracy_matrix",
+    "ContinualResults",
     "count_changed_parameters",
+    "Grid",
+    "GridCell",
     "make_evaluator",
     "parameters_per_experience_metrics",
+    "ParametersPerExperience",
+    "register_method",
+    "register_stream",
     "results_table",
+    "run_grid",
     "stream_accuracy",
+    "summarize",
+    "summary_table",
 ]

@@ -28,7 +28,7 @@ __all__ = ["CRWNModule", "SparseFlyEncoder", "FlyNet", "NeuroModNet", "NeuroModR
 class CRWNModule(TaskIncrementalModule):
     """Base class of the CRWN networks: fixed random weights, per-task contexts and strengths.
 
-    The task bookkeeping is :class:`~.task_incremental.TaskIncrementalModule`'s;
+    The task bookkeeping is :class:`~avalanche_neuromod.models.task_incremental.TaskIncrementalModule`'s;
     this class adds the paper's "pretrained mode" ablation. Subclasses build
     their modulated layers, implement :meth:`forward_tasks` and call
     :meth:`_finish_init` at the end of their constructor.

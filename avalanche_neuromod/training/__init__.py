@@ -2,6 +2,7 @@
 they share, the untrained-task eval rule, whole-batch training loaders and chunked training on online streams."""
 
 from .baselines import MTL, PSP, STL, BatchE, SupSup
+from .budget import IterationBudgetPlugin
 from .checkpoint import (
     CheckpointError,
     CheckpointMixin,
@@ -38,6 +39,7 @@ __all__ = [
     "Dynamos",
     "DynamosPlugin",
     "experience_task",
+    "IterationBudgetPlugin",
     "keep_ratio_reward",
     "load_strategy_state",
     "load_tsar_model",

@@ -1,11 +1,11 @@
 """The CRWN paper's baselines as Avalanche strategies: PSP, BatchE, SupSup, STL (one task at a time) and MTL.
 
-PSP, BatchE, SupSup and STL follow the rule of :mod:`.task_incremental`
+PSP, BatchE, SupSup and STL follow the rule of :mod:`~avalanche_neuromod.training.task_incremental`
 (a fresh optimiser per task over what the task may change, then freeze),
 so they differ only in their models (:mod:`avalanche_neuromod.models.psp`,
 ``.batch_ensemble``, ``.supsup``, ``.reference``) and defaults. MTL is
 Avalanche's joint training on a network with one head per task. Under any
-other Avalanche strategy, :class:`~.task_incremental.TaskParametersPlugin`
+other Avalanche strategy, :class:`~avalanche_neuromod.training.task_incremental.TaskParametersPlugin`
 applies the same rule to these models.
 
 Defaults (MNIST variants, 1,000 mini-batches of 128 per task, RMSProp):
@@ -43,7 +43,7 @@ DENSE_LR = 1e-4
 class PSP(TaskIncrementalStrategy):
     """PSP: the shared weights keep training on every task, each task seeing them through its fixed context.
 
-    Arguments as :class:`~.task_incremental.TaskIncrementalStrategy`'s;
+    Arguments as :class:`~avalanche_neuromod.training.task_incremental.TaskIncrementalStrategy`'s;
     default RMSProp lr 1e-4.
     """
 
@@ -56,7 +56,7 @@ class PSP(TaskIncrementalStrategy):
 class BatchE(TaskIncrementalStrategy):
     """BatchE: the first task trains the shared weights (lr ``shared_lr``) with its fast weights; later tasks only theirs.
 
-    Arguments as :class:`~.task_incremental.TaskIncrementalStrategy`'s;
+    Arguments as :class:`~avalanche_neuromod.training.task_incremental.TaskIncrementalStrategy`'s;
     defaults the paper's: RMSProp lr 0.01 for the fast weights, 1e-4 for the
     shared weights.
     """
@@ -71,7 +71,7 @@ class BatchE(TaskIncrementalStrategy):
 class SupSup(TaskIncrementalStrategy):
     """SupSup: each task learns the scores of its supermask over the fixed network.
 
-    Arguments as :class:`~.task_incremental.TaskIncrementalStrategy`'s;
+    Arguments as :class:`~avalanche_neuromod.training.task_incremental.TaskIncrementalStrategy`'s;
     default the paper's RMSProp lr 1e-4.
     """
 
@@ -84,7 +84,7 @@ class SupSup(TaskIncrementalStrategy):
 class STL(TaskIncrementalStrategy):
     """STL: each task trains its own network from scratch (an upper reference with no sharing).
 
-    Arguments as :class:`~.task_incremental.TaskIncrementalStrategy`'s;
+    Arguments as :class:`~avalanche_neuromod.training.task_incremental.TaskIncrementalStrategy`'s;
     default RMSProp lr 1e-4.
     """
 

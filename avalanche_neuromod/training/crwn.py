@@ -5,7 +5,7 @@ builds a fresh optimiser over just that task's parameters (RMSProp, lr 0.01
 by default), trains for a fixed number of mini-batches (the paper's 1,000 of
 128) or epochs, and freezes them. Nothing shared is ever updated, so the
 outputs of earlier tasks never change: zero forgetting by construction.
-The rule itself is :mod:`.task_incremental`'s, shared with the per-task
+The rule itself is :mod:`~avalanche_neuromod.training.task_incremental`'s, shared with the per-task
 baselines.
 """
 
@@ -46,7 +46,7 @@ class CRWN(TaskIncrementalStrategy):
     (``return_task_id=True``), one new task label per training experience.
     Evaluation skips experiences of tasks not trained yet, with a warning
     (:mod:`.untrained`); checkpoints go through :mod:`.checkpoint`. The
-    arguments are :class:`~.task_incremental.TaskIncrementalStrategy`'s; the
+    arguments are :class:`~avalanche_neuromod.training.task_incremental.TaskIncrementalStrategy`'s; the
     defaults are the paper's (RMSProp, lr 0.01, 1,000 mini-batches of 128
     per task).
     """

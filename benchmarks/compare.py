@@ -1,0 +1,238 @@
+"""The CRWN paper's comparison: CRWN, its baselines and Avalanche's strategies on Rotated and Permuted MNIST.
+
+Every method trains the same budget (``--n-iterations`` mini-batches of 128
+per task, the paper's 1,000) on the same task-incremental stream and is
+measured by one protocol (``avalanche_neuromod.evaluation.grid``): final
+accuracy on every task and its mean, forgetting, BWT, learnable parameters
+per task, seconds per task, peak memory. Methods (``PAPER_METHODS``):
+FlyNet-10d, NeuroModNet FC256 / FC1024 (CRWN); PSP with binary and
+rotational contexts, BatchE, SupSup (FC256 and FC1024), STL and MTL on the
+FC256 net; Avalanche's Naive, EWC, SI, LwF, Replay, DER and PackNet on a
+784-256-256-10 ReLU MLP (SGD lr 0.01, momentum 0.9; PackNet trains 3 epochs,
+pruning half of the free weights before the last).
+
+Targets (the CRWN paper's orderings), checked and written down:
+
+1. PSP's per-task accuracy is inconsistent on the permuted stream as tasks
+   accumulate: its spread over tasks (max - min final accuracy) exceeds
+   NeuroModNet-FC256's, and its earliest tasks are its worst;
+2. NeuroModNet-FC256 beats BatchE (FC256) with fewer parameters per task;
+3. FlyNet-10d or NeuroModNet-FC1024 reaches SupSup-FC1024's accuracy
+   (within 0.5 points, or above);
+4. speed: a SupSup task costs at most 2x a NeuroModNet task of the same width.
+
+Finished cells are cached (``--cache-dir``, one JSON per cell): a killed
+run started again skips them. Outputs: ``benchmarks/results/compare.json``
+(``--out``), the figures ``docs/images/compare_<stream>_tasks.png`` (final
+accuracy per task, the paper's Figures 2/4) and
+``docs/images/compare_<stream>_params.png`` (accuracy against parameters
+per task, Figures 3/5), and the ``compare`` section of ``docs/results.md``.
+
+Full scale (36 rotated and 20 permuted tasks, 1,000 batches per task; many
+hours on 2 CPU cores)::
+
+    python benchmarks/compare.py --dataset-root "$AVALANCHE_NEUROMOD_DATA"
+
+A reduced scale states itself in the results (``--tasks``, ``--n-iterations``)::
+
+    python benchmarks/compare.py --dataset-root "$AVALANCHE_NEUROMOD_DATA" \\
+        --tasks rotated=12 permuted=10 --n-iterations 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, portable_path, result_header,
+                     update_results_md, write_json)
+
+DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "compare.json"
+DEFAULT_CACHE = REPO_ROOT / "benchmarks" / "results" / "compare_cells"
+IMAGES = REPO_ROOT / "docs" / "images"
+SECTION_START = "<!-- compare:start -->"
+SECTION_END = "<!-- compare:end -->"
+
+FC256 = [256, 256]
+FC1024 = [1024, 1024]
+PAPER_METHODS: Dict[str, Dict[str, Any]] = {
+    "FlyNet-10d": {"kind": "crwn", "arch": "flynet", "expansion": 10},
+    "NeuroModNet-FC256": {"kind": "crwn", "hidden": FC256},
+    "NeuroModNet-FC1024": {"kind": "crwn", "hidden": FC1024},
+    "PSP-binary-FC256": {"kind": "psp", "hidden": FC256, "context": "binary"},
+    "PSP-rotational-FC256": {"kind": "psp", "hidden": FC256, "context": "rotational"},
+    "BatchE-FC256": {"kind": "batche", "hidden": FC256},
+    "SupSup-FC256": {"kind": "supsup", "hidden": FC256},
+    "SupSup-FC1024": {"kind": "supsup", "hidden": FC1024},
+    "STL-FC256": {"kind": "stl", "hidden": FC256},
+    "MTL-FC256": {"kind": "mtl", "hidden": FC256},
+    "Naive": {"kind": "naive", "hidden": FC256},
+    "EWC": {"kind": "ewc", "hidden": FC256, "ewc_lambda": 100.0},
+    "SI": {"kind": "si", "hidden": FC256, "si_lambda": 1.0},
+    "LwF": {"kind": "lwf", "hidden": FC256, "alpha": 1.0, "temperature": 2.0},
+    "Replay": {"kind": "replay", "hidden": FC256, "mem_size": 500},
+    "DER": {"kind": "der", "hidden": FC256, "mem_size": 500, "alpha": 0.1, "beta": 0.5},
+    "PackNet": {"kind": "packnet", "hidden": FC256, "epochs": 3, "post_prune_epochs": 1, "prune_proportion": 0.5},
+}
+PAPER_STREAMS = {"rotated": {"kind": "rotated", "n_experiences": 36}, "permuted": {"kind": "permuted", "n_experiences": 20}}
+SPEED_PAIRS = (("SupSup-FC256", "NeuroModNet-FC256"), ("SupSup-FC1024", "NeuroModNet-FC1024"))
+N_THREADS = 2
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_dataset_root_argument(parser)
+    parser.add_argument("--digits", action="store_true",
+                        help="use scikit-learn's digits instead of MNIST (no data needed; a smoke scale).")
+    parser.add_argument("--streams", nargs="+", choices=sorted(PAPER_STREAMS), default=list(PAPER_STREAMS))
+    parser.add_argument("--methods", nargs="+", choices=list(PAPER_METHODS), default=list(PAPER_METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--tasks", nargs="+", default=[], metavar="STREAM=N",
+                        help="tasks per stream (default: 36 rotated, 20 permuted).")
+    parser.add_argument("--n-iterations", type=int, default=1000, help="mini-batches of 128 per task.")
+    parser.add_argument("--eval-protocol", choices=("final", "seen"), default="final")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--figures", type=Path, default=IMAGES, help="folder of the figures.")
+    parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
+    args = parser.parse_args(argv)
+    args.root = None if args.digits else check_mnist_root(parser, args.dataset_root)
+    args.task_counts = {}
+    for item in args.tasks:
+        name, _, count = item.partition("=")
+        if name not in PAPER_STREAMS or not count.isdigit() or int(count) < 1:
+            parser.error(f"--tasks takes STREAM=N with STREAM in {sorted(PAPER_STREAMS)}, got {item!r}.")
+        args.task_counts[name] = int(count)
+    return args
+
+
+def build_grid(args: argparse.Namespace):
+    from avalanche_neuromod.evaluation import Grid
+
+    streams = {}
+    for name in args.streams:
+        spec = dict(PAPER_STREAMS[name])
+        spec["n_experiences"] = args.task_counts.get(name, spec["n_experiences"])
+        if args.digits:
+            spec["dataset"] = "digits"
+        streams[name] = spec
+    return Grid(methods={m: PAPER_METHODS[m] for m in args.methods}, streams=streams, seeds=args.seeds,
+                n_iterations=args.n_iterations, batch_size=128, eval_protocol=args.eval_protocol)
+
+
+def _row(rows: List[Dict[str, Any]], stream: str, method: str) -> Optional[Dict[str, Any]]:
+    return next((r for r in rows if r["stream"] == stream and r["method"] == method), None)
+
+
+def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The four targets of the module docstring, for every stream they can be checked on."""
+    targets = []
+    streams = sorted({r["stream"] for r in rows})
+    for stream in streams:
+        psp, ref = _row(rows, stream, "PSP-binary-FC256"), _row(rows, stream, "NeuroModNet-FC256")
+        if stream == "permuted" and psp and ref:
+            acc = psp["final_accuracies"]
+            spread = max(acc) - min(acc)
+            ref_spread = max(ref["final_accuracies"]) - min(ref["final_accuracies"])
+            third = max(1, len(acc) // 3)
+            early, late = sum(acc[:third]) / third, sum(acc[-third:]) / third
+            targets.append({"target": "PSP inconsistent on permuted tasks", "stream": stream,
+                            "met": spread > ref_spread and early < late,
+                            "measured": f"PSP spread {100 * spread:.1f} pts (NeuroModNet-FC256 {100 * ref_spread:.1f}); "
+                                        f"first third {100 * early:.1f}% vs last third {100 * late:.1f}%"})
+        batche = _row(rows, stream, "BatchE-FC256")
+        if batche and ref:
+            targets.append({"target": "NeuroModNet-FC256 beats BatchE with fewer params/task", "stream": stream,
+                            "met": ref["avg_accuracy"] > batche["avg_accuracy"]
+                            and ref["params_per_task"] < batche["params_per_task"],
+                            "measured": f"{100 * ref['avg_accuracy']:.2f}% ({ref['params_per_task']:,}) vs "
+                                        f"{100 * batche['avg_accuracy']:.2f}% ({batche['params_per_task']:,})"})
+        supsup = _row(rows, stream, "SupSup-FC1024")
+        ours = [r for r in (_row(rows, stream, "FlyNet-10d"), _row(rows, stream, "NeuroModNet-FC1024")) if r]
+        if supsup and ours:
+            best = max(ours, key=lambda r: r["avg_accuracy"])
+            targets.append({"target": "FlyNet or NeuroModNet reaches SupSup-FC1024", "stream": stream,
+                            "met": best["avg_accuracy"] >= supsup["avg_accuracy"] - 0.005,
+                            "measured": f"{best['method']} {100 * best['avg_accuracy']:.2f}% vs SupSup "
+                                        f"{100 * supsup['avg_accuracy']:.2f}%"})
+        for sup_name, nm_name in SPEED_PAIRS:
+            sup, nm = _row(rows, stream, sup_name), _row(rows, stream, nm_name)
+            if sup and nm:
+                ratio = sup["seconds_per_task"] / nm["seconds_per_task"]
+                targets.append({"target": f"{sup_name} task <= 2x {nm_name}", "stream": stream, "met": ratio <= 2.0,
+                                "measured": f"{sup['seconds_per_task']:.1f} s vs {nm['seconds_per_task']:.1f} s "
+                                            f"= {ratio:.2f}x"})
+    return targets
+
+
+def draw_figures(rows: List[Dict[str, Any]], folder: Path, prefix: str) -> List[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from avalanche_neuromod.analysis import plot_accuracy_vs_parameters, plot_task_accuracies
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stream in sorted({r["stream"] for r in rows}):
+        for suffix, draw in (("tasks", plot_task_accuracies), ("params", plot_accuracy_vs_parameters)):
+            path = folder / f"{prefix}{stream}_{suffix}.png"
+            fig = draw(rows, stream=stream)
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(portable_path(path))
+    return written
+
+
+def render_section(result: Dict[str, Any]) -> str:
+    lines = [SECTION_START, "## Comparison: CRWN, the paper's baselines and Avalanche's strategies", "",
+             f"Command: `{result['command']}`", "", f"Data: {result['dataset_root']}. Scale: {result['scale']}.",
+             f"Machine: {result['machine']['cpu_count']} CPU cores, {result['timestamp_utc']}.", "",
+             result["table"], "", "Targets (the CRWN paper's orderings):", ""]
+    for t in result["targets"]:
+        lines.append(f"- {t['stream']}: {t['target']}: **{'met' if t['met'] else 'NOT met'}** ({t['measured']})")
+    lines += [""] + [f"![{Path(f).stem}]({Path(f).relative_to('docs') if f.startswith('docs/') else f})"
+                     for f in result["figures"]]
+    lines += ["", *result.get("notes", []), SECTION_END]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from avalanche_neuromod.evaluation import run_grid, summarize, summary_table
+
+    torch.set_num_threads(N_THREADS)
+    grid = build_grid(args)
+    full = (args.n_iterations == 1000 and not args.digits
+            and all(grid.streams[s]["n_experiences"] == PAPER_STREAMS[s]["n_experiences"] for s in grid.streams))
+    scale = (", ".join(f"{name} {spec['n_experiences']} tasks" for name, spec in grid.streams.items())
+             + f", {args.n_iterations} mini-batches of 128 per task, seeds {args.seeds}, eval protocol "
+               f"'{args.eval_protocol}'" + ("" if full else "; REDUCED from the paper's 36 rotated / 20+ permuted "
+                                                           "tasks of 1,000 mini-batches"))
+    header = result_header(argv, __file__, args.root)
+
+    def on_cell(cell, r, cached):
+        print(f"{'cached' if cached else 'done'}: {cell.label}: {100 * r['avg_accuracy']:.2f}% "
+              f"{r['seconds_per_task']:.1f} s/task", flush=True)
+
+    cells = run_grid(grid, dataset_root=args.root, cache_dir=args.cache_dir, on_cell=on_cell)
+    rows = summarize(cells)
+    result = {**header, "grid": grid.to_dict(), "scale": scale, "cells": cells, "summary": rows,
+              "table": summary_table(rows), "targets": check_targets(rows), "notes": [],
+              "cache_dir": portable_path(args.cache_dir)}
+    result["figures"] = draw_figures(rows, args.figures, "compare_digits_" if args.digits else "compare_")
+    print(result["table"])
+    for t in result["targets"]:
+        print(f"{t['stream']}: {t['target']}: {'met' if t['met'] else 'NOT met'} ({t['measured']})")
+    write_json(result, args.out)
+    if not args.no_docs:
+        update_results_md(render_section(result), SECTION_START, SECTION_END)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The comparison grid: one protocol for every method, cached cells, summaries, figures, the benchmark script."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avalanche.training import Naive
+
+from avalanche_neuromod.benchmarks import PermutedMNIST
+from avalanche_neuromod.evaluation import Grid, GridCell, make_evaluator, run_grid, summarize, summary_table
+from avalanche_neuromod.evaluation.grid import PeakMemory, build_stream, params_per_task
+from avalanche_neuromod.training import IterationBudgetPlugin
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = {"kind": "permuted", "n_experiences": 2, "dataset": "digits"}
+METHODS = {
+    "FC32": {"kind": "crwn", "hidden": [32]},
+    "SupSup": {"kind": "supsup", "hidden": [32]},
+    "MTL": {"kind": "mtl", "hidden": [32]},
+    "Naive": {"kind": "naive", "hidden": [32]},
+}
+
+
+def _grid(**kwargs):
+    return Grid(methods=METHODS, streams={"digits": DIGITS}, n_iterations=4, batch_size=32, **kwargs)
+
+
+def test_grid_is_data_and_rejects_unknown_kinds_and_keys(tmp_path):
+    grid = _grid(seeds=[0, 1])
+    assert grid.cells()[:2] == [GridCell("FC32", "digits", 0), GridCell("FC32", "digits", 1)]
+    assert len(grid.cells()) == 8
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(grid.to_dict()))
+    again = Grid.from_json(path)
+    assert again.to_dict() == grid.to_dict()
+    assert again.cell_key(again.cells()[0]) == grid.cell_key(grid.cells()[0])
+    changed = Grid.from_dict({**grid.to_dict(), "n_iterations": 5})
+    assert changed.cell_key(changed.cells()[0]) != grid.cell_key(grid.cells()[0])
+    with pytest.raises(ValueError, match="known kinds"):
+        Grid(methods={"x": {"kind": "nope"}}, streams={"digits": DIGITS})
+    with pytest.raises(ValueError, match="unknown grid keys"):
+        Grid.from_dict({**grid.to_dict(), "epochs": 3})
+    with pytest.raises(ValueError, match="eval_protocol"):
+        _grid(eval_protocol="sometimes")
+
+
+def test_every_cell_is_measured_the_same_way_and_cached(tmp_path):
+    grid = _grid(eval_protocol="final")
+    seen = []
+    results = run_grid(grid, cache_dir=tmp_path, progress=False, on_cell=lambda c, r, cached: seen.append(cached))
+    assert seen == [False] * 4 and len(list(tmp_path.glob("*.json"))) == 4
+    by = {r["method"]: r for r in results}
+    for r in results:
+        matrix = np.array(r["accuracy_matrix"], dtype=float)
+        assert matrix.shape == (2, 2) and not np.isnan(matrix[-1]).any()
+        assert r["avg_accuracy"] == pytest.approx(matrix[-1].mean())
+        assert r["seconds_per_task"] > 0 and r["peak_rss_mb"] > 0
+    # the diagonal is measured right after each task (protocol "final"), except for joint training
+    assert not np.isnan(np.array(by["FC32"]["accuracy_matrix"], dtype=float)[0, 0])
+    assert by["FC32"]["avg_forgetting"] == 0.0 and by["SupSup"]["avg_forgetting"] == 0.0
+    assert by["MTL"]["joint"] and by["MTL"]["avg_forgetting"] is None
+    assert by["FC32"]["params_per_task"] == 784 + 32 + 2
+    assert by["SupSup"]["params_per_task"] == 784 * 32 + 32 * 10
+    assert by["Naive"]["params_per_task"] == 784 * 32 + 32 + 32 * 10 + 10
+    seen.clear()
+    again = run_grid(grid, cache_dir=tmp_path, progress=False, on_cell=lambda c, r, cached: seen.append(cached))
+    assert seen == [True] * 4 and again == results
+
+
+def test_same_seed_same_numbers():
+    grid = Grid(methods={"Naive": METHODS["Naive"]}, streams={"digits": DIGITS}, n_iterations=4, batch_size=32)
+    a, b = run_grid(grid, progress=False), run_grid(grid, progress=False)
+    assert a[0]["accuracy_matrix"] == b[0]["accuracy_matrix"]
+
+
+def test_summary_rows_table_and_figures():
+    cells = [{"stream": "s", "method": m, "kind": "crwn", "seed": seed, "avg_accuracy": acc,
+              "avg_forgetting": 0.0, "bwt": 0.0, "params_per_task": p, "seconds_per_task": 1.0,
+              "peak_rss_mb": 100.0 + seed, "final_accuracies": [acc, acc]}
+             for m, p, accs in (("A", 10, (0.8, 0.9)), ("B", 1000, (0.95, 0.95))) for seed, acc in enumerate(accs)]
+    rows = summarize(cells)
+    a = next(r for r in rows if r["method"] == "A")
+    assert a["avg_accuracy"] == pytest.approx(0.85) and a["avg_accuracy_std"] == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert a["peak_rss_mb"] == 101.0
+    table = summary_table(rows)
+    assert "| s | A | 2 | 85.00 +- 7.07 | 0.00 |" in table and "1,000" in table
+    from avalanche_neuromod.analysis import plot_accuracy_vs_parameters, plot_task_accuracies
+
+    assert plot_task_accuracies(rows).axes[0].get_lines()
+    assert plot_accuracy_vs_parameters(rows).axes[0].get_xscale() == "log"
+    with pytest.raises(ValueError, match="pass stream="):
+        plot_task_accuracies(rows + [{**rows[0], "stream": "t"}])
+
+
+def test_iteration_budget_plugin_trains_exactly_n_batches():
+    bm = PermutedMNIST(n_experiences=2, dataset="digits", seed=0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                     criterion=torch.nn.CrossEntropyLoss(), train_mb_size=64,
+                     plugins=[IterationBudgetPlugin(23)], evaluator=make_evaluator(progress_bar=False))
+    for exp in bm.train_stream:
+        strategy.train(exp)
+        assert strategy.clock.train_exp_iterations == 23  # 450 images: 8 batches an epoch, 3 epochs started
+    with pytest.raises(ValueError, match="at least 1"):
+        IterationBudgetPlugin(0)
+    assert params_per_task(model) == 7850
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as memory:
+        block = np.ones(50_000_000 // 8)
+        block += 1
+    assert memory.peak_mb >= PeakMemory.rss_mb() - 1 and memory.peak_mb > 40
+
+
+def test_stream_info():
+    benchmark, info = build_stream({"kind": "rotated", "n_experiences": 3, "dataset": "digits"})
+    assert info.image_shape == (1, 28, 28) and info.n_classes == 10 and info.n_experiences == 3
+    assert info.input_size == 784
+
+
+def test_compare_benchmark_writes_the_table_targets_and_figures(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import compare
+
+    out = tmp_path / "compare.json"
+    code = compare.main(["--digits", "--streams", "permuted", "--tasks", "permuted=2", "--n-iterations", "3",
+                         "--methods", "NeuroModNet-FC256", "BatchE-FC256", "PSP-binary-FC256", "SupSup-FC256",
+                         "--cache-dir", str(tmp_path / "cells"), "--out", str(out), "--figures", str(tmp_path),
+                         "--no-docs"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert "REDUCED" in result["scale"] and result["dataset_root"].startswith("scikit-learn")
+    assert {r["method"] for r in result["summary"]} == {"NeuroModNet-FC256", "BatchE-FC256", "PSP-binary-FC256",
+                                                        "SupSup-FC256"}
+    names = {t["target"] for t in result["targets"]}
+    assert "NeuroModNet-FC256 beats BatchE with fewer params/task" in names
+    assert "SupSup-FC256 task <= 2x NeuroModNet-FC256" in names
+    assert "PSP inconsistent on permuted tasks" in names
+    for stream_fig in ("compare_digits_permuted_tasks.png", "compare_digits_permuted_params.png"):
+        assert (tmp_path / stream_fig).stat().st_size > 1000
+    assert "| permuted | SupSup-FC256 |" in result["table"]
+
+
+def test_example_runs_a_small_grid_and_draws_the_figures(tmp_path, capsys):
+    path = REPO / "examples" / "compare_methods.py"
+    spec = importlib.util.spec_from_file_location("compare_methods", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(["--tasks", "2", "--iterations", "3", "--methods", "NeuroModNet-FC256", "STL-FC256", "EWC",
+                  "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "| permuted | EWC | 1 |" in printed
+    assert (tmp_path / "permuted_tasks.png").stat().st_size > 1000
+    assert (tmp_path / "permuted_params.png").stat().st_size > 1000
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 3
+
+
+def test_every_method_kind_trains_in_a_grid():
+    from avalanche_neuromod.evaluation.grid import METHOD_KINDS
+
+    methods = {kind: {"kind": kind, "hidden": [16]} for kind in METHOD_KINDS}
+    methods["flynet"] = {"kind": "crwn", "arch": "flynet", "expansion": 1}
+    methods["packnet"]["epochs"] = 2
+    methods["psp-rot"] = {"kind": "psp", "hidden": [16], "context": "rotational"}
+    grid = Grid(methods=methods, streams={"digits": DIGITS}, n_iterations=2, batch_size=32)
+    results = {r["method"]: r for r in run_grid(grid, progress=False)}
+    assert set(results) == set(methods)
+    for name, r in results.items():
+        assert 0.0 <= r["avg_accuracy"] <= 1.0 and len(r["final_accuracies"]) == 2, name
+    for zero in ("crwn", "flynet", "supsup", "stl", "batche"):
+        assert results[zero]["avg_forgetting"] == 0.0, zero
