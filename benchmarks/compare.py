@@ -76,7 +76,7 @@ PAPER_METHODS: Dict[str, Dict[str, Any]] = {
     "DER": {"kind": "der", "hidden": FC256, "mem_size": 500, "alpha": 0.1, "beta": 0.5},
     "PackNet": {"kind": "packnet", "hidden": FC256, "epochs": 3, "post_prune_epochs": 1, "prune_proportion": 0.5},
 }
-PAPER_STREAMS = {"rotated": {"kind": "rotated", "n_experiences": 36}, "permuted": {"kind": "permuted", "n_experiences": 20}}
+PAPER_STREAMS = {"permuted": {"kind": "permuted", "n_experiences": 20}, "rotated": {"kind": "rotated", "n_experiences": 36}}
 SPEED_PAIRS = (("SupSup-FC256", "NeuroModNet-FC256"), ("SupSup-FC1024", "NeuroModNet-FC1024"))
 N_THREADS = 2
 
@@ -97,7 +97,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--figures", type=Path, default=IMAGES, help="folder of the figures.")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
+    parser.add_argument("--label", default=None,
+                        help="a grid of its own: writes compare_LABEL.json, figures compare_LABEL_*.png and its own "
+                             "section of docs/results.md (default: compare.json and the 'compare' section).")
     args = parser.parse_args(argv)
+    if args.label is not None and not args.label.replace("-", "").replace("_", "").isalnum():
+        parser.error(f"--label takes letters, digits, '-' and '_', got {args.label!r}.")
+    if args.label is not None and args.out == DEFAULT_OUT:
+        args.out = DEFAULT_OUT.with_name(f"compare_{args.label}.json")
     args.root = None if args.digits else check_mnist_root(parser, args.dataset_root)
     args.task_counts = {}
     for item in args.tasks:
@@ -186,8 +193,17 @@ def draw_figures(rows: List[Dict[str, Any]], folder: Path, prefix: str) -> List[
     return written
 
 
-def render_section(result: Dict[str, Any]) -> str:
-    lines = [SECTION_START, "## Comparison: CRWN, the paper's baselines and Avalanche's strategies", "",
+def section_markers(label: Optional[str]) -> tuple:
+    """The delimiters of this grid's section of docs/results.md."""
+    if label is None:
+        return SECTION_START, SECTION_END
+    return f"<!-- compare:{label}:start -->", f"<!-- compare:{label}:end -->"
+
+
+def render_section(result: Dict[str, Any], label: Optional[str] = None) -> str:
+    start, end = section_markers(label)
+    title = "## Comparison: CRWN, the paper's baselines and Avalanche's strategies" + (f" ({label})" if label else "")
+    lines = [start, title, "",
              f"Command: `{result['command']}`", "", f"Data: {result['dataset_root']}. Scale: {result['scale']}.",
              f"Machine: {result['machine']['cpu_count']} CPU cores, {result['timestamp_utc']}.", "",
              result["table"], "", "Targets (the CRWN paper's orderings):", ""]
@@ -195,7 +211,7 @@ def render_section(result: Dict[str, Any]) -> str:
         lines.append(f"- {t['stream']}: {t['target']}: **{'met' if t['met'] else 'NOT met'}** ({t['measured']})")
     lines += [""] + [f"![{Path(f).stem}]({Path(f).relative_to('docs') if f.startswith('docs/') else f})"
                      for f in result["figures"]]
-    lines += ["", *result.get("notes", []), SECTION_END]
+    lines += ["", *result.get("notes", []), end]
     return "\n".join(lines)
 
 
@@ -224,13 +240,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = {**header, "grid": grid.to_dict(), "scale": scale, "cells": cells, "summary": rows,
               "table": summary_table(rows), "targets": check_targets(rows), "notes": [],
               "cache_dir": portable_path(args.cache_dir)}
-    result["figures"] = draw_figures(rows, args.figures, "compare_digits_" if args.digits else "compare_")
+    prefix = "compare_" + (f"{args.label}_" if args.label else "") + ("digits_" if args.digits else "")
+    result["figures"] = draw_figures(rows, args.figures, prefix)
     print(result["table"])
     for t in result["targets"]:
         print(f"{t['stream']}: {t['target']}: {'met' if t['met'] else 'NOT met'} ({t['measured']})")
     write_json(result, args.out)
     if not args.no_docs:
-        update_results_md(render_section(result), SECTION_START, SECTION_END)
+        update_results_md(render_section(result, args.label), *section_markers(args.label))
     return 0
 
 
