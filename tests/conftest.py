@@ -95,3 +95,31 @@ def start_script(script: Path, mode: str, ckpt: Path, folder: Path, stdout=None)
     return subprocess.Popen([sys.executable, str(script), mode, str(ckpt), str(folder / f"{mode}.pt")],
                             stdout=subprocess.DEVNULL if stdout is None else stdout, stderr=subprocess.DEVNULL,
                             env=env, text=True)
+
+
+def train_with_resume(make_strategy, experiences, path: Path, resume_after=None):
+    """Train ``experiences`` in order; after experience ``resume_after`` save, rebuild and resume from ``path``.
+
+    Returns the final model's state dict; with ``resume_after=None`` the run is uninterrupted.
+    """
+    torch.manual_seed(0)
+    strategy = make_strategy()
+    for exp in experiences:
+        if resume_after is not None and exp.current_experience == resume_after + 1:
+            strategy.save_checkpoint(path)
+            torch.manual_seed(1234)  # the killed process's RNG is gone
+            strategy = make_strategy()
+            strategy.load_checkpoint(path)
+            assert strategy.model.trained_tasks == list(range(resume_after + 1))
+        strategy.train(exp)
+    return strategy.model.state_dict()
+
+
+def assert_same_state(a, b) -> None:
+    """Two model state dicts hold the same keys and bit-identical tensors."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if key == "_extra_state":
+            assert a[key] == b[key]
+        else:
+            assert torch.equal(a[key], b[key]), key

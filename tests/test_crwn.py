@@ -10,6 +10,7 @@ from avalanche_neuromod.benchmarks import RotatedMNIST
 from avalanche_neuromod.evaluation import ParametersPerExperience, make_evaluator
 from avalanche_neuromod.models import FlyNet, ModulatedConv2d, ModulatedLinear, NeuroModNet, SparseFlyEncoder
 from avalanche_neuromod.training import CRWN, CRWNPlugin, UntrainedTaskWarning
+from conftest import assert_same_state, train_with_resume
 
 
 @pytest.fixture(scope="module")
@@ -222,25 +223,12 @@ def test_nan_loss_is_reported(rotated):
 
 
 def test_checkpoint_and_resume_give_identical_results(rotated, tmp_path, one_thread):
-    def run(resume_after=None):
-        torch.manual_seed(0)
-        strategy = _strategy(NeuroModNet((32,), seed=4), iterations=20)
-        for exp in rotated.train_stream:
-            if resume_after is not None and exp.current_experience == resume_after + 1:
-                strategy.save_checkpoint(tmp_path / "crwn.pt")
-                torch.manual_seed(1234)  # the killed process's RNG is gone
-                strategy = _strategy(NeuroModNet((32,), seed=4), iterations=20)
-                strategy.load_checkpoint(tmp_path / "crwn.pt")
-                assert strategy.model.trained_tasks == list(range(resume_after + 1))
-            strategy.train(exp)
-        return strategy.model.state_dict()
+    def make():
+        return _strategy(NeuroModNet((32,), seed=4), iterations=20)
 
-    uninterrupted, resumed = run(), run(resume_after=0)
-    assert uninterrupted.keys() == resumed.keys()
-    for key in uninterrupted:
-        if key != "_extra_state":
-            assert torch.equal(uninterrupted[key], resumed[key]), key
-    assert uninterrupted["_extra_state"] == resumed["_extra_state"]
+    path = tmp_path / "crwn.pt"
+    assert_same_state(train_with_resume(make, rotated.train_stream, path),
+                      train_with_resume(make, rotated.train_stream, path, resume_after=0))
 
 
 def test_context_similarity_and_plot():

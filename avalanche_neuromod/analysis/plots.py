@@ -118,6 +118,24 @@ def _stream_rows(rows: Sequence[dict], stream: Optional[str]) -> list:
     return picked
 
 
+_MARKERS = "os^Dv<>PX*"
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _style(k: int) -> dict:
+    """Colour, marker and line style of the ``k``-th method: distinct beyond the 10 colours of the cycle."""
+    return {"color": f"C{k % 10}", "marker": _MARKERS[k % len(_MARKERS)], "linestyle": _LINESTYLES[(k // 10) % 4]}
+
+
+def _outside_legend(fig, ax, xlabel: str, ylabel: str, title: str):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
 def plot_task_accuracies(rows: Sequence[dict], stream: Optional[str] = None, ax=None,
                          title: Optional[str] = None):
     """Final accuracy on every task, one line per method (the CRWN paper's Figures 2 and 4).
@@ -131,13 +149,17 @@ def plot_task_accuracies(rows: Sequence[dict], stream: Optional[str] = None, ax=
     """
     picked = _stream_rows(rows, stream)
     n_tasks = max(len(r["final_accuracies"]) for r in picked)
-    fig, ax = _figure(ax, (max(5.5, 0.18 * n_tasks + 3), 3.8))
-    for r in picked:
+    fig, ax = _figure(ax, (max(7.5, 0.18 * n_tasks + 5), 4.0))
+    for k, r in enumerate(picked):
         acc = r["final_accuracies"]
-        ax.plot(np.arange(len(acc)), acc, marker="o", ms=2.5, lw=1.2,
-                label=f"{r['method']} ({100 * r['avg_accuracy']:.1f}%)")
-    return _finish(fig, ax, "task", "final test accuracy", title or f"final accuracy per task: {picked[0]['stream']}",
-                   legend_loc="lower left")
+        ax.plot(np.arange(len(acc)), acc, ms=3, lw=1.1, label=f"{r['method']} ({100 * r['avg_accuracy']:.1f}%)",
+                **_style(k))
+    ax.set_ylim(0, 1)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _outside_legend(fig, ax, "task", "final test accuracy",
+                           title or f"final accuracy per task: {picked[0]['stream']}")
 
 
 def plot_accuracy_vs_parameters(rows: Sequence[dict], stream: Optional[str] = None, ax=None,
@@ -151,14 +173,13 @@ def plot_accuracy_vs_parameters(rows: Sequence[dict], stream: Optional[str] = No
     :return: the matplotlib figure.
     """
     picked = _stream_rows(rows, stream)
-    fig, ax = _figure(ax, (6.0, 4.0))
-    for r in picked:
-        ax.scatter(r["params_per_task"], r["avg_accuracy"], s=28, label=r["method"])
-        ax.annotate(r["method"], (r["params_per_task"], r["avg_accuracy"]), textcoords="offset points",
-                    xytext=(4, 3), fontsize=7)
+    fig, ax = _figure(ax, (7.5, 4.0))
+    for k, r in enumerate(picked):
+        style = _style(k)
+        ax.scatter(r["params_per_task"], r["avg_accuracy"], s=36, color=style["color"], marker=style["marker"],
+                   label=f"{r['method']} ({100 * r['avg_accuracy']:.1f}%)")
     ax.set_xscale("log")
-    fig = _finish(fig, ax, "learnable parameters per task", "mean final accuracy",
-                  title or f"accuracy vs parameters per task: {picked[0]['stream']}", legend_loc="lower right")
     low = min(r["avg_accuracy"] for r in picked)
-    ax.set_ylim(max(0.0, low - 0.1), 1.0)
-    return fig
+    ax.set_ylim(max(0.0, low - 0.05), 1.0)
+    return _outside_legend(fig, ax, "learnable parameters per task", "mean final accuracy",
+                           title or f"accuracy vs parameters per task: {picked[0]['stream']}")

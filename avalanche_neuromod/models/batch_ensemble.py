@@ -40,14 +40,13 @@ class RankOneFactors(TaskState):
         self.r = nn.ParameterList()
         self.s = nn.ParameterList()
         self.bias = nn.ParameterList()
-        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
     @property
     def n_tasks(self) -> int:
         return len(self.r)
 
     def add_task(self) -> int:
-        device = self._anchor.device
+        device = self.device
         self.r.append(nn.Parameter(torch.ones(self.out_features, device=device)))
         self.s.append(nn.Parameter(torch.ones(self.in_features, device=device)))
         self.bias.append(nn.Parameter(torch.zeros(self.out_features, device=device)))

@@ -78,15 +78,10 @@ class TaskModulation(TaskState):
         std = math.sqrt(2.0 / (fan_in + 1))
         context = torch.randn(self.context_shape, generator=g) * std
         strength = torch.randn(1, generator=g)
-        device = self._device()
+        device = self.device
         self.contexts.append(nn.Parameter(context.to(device)))
         self.strengths.append(nn.Parameter(strength.to(device), requires_grad=not self.local_only))
         return task
-
-    def _device(self) -> torch.device:
-        for p in self.contexts:
-            return p.device
-        return torch.device("cpu")
 
     def task_parameters(self, task: int) -> List[nn.Parameter]:
         """The learnable parameters of ``task`` in this layer."""

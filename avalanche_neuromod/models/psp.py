@@ -59,8 +59,6 @@ class PSPContexts(TaskState):
         self.kind = kind
         self.seed = int(seed)
         self._n_tasks = 0
-        # Moves with the module (.to(device)), so new contexts land on the layer's device.
-        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
     @property
     def n_tasks(self) -> int:
@@ -73,7 +71,7 @@ class PSPContexts(TaskState):
             context = torch.randint(0, 2, (self.fan_in,), generator=g).float() * 2 - 1
         else:
             context = random_orthogonal(self.fan_in, g)
-        self.register_buffer(f"context_{task}", context.to(self._anchor.device), persistent=False)
+        self.register_buffer(f"context_{task}", context.to(self.device), persistent=False)
         self._n_tasks += 1
         return task
 

@@ -36,7 +36,6 @@ class TaskWeights(TaskState):
         self.fan_in = int(fan_in)
         self.seed = int(seed)
         self.weights = nn.ParameterList()
-        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
     @property
     def n_tasks(self) -> int:
@@ -44,7 +43,7 @@ class TaskWeights(TaskState):
 
     def add_task(self) -> int:
         values = kaiming_normal(self.shape, self.fan_in, derive_generator(self.seed, self.n_tasks))
-        self.weights.append(nn.Parameter(values.to(self._anchor.device)))
+        self.weights.append(nn.Parameter(values.to(self.device)))
         return len(self.weights) - 1
 
     def task_parameters(self, task: int) -> List[nn.Parameter]:

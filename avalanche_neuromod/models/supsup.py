@@ -126,7 +126,6 @@ class SupermaskScores(TaskState):
         self.scores = nn.ParameterList()
         self._frozen_masks: Dict[int, Tuple[Tuple[int, int], torch.Tensor]] = {}
         self._float_mask: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
     @property
     def n_tasks(self) -> int:
@@ -135,7 +134,7 @@ class SupermaskScores(TaskState):
     def add_task(self) -> int:
         bound = 1.0 / self.fan_in ** 0.5
         values = torch.rand(self.shape, generator=derive_generator(self.seed, self.n_tasks)) * (2 * bound) - bound
-        self.scores.append(nn.Parameter(values.to(self._anchor.device)))
+        self.scores.append(nn.Parameter(values.to(self.device)))
         return len(self.scores) - 1
 
     def task_parameters(self, task: int) -> List[nn.Parameter]:

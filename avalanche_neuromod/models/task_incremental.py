@@ -67,8 +67,19 @@ class TaskState(nn.Module):
     """The per-task state of one layer; grows by one task at a time.
 
     Subclasses implement :attr:`n_tasks` and :meth:`add_task`, and
-    :meth:`task_parameters` when the state is learned.
+    :meth:`task_parameters` when the state is learned; a new task's state is
+    created on :attr:`device`, which follows the module's ``.to()``.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # An empty buffer moves with the module, so a task added after .to(device) lands there too.
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where new tasks' state is created."""
+        return self._anchor.device
 
     @property
     def n_tasks(self) -> int:
@@ -110,8 +121,7 @@ class TaskBatchNorm2d(TaskState):
 
     def add_task(self) -> int:
         """Create the next task's statistics; return its index."""
-        device = self.norms[0].running_mean.device if len(self.norms) else torch.device("cpu")
-        self.norms.append(nn.BatchNorm2d(self.num_features, affine=False).to(device))
+        self.norms.append(nn.BatchNorm2d(self.num_features, affine=False).to(self.device))
         return len(self.norms) - 1
 
     def forward(self, x: torch.Tensor, task_labels: torch.Tensor) -> torch.Tensor:
