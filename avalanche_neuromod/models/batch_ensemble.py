@@ -20,8 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .modulated import derive_generator
-from .task_incremental import TaskMLP, TaskResNet18, TaskState, TaskWeightLayer, kaiming_normal
+from .task_incremental import TaskMLP, TaskResNet18, TaskState, TaskWeightLayer
 
 __all__ = ["RankOneFactors", "BatchELayer", "BatchENet", "BatchEResNet18"]
 
@@ -70,7 +69,7 @@ class BatchELayer(TaskWeightLayer):
     def __init__(self, in_features: int, out_features: int, kernel_size: Optional[int] = None, *,
                  seed: int = 0, stride: int = 1, padding: int = 0):
         super().__init__(in_features, out_features, kernel_size, stride=stride, padding=padding)
-        self.weight = nn.Parameter(kaiming_normal(self.weight_shape, self.fan_in, derive_generator(seed)))
+        self.weight = self.trained_weight(seed)
         self.factors = RankOneFactors(in_features, out_features)
 
     def task_weight(self, task: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

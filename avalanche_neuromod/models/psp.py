@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .modulated import derive_generator
-from .task_incremental import TaskMLP, TaskResNet18, TaskState, TaskWeightLayer, kaiming_normal
+from .task_incremental import TaskMLP, TaskResNet18, TaskState, TaskWeightLayer
 
 __all__ = ["PSP_CONTEXTS", "PSPContexts", "PSPLayer", "PSPNet", "PSPResNet18", "random_orthogonal"]
 
@@ -99,7 +99,7 @@ class PSPLayer(TaskWeightLayer):
     def __init__(self, in_features: int, out_features: int, kernel_size: Optional[int] = None, *,
                  context: str = "binary", seed: int = 0, stride: int = 1, padding: int = 0):
         super().__init__(in_features, out_features, kernel_size, stride=stride, padding=padding)
-        self.weight = nn.Parameter(kaiming_normal(self.weight_shape, self.fan_in, derive_generator(seed)))
+        self.weight = self.trained_weight(seed)
         self.contexts = PSPContexts(self.fan_in, context, seed=seed + 1)
 
     def task_weight(self, task: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

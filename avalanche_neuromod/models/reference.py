@@ -84,7 +84,7 @@ class SharedLayer(TaskWeightLayer):
     def __init__(self, in_features: int, out_features: int, kernel_size: Optional[int] = None, *,
                  seed: int = 0, stride: int = 1, padding: int = 0):
         super().__init__(in_features, out_features, kernel_size, stride=stride, padding=padding)
-        self.weight = nn.Parameter(kaiming_normal(self.weight_shape, self.fan_in, derive_generator(seed)))
+        self.weight = self.trained_weight(seed)
 
     def task_weight(self, task: int) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         return self.weight, None

@@ -488,6 +488,12 @@ class TaskWeightLayer(nn.Module):
         """Subclasses: the weight (shaped :attr:`weight_shape`) and bias (or None) of ``task``."""
         raise NotImplementedError
 
+    def trained_weight(self, seed: int) -> nn.Parameter:
+        """A kaiming-normal weight of :attr:`weight_shape` drawn from ``seed``, for methods that train one."""
+        from .modulated import derive_generator
+
+        return nn.Parameter(kaiming_normal(self.weight_shape, self.fan_in, derive_generator(seed)))
+
     def _owner(self) -> str:
         return f"{type(self).__name__}({self.in_features}, {self.out_features})"
 
