@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from .evaluator import make_evaluator
-from .results import ContinualResults
+from .results import ContinualResults, accuracy_matrix
 
 __all__ = ["Grid", "GridCell", "METHOD_KINDS", "STREAM_KINDS", "EVAL_PROTOCOLS", "StreamInfo", "register_method",
            "register_stream", "build_stream", "build_strategy", "params_per_task", "run_cell", "run_grid", "summarize",
@@ -496,7 +496,6 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
 
 
 def _eval_row(strategy: Any, experiences: Sequence[Any], n: int) -> np.ndarray:
-    from .results import accuracy_matrix
     res = strategy.eval(experiences)
     row = accuracy_matrix([res], n_experiences=n)[0]
     evaluated = {int(e.current_experience) for e in experiences}
