@@ -1,8 +1,12 @@
 """What every benchmark script records next to its numbers, and how it writes them.
 
-Shared by the scripts in this folder: the machine and code the numbers came
-from, the exact command, the JSON file, and the script's own delimited
-section of ``docs/results.md``.
+Shared by the scripts in this folder, so that each script holds its grid and
+its targets and nothing else: the machine and code the numbers came from
+(:func:`result_header`), the exact command, tables (:func:`markdown_table`,
+:func:`text_table`), targets checked against what was measured
+(:func:`target`, :func:`target_lines`), the opening of a results section
+(:func:`section_opening`), the JSON file and the script's own delimited
+section of ``docs/results.md`` (:func:`publish`).
 
 Paths are recorded portably: what the JSON and the results page show is a
 command any reader can run from the repository root, and no path of the
@@ -63,7 +67,8 @@ EMBEDDED_DIGITS = "scikit-learn's digits (embedded, no download)"
 
 __all__ = ["REPO_ROOT", "RESULTS_MD", "DATA_ROOT_ENV", "DATA_ROOT_TEXT", "OUTSIDE_REPO", "add_dataset_root_argument",
            "check_mnist_root", "machine_info", "git_info", "command_line", "portable_path", "portable", "shell_quote",
-           "data_files", "update_results_md", "write_json"]
+           "data_files", "update_results_md", "write_json", "result_header", "machine_line", "section_opening",
+           "markdown_table", "text_table", "target", "target_lines", "machine_was_busy", "publish"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -323,3 +328,112 @@ def write_json(result: Dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(portable(result), indent=2) + "\n")
     tmp.replace(path)
+
+
+# Reporting -------------------------------------------------------------------------------------
+
+
+def machine_line(machine: Dict[str, Any], threads: Optional[int] = None) -> str:
+    """One results-page line naming the machine a result came from.
+
+    :param machine: :func:`machine_info`'s record.
+    :param threads: torch threads of the run (default: the recorded ones).
+    """
+    gpu = "a CUDA GPU available" if machine.get("cuda_available") else "no GPU"
+    threads = machine.get("torch_threads") if threads is None else threads
+    return (f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), {gpu}, torch {machine['torch']} "
+            f"with {threads} threads, avalanche-lib {machine['avalanche']}.")
+
+
+def section_opening(start: str, title: str, result: Dict[str, Any], *, data: str,
+                    threads: Optional[int] = None) -> List[str]:
+    """The lines every results section starts with: marker, title, when and by which command, data, machine.
+
+    :param start: the section's opening marker.
+    :param title: the section title (without ``##``).
+    :param result: a result holding :func:`result_header`'s entries (``commands`` if
+        several runs were merged, else ``command``).
+    :param data: what the run read, for the ``Data`` line.
+    :param threads: torch threads of the run, if not the recorded ones.
+    """
+    commands = result.get("commands") or [result["command"]]
+    script = commands[-1].split()[1] if len(commands[-1].split()) > 1 else "the script"
+    return [start, f"## {title}", "", f"Measured {result['timestamp_utc']} with `{script}`:", "", "```", *commands,
+            "```", "", f"- Data: {data}", machine_line(result["machine"], threads)]
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Optional[str] = None) -> List[str]:
+    """A markdown table's lines.
+
+    :param header: column titles.
+    :param rows: cells (formatted already, or anything ``str`` shows well).
+    :param align: one letter per column, ``l`` or ``r`` (default: all left).
+    """
+    align = align or "l" * len(header)
+    if len(align) != len(header):
+        raise ValueError(f"align has {len(align)} letters for {len(header)} columns.")
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    return ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """The same table for a terminal: columns padded to their widest cell."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def target(name: str, met: bool, measured: str, **where: Any) -> Dict[str, Any]:
+    """One target of an issue, checked: what was asked, what was measured, whether it was met.
+
+    :param name: the target as the issue states it.
+    :param met: whether the measurement meets it.
+    :param measured: the measured value(s), as text.
+    :param where: what it was checked on (``stream="permuted"``, ...).
+    """
+    return {"target": name, "measured": measured, "met": bool(met), **where}
+
+
+def target_lines(targets: Sequence[Dict[str, Any]], *, markdown: bool = True) -> List[str]:
+    """Targets as a markdown table (target, measured, met) or as terminal lines."""
+    def name(t: Dict[str, Any]) -> str:
+        where = ", ".join(str(v) for k, v in t.items() if k not in ("target", "measured", "met"))
+        return f"{where}: {t['target']}" if where else t["target"]
+
+    if not markdown:
+        return [f"[{'met' if t['met'] else 'NOT met'}] {name(t)}: {t['measured']}" for t in targets]
+    return markdown_table(["target", "measured", "result"],
+                          [[name(t), t["measured"], "met" if t["met"] else "**NOT met**"] for t in targets])
+
+
+BUSY_LOAD_MARGIN = 1.0
+"""A 1-minute load average above the CPU count plus this, before a timed step, marks the machine as busy."""
+
+
+def machine_was_busy(load_averages: Iterable[Optional[float]], cpu_count: Optional[int] = None) -> bool:
+    """Whether other processes loaded the machine while a run was timed (its own threads count for up to
+    ``cpu_count``).
+
+    :param load_averages: 1-minute load averages taken before each timed step.
+    :param cpu_count: CPU cores (default: this machine's).
+    """
+    loads = [v for v in load_averages if v is not None]
+    return bool(loads) and max(loads) > (cpu_count or os.cpu_count() or 1) + BUSY_LOAD_MARGIN
+
+
+def publish(result: Dict[str, Any], out: Path, section: Optional[str], start: str, end: str) -> None:
+    """Write the JSON and, unless ``section`` is None, the script's section of docs/results.md.
+
+    :param result: the whole result.
+    :param out: the JSON file.
+    :param section: the markdown section (markers included); None leaves the docs alone.
+    :param start: its opening marker.
+    :param end: its closing marker.
+    """
+    write_json(result, out)
+    print(f"Wrote {portable_path(out)}")
+    if section is not None:
+        update_results_md(section, start, end)
+        print(f"Updated {portable_path(RESULTS_MD)}")

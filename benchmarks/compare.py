@@ -46,8 +46,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, portable_path, result_header,
-                     update_results_md, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, portable_path, publish,
+                     result_header, section_opening, target, target_lines)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "compare.json"
 DEFAULT_CACHE = REPO_ROOT / "benchmarks" / "results" / "compare_cells"
@@ -145,32 +145,31 @@ def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             ref_spread = max(ref["final_accuracies"]) - min(ref["final_accuracies"])
             third = max(1, len(acc) // 3)
             early, late = sum(acc[:third]) / third, sum(acc[-third:]) / third
-            targets.append({"target": "PSP inconsistent on permuted tasks", "stream": stream,
-                            "met": spread > ref_spread and early < late,
-                            "measured": f"PSP spread {100 * spread:.1f} pts (NeuroModNet-FC256 {100 * ref_spread:.1f}); "
-                                        f"first third {100 * early:.1f}% vs last third {100 * late:.1f}%"})
+            targets.append(target("PSP inconsistent on permuted tasks", spread > ref_spread and early < late,
+                                  f"PSP spread {100 * spread:.1f} pts (NeuroModNet-FC256 {100 * ref_spread:.1f}); "
+                                  f"first third {100 * early:.1f}% vs last third {100 * late:.1f}%", stream=stream))
         batche = _row(rows, stream, "BatchE-FC256")
         if batche and ref:
-            targets.append({"target": "NeuroModNet-FC256 beats BatchE with fewer params/task", "stream": stream,
-                            "met": ref["avg_accuracy"] > batche["avg_accuracy"]
-                            and ref["params_per_task"] < batche["params_per_task"],
-                            "measured": f"{100 * ref['avg_accuracy']:.2f}% ({ref['params_per_task']:,}) vs "
-                                        f"{100 * batche['avg_accuracy']:.2f}% ({batche['params_per_task']:,})"})
+            targets.append(target("NeuroModNet-FC256 beats BatchE with fewer params/task",
+                                  ref["avg_accuracy"] > batche["avg_accuracy"]
+                                  and ref["params_per_task"] < batche["params_per_task"],
+                                  f"{100 * ref['avg_accuracy']:.2f}% ({ref['params_per_task']:,}) vs "
+                                  f"{100 * batche['avg_accuracy']:.2f}% ({batche['params_per_task']:,})", stream=stream))
         supsup = _row(rows, stream, "SupSup-FC1024")
         ours = [r for r in (_row(rows, stream, "FlyNet-10d"), _row(rows, stream, "NeuroModNet-FC1024")) if r]
         if supsup and ours:
             best = max(ours, key=lambda r: r["avg_accuracy"])
-            targets.append({"target": "FlyNet or NeuroModNet reaches SupSup-FC1024", "stream": stream,
-                            "met": best["avg_accuracy"] >= supsup["avg_accuracy"] - 0.005,
-                            "measured": f"{best['method']} {100 * best['avg_accuracy']:.2f}% vs SupSup "
-                                        f"{100 * supsup['avg_accuracy']:.2f}%"})
+            targets.append(target("FlyNet or NeuroModNet reaches SupSup-FC1024",
+                                  best["avg_accuracy"] >= supsup["avg_accuracy"] - 0.005,
+                                  f"{best['method']} {100 * best['avg_accuracy']:.2f}% vs SupSup "
+                                  f"{100 * supsup['avg_accuracy']:.2f}%", stream=stream))
         for sup_name, nm_name in SPEED_PAIRS:
             sup, nm = _row(rows, stream, sup_name), _row(rows, stream, nm_name)
             if sup and nm:
                 ratio = sup["seconds_per_task"] / nm["seconds_per_task"]
-                targets.append({"target": f"{sup_name} task <= 2x {nm_name}", "stream": stream, "met": ratio <= 2.0,
-                                "measured": f"{sup['seconds_per_task']:.1f} s vs {nm['seconds_per_task']:.1f} s "
-                                            f"= {ratio:.2f}x"})
+                targets.append(target(f"{sup_name} task <= 2x {nm_name}", ratio <= 2.0,
+                                      f"{sup['seconds_per_task']:.1f} s vs {nm['seconds_per_task']:.1f} s = {ratio:.2f}x",
+                                      stream=stream))
     return targets
 
 
@@ -202,15 +201,12 @@ def section_markers(label: Optional[str]) -> tuple:
 
 def render_section(result: Dict[str, Any], label: Optional[str] = None) -> str:
     start, end = section_markers(label)
-    title = "## Comparison: CRWN, the paper's baselines and Avalanche's strategies" + (f" ({label})" if label else "")
-    lines = [start, title, "",
-             f"Command: `{result['command']}`", "", f"Data: {result['dataset_root']}. Scale: {result['scale']}.",
-             f"Machine: {result['machine']['cpu_count']} CPU cores, {result['timestamp_utc']}.", "",
-             result["table"], "", "Targets (the CRWN paper's orderings):", ""]
-    for t in result["targets"]:
-        lines.append(f"- {t['stream']}: {t['target']}: **{'met' if t['met'] else 'NOT met'}** ({t['measured']})")
-    lines += [""] + [f"![{Path(f).stem}]({Path(f).relative_to('docs') if f.startswith('docs/') else f})"
-                     for f in result["figures"]]
+    title = "Comparison: CRWN, the paper's baselines and Avalanche's strategies" + (f" ({label})" if label else "")
+    lines = section_opening(start, title, result, data=f"{result['dataset_root']}.")
+    lines += [f"- Scale: {result['scale']}.", "", result["table"], "", "Targets (the CRWN paper's orderings):", "",
+              *target_lines(result["targets"]), ""]
+    lines += [f"![{Path(f).stem}]({Path(f).relative_to('docs') if f.startswith('docs/') else f})"
+              for f in result["figures"]]
     lines += ["", *result.get("notes", []), end]
     return "\n".join(lines)
 
@@ -243,11 +239,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prefix = "compare_" + (f"{args.label}_" if args.label else "") + ("digits_" if args.digits else "")
     result["figures"] = draw_figures(rows, args.figures, prefix)
     print(result["table"])
-    for t in result["targets"]:
-        print(f"{t['stream']}: {t['target']}: {'met' if t['met'] else 'NOT met'} ({t['measured']})")
-    write_json(result, args.out)
-    if not args.no_docs:
-        update_results_md(render_section(result, args.label), *section_markers(args.label))
+    print("\n".join(target_lines(result["targets"], markdown=False)))
+    publish(result, args.out, None if args.no_docs else render_section(result, args.label),
+            *section_markers(args.label))
     return 0
 
 

@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, result_header, update_results_md,
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, markdown_table, publish, result_header,
                      write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_init_study.json"
@@ -138,13 +138,12 @@ def markdown_section(result: Dict[str, Any]) -> str:
         f"accuracy of each task right after training it, so {s['seeds'] * s['tasks']} values per row.",
         f"- Machine: {machine['cpu_count']} CPU cores, no GPU, torch {machine['torch']}.",
         "",
-        "| R | optimiser | mean acc (%) | std (points) | min (%) | max (%) |",
-        "|---|---|---:|---:|---:|---:|",
     ]
-    for name, row in result["configs"].items():
-        st = row["summary"]
-        lines.append(f"| {LABELS[name]} | {row['optimizer']} lr 0.01 | {100 * st['mean']:.2f} | "
-                     f"{100 * st['std']:.2f} | {100 * st['min']:.2f} | {100 * st['max']:.2f} |")
+    lines += markdown_table(
+        ["R", "optimiser", "mean acc (%)", "std (points)", "min (%)", "max (%)"],
+        [[LABELS[name], f"{row['optimizer']} lr 0.01", *(f"{100 * row['summary'][k]:.2f}"
+                                                        for k in ("mean", "std", "min", "max"))]
+         for name, row in result["configs"].items()], align="llrrrr")
     lines += [
         "",
         f"The spec's calibration is about {100 * CALIBRATION:.1f}% per task. With a unit-variance R, one "
@@ -192,11 +191,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bar.close()
     result["wall_seconds"] = time.perf_counter() - started
     result["complete"] = True
-    write_json(result, args.out)
-    print(f"Wrote {args.out}")
-    if not args.no_docs:
-        update_results_md(markdown_section(result), SECTION_START, SECTION_END)
-        print("Updated docs/results.md")
+    publish(result, args.out, None if args.no_docs else markdown_section(result), SECTION_START, SECTION_END)
     return 0
 
 

@@ -7,28 +7,36 @@ Grid: FlyNet 10d/20d/30d/40d and NeuroModNet FC256/FC512/FC1024/FC2048/FC4096
 random strength learned per task) and "Local-only" mode (random strengths
 kept at their initial value), on Rotated MNIST (36 tasks, 10 degrees apart)
 and Permuted MNIST (100 tasks), trained with ``avalanche_neuromod.training.CRWN``
-for 1,000 mini-batches of 128 per task (RMSProp, lr 0.01). After each task
-the model is evaluated on every task seen so far. Per row:
+for 1,000 mini-batches of 128 per task (RMSProp, lr 0.01). The grid is a
+:class:`~avalanche_neuromod.evaluation.Grid` run by ``run_grid``, the
+harness of ``benchmarks/compare.py``: every cell is measured by the same
+protocol and cached (``--cache-dir``, shared with ``compare.py``, so a cell
+both scripts run is trained once; a killed run started again skips the
+finished cells). Per row:
 
 - mean test accuracy over the tasks measured (final row of the accuracy matrix);
 - params/task (``model.params_per_task()``);
-- seconds per task (mean wall time of ``strategy.train`` on one experience;
-  includes materialising the experience's images);
+- seconds per task (mean wall time of ``strategy.train`` on one experience),
+  marked when other processes loaded the machine while it ran;
 - forgetting, ``A[j, j] - A[T, j]`` (accuracy right after learning task j
   minus final accuracy), minimum and maximum over the tasks before the last:
   CRWN never updates anything shared, so both must be exactly 0.
 
 Reference: Avalanche's ``Naive`` and ``EWC`` (lambda 100) on a 784-256-256-10
-ReLU MLP (SGD lr 0.01, momentum 0.9, batch 128, 2 epochs, about 938 batches
-per task), next to CRWN NeuroModNet-FC256 on the same first N Permuted-MNIST
-tasks (default 20): the average accuracy over the tasks seen after each
-task, the first task count after which EWC's (and Naive's) average falls
-below FC256's, and a plot, ``docs/images/crwn_pmnist_vs_ewc.png``.
+ReLU MLP (SGD lr 0.01, momentum 0.9, the same 1,000 mini-batches of 128 per
+task), next to CRWN NeuroModNet-FC256 on the same first N Permuted-MNIST
+tasks (default 20), each evaluated on every task seen after each task: the
+average accuracy over the tasks seen, the first task count after which
+EWC's (and Naive's) average falls below FC256's, and a plot,
+``docs/images/crwn_pmnist_vs_ewc.png``.
 
-Outputs: ``benchmarks/results/crwn_mnist.json`` (every number, the command,
-the machine, the scale run; rewritten after every finished run so that an
-interrupted job keeps what it measured) and the delimited ``crwn_mnist``
-section of ``docs/results.md`` (other sections are left as they are).
+Targets (the issue's): FlyNet-10d at least 94% on Rotated MNIST; a
+FlyNet-10d task in under 4 s; exactly zero forgetting for every CRWN run;
+FC256 at ~90.5% per permuted task; EWC degrading as tasks accumulate.
+
+Outputs: ``benchmarks/results/crwn_mnist.json`` (every cell, the command,
+the machine, the scale run) and the delimited ``crwn_mnist`` section of
+``docs/results.md`` (other sections are left as they are).
 
 Full scale (the paper's; about 36 + 100 tasks per row and mode, days on
 2 CPU cores because FC4096 takes ~85 s per task)::
@@ -48,56 +56,50 @@ FC2048/FC4096) for the other rows::
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, portable_path,
-                     result_header, shell_quote, update_results_md, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, machine_was_busy, markdown_table,
+                     portable_path, publish, result_header, section_opening, shell_quote, target, target_lines,
+                     text_table)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_mnist.json"
+DEFAULT_CACHE = REPO_ROOT / "benchmarks" / "results" / "compare_cells"
 PLOT_PATH = REPO_ROOT / "docs" / "images" / "crwn_pmnist_vs_ewc.png"
 SECTION_START = "<!-- crwn_mnist:start -->"
 SECTION_END = "<!-- crwn_mnist:end -->"
 
 BATCH_SIZE = 128
-EVAL_BATCH_SIZE = 1000
-CRWN_LR = 0.01
-BASELINE_LR = 0.01
-BASELINE_MOMENTUM = 0.9
-BASELINE_EPOCHS = 2
 EWC_LAMBDA = 100.0
-BASELINE_HIDDEN = 256
-REFERENCE_ROW = "FC256"
+FC256 = [256, 256]
 
-# Row name -> (family, size): FlyNet's expansion factor or NeuroModNet's width.
-ROWS: Dict[str, Tuple[str, int]] = {
-    "FlyNet-10d": ("flynet", 10),
-    "FlyNet-20d": ("flynet", 20),
-    "FlyNet-30d": ("flynet", 30),
-    "FlyNet-40d": ("flynet", 40),
-    "FC256": ("fc", 256),
-    "FC512": ("fc", 512),
-    "FC1024": ("fc", 1024),
-    "FC2048": ("fc", 2048),
-    "FC4096": ("fc", 4096),
+# Row name (as on the command line) -> the harness's method spec, Local+Global.
+ROWS: Dict[str, Dict[str, Any]] = {
+    **{f"FlyNet-{k}d": {"kind": "crwn", "arch": "flynet", "expansion": k} for k in (10, 20, 30, 40)},
+    **{f"FC{h}": {"kind": "crwn", "hidden": [h, h]} for h in (256, 512, 1024, 2048, 4096)},
 }
 MODES: Dict[str, bool] = {"local+global": False, "local-only": True}
 MODE_LABELS = {"local+global": "Local+Global", "local-only": "Local-only"}
 STREAM_LENGTHS: Dict[str, int] = {"rotated": 36, "permuted": 100}
+OPTIMIZERS = ("rmsprop", "adam")
+EVAL_PROTOCOLS = {"all-seen": "seen", "final": "final"}
+REFERENCE_ROW = "FC256"
+REFERENCE_METHODS: Dict[str, Dict[str, Any]] = {
+    "EWC": {"kind": "ewc", "hidden": FC256, "ewc_lambda": EWC_LAMBDA},
+    "Naive": {"kind": "naive", "hidden": FC256},
+}
+CURVE_LABELS = {REFERENCE_ROW: "CRWN NeuroModNet-FC256", "EWC": f"EWC (lambda {EWC_LAMBDA:g}), MLP 256-256",
+                "Naive": "Naive, MLP 256-256"}
 
 # Targets stated in the issue.
 FLYNET_ROTATED_MIN_ACCURACY = 0.94
 FLYNET_MAX_SECONDS_PER_TASK = 4.0
 FC256_REFERENCE_ACCURACY = 0.905
 FC256_TOLERANCE = 0.01
-# 1-min load average above cpu_count + this before a task marks its timing as taken on a busy machine.
-BUSY_LOAD_MARGIN = 1.0
 
 
 # ---------------------------------------------------------------- arguments
@@ -137,15 +139,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="run local-only mode for these rows only (default: every row in --rows).")
     parser.add_argument("--streams", nargs="+", choices=list(STREAM_LENGTHS), default=list(STREAM_LENGTHS),
                         help="streams (default: both).")
-    parser.add_argument("--iterations", type=int, default=1000, help="mini-batches of 128 per CRWN task.")
+    parser.add_argument("--iterations", type=int, default=1000, help="mini-batches of 128 per task.")
     parser.add_argument("--context-plot", type=Path, nargs="?", const=REPO_ROOT / "docs" / "images", default=None,
-                        metavar="FOLDER", help="save each grid run's context-similarity heatmap (default folder docs/images).")
-    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default="rmsprop",
+                        metavar="FOLDER", help="save each grid run's context-similarity heatmap (default folder "
+                                               "docs/images).")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="rmsprop",
                         help="optimiser of the CRWN tasks, lr 0.01 (the paper: RMSprop).")
-    parser.add_argument("--eval-protocol", choices=list(EVAL_PROTOCOLS), default="all-seen",
-                        help="all-seen: after each task, evaluate every task seen so far (the accuracy curve); "
-                             "final: after each task only that task, and every task once at the end "
-                             "(same forgetting, A[j,j] - A[T,j], at O(T) instead of O(T^2) evaluation cost).")
+    parser.add_argument("--eval-protocol", choices=list(EVAL_PROTOCOLS), default="final",
+                        help="final: after each task only that task, and every task once at the end (forgetting "
+                             "A[j,j] - A[T,j] at O(T) evaluation cost); all-seen: after each task every task seen "
+                             "so far (the accuracy curve; O(T^2)).")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                        help="finished cells, one JSON each (default: the folder compare.py uses too).")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output file.")
     parser.add_argument("--no-docs", action="store_true",
                         help="do not touch docs/results.md nor the plot in docs/images.")
@@ -155,228 +160,107 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for name, value in (("--tasks", args.tasks), ("--iterations", args.iterations)):
         if value is not None and value < 1:
             parser.error(f"{name} must be at least 1, got {value}.")
-    if args.reference_tasks < 0:
-        parser.error(f"--reference-tasks must be 0 or more, got {args.reference_tasks}.")
-    if args.reference_tasks > STREAM_LENGTHS["permuted"]:
-        parser.error(f"--reference-tasks is at most {STREAM_LENGTHS['permuted']}, got {args.reference_tasks}.")
+    if not 0 <= args.reference_tasks <= STREAM_LENGTHS["permuted"]:
+        parser.error(f"--reference-tasks must be between 0 and {STREAM_LENGTHS['permuted']}, "
+                     f"got {args.reference_tasks}.")
     return args
 
 
-# ---------------------------------------------------------------- plan
+# ---------------------------------------------------------------- the grids
 
 
-def grid_plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
-    """Every (stream, row, mode) to run, with its number of tasks."""
+def method_name(row: str, mode: str) -> str:
+    """The cell's method name (the same as compare.py's where both run a row, so cells are shared)."""
+    name = f"NeuroModNet-{row}" if row.startswith("FC") else row
+    return name if mode == "local+global" else f"{name} local-only"
+
+
+def method_spec(row: str, mode: str, tasks: int, length: int, optimizer: str) -> Dict[str, Any]:
+    spec = dict(ROWS[row])
+    if MODES[mode]:
+        spec["local_only"] = True
+    if optimizer != "rmsprop":
+        spec["optimizer"] = optimizer
+    if tasks < length:
+        spec["tasks"] = tasks
+    return spec
+
+
+def build_grids(args: argparse.Namespace) -> Dict[str, Any]:
+    """The Table 1 grid (one per stream: rows may run fewer tasks than the stream has) and the reference grid."""
+    from avalanche_neuromod.evaluation import Grid
+
     overrides = dict(args.row_tasks)
     local_rows = set(args.local_only_rows) if args.local_only_rows is not None else set(args.rows)
-    plan = []
+    grids = {}
     for stream in args.streams:
         length = STREAM_LENGTHS[stream]
+        methods = {}
         for row in args.rows:
             for mode in args.modes:
                 if mode == "local-only" and row not in local_rows:
                     continue
-                tasks = overrides.get(row, args.tasks if args.tasks is not None else length)
-                plan.append({"stream": stream, "row": row, "mode": mode,
-                             "tasks": min(tasks, length), "stream_length": length})
-    return plan
+                tasks = min(overrides.get(row, args.tasks if args.tasks is not None else length), length)
+                methods[method_name(row, mode)] = method_spec(row, mode, tasks, length, args.optimizer)
+        grids[stream] = Grid(methods=methods, streams={stream: {"kind": stream, "n_experiences": length}},
+                             seeds=[args.seed], n_iterations=args.iterations, batch_size=BATCH_SIZE,
+                             eval_protocol=EVAL_PROTOCOLS[args.eval_protocol])
+    if args.reference_tasks:
+        n = args.reference_tasks
+        methods = {method_name(REFERENCE_ROW, "local+global"): method_spec(REFERENCE_ROW, "local+global", n, n,
+                                                                          args.optimizer),
+                   **REFERENCE_METHODS}
+        grids["reference"] = Grid(methods=methods,
+                                  streams={"permuted": {"kind": "permuted", "n_experiences": args.reference_tasks}},
+                                  seeds=[args.seed], n_iterations=args.iterations, batch_size=BATCH_SIZE,
+                                  eval_protocol="seen")
+    return grids
 
 
-# ---------------------------------------------------------------- building blocks
+def context_plotter(folder: Optional[Path]):
+    """``after_training`` for run_grid: the paper's interpretability figure of each CRWN cell."""
+    if folder is None:
+        return None
 
+    def plot(cell: Any, strategy: Any, benchmark: Any) -> Optional[Dict[str, Any]]:
+        import matplotlib
 
-def build_stream(stream: str, dataset_root: Path) -> Any:
-    from avalanche_neuromod.benchmarks import PermutedMNIST, RotatedMNIST
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-    # Always the paper's full stream; runs slice the first tasks of it.
-    if stream == "rotated":
-        return RotatedMNIST(n_experiences=STREAM_LENGTHS[stream], return_task_id=True, dataset_root=dataset_root)
-    return PermutedMNIST(n_experiences=STREAM_LENGTHS[stream], return_task_id=True, dataset_root=dataset_root)
+        from avalanche_neuromod.analysis import plot_context_similarity
 
+        model = strategy.model
+        details = benchmark.details
+        labels = None
+        if "rotations" in details:
+            labels = [f"{a:.0f}" for a in details["rotations"]][: len(model.trained_tasks)]
+        unit = " (rotation, degrees)" if labels is not None else " (task)"
+        fig = plot_context_similarity(model, labels=labels,
+                                      title=f"{cell.method}, {cell.stream} MNIST: context similarity{unit}")
+        row = cell.method.replace("NeuroModNet-", "").replace(" local-only", "")
+        mode = "local-only" if cell.method.endswith(" local-only") else "local_global"
+        path = folder / f"crwn_context_similarity_{cell.stream}_{row}_{mode}.png".lower()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return {"context_plot": portable_path(path)}
 
-def build_crwn_model(row: str, local_only: bool, seed: int) -> Any:
-    from avalanche_neuromod.models import FlyNet, NeuroModNet
-
-    family, size = ROWS[row]
-    if family == "flynet":
-        return FlyNet(expansion=size, local_only=local_only, seed=seed)
-    return NeuroModNet(hidden_sizes=(size, size), local_only=local_only, seed=seed)
-
-
-OPTIMIZERS = {"rmsprop": "RMSprop", "adam": "Adam"}
-EVAL_PROTOCOLS = ("all-seen", "final")
-
-
-def build_crwn_strategy(model: Any, iterations: int, optimizer: str = "rmsprop") -> Any:
-    import torch
-
-    from avalanche_neuromod.evaluation import make_evaluator
-    from avalanche_neuromod.training import CRWN
-
-    return CRWN(model=model, n_iterations=iterations, train_mb_size=BATCH_SIZE, eval_mb_size=EVAL_BATCH_SIZE,
-                optimizer_cls=getattr(torch.optim, OPTIMIZERS[optimizer]), optimizer_kwargs={"lr": CRWN_LR},
-                evaluator=make_evaluator(progress_bar=False, parameters="declared"))
-
-
-def build_mlp() -> Any:
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(784, BASELINE_HIDDEN), nn.ReLU(),
-        nn.Linear(BASELINE_HIDDEN, BASELINE_HIDDEN), nn.ReLU(),
-        nn.Linear(BASELINE_HIDDEN, 10),
-    )
-
-
-def build_baseline_strategy(name: str, model: Any) -> Any:
-    import torch
-    from avalanche.training import EWC, Naive
-    from torch import nn
-
-    from avalanche_neuromod.evaluation import make_evaluator
-
-    common = dict(
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=BASELINE_LR, momentum=BASELINE_MOMENTUM),
-        criterion=nn.CrossEntropyLoss(), train_mb_size=BATCH_SIZE, train_epochs=BASELINE_EPOCHS,
-        eval_mb_size=EVAL_BATCH_SIZE, evaluator=make_evaluator(progress_bar=False),
-    )
-    if name == "EWC":
-        return EWC(ewc_lambda=EWC_LAMBDA, **common)
-    return Naive(**common)
-
-
-def declared_params_metric(strategy: Any) -> Optional[int]:
-    """The LearnableParams metric the evaluator logged for the last task, if any."""
-    values = [v for k, v in strategy.evaluator.get_last_metrics().items() if k.startswith("LearnableParams_Exp")]
-    return int(values[-1]) if values else None
-
-
-# ---------------------------------------------------------------- runs
-
-
-def run_stream(strategy: Any, benchmark: Any, n_tasks: int, label: str,
-               after_task: Optional[Callable[[Any], None]] = None,
-               eval_protocol: str = "all-seen") -> Dict[str, Any]:
-    """Train the first ``n_tasks`` experiences in order, evaluating after each.
-
-    ``eval_protocol="all-seen"`` evaluates every task seen so far after each
-    task; ``"final"`` only the task just trained, then every task after the
-    last one (the accuracy matrix holds its diagonal and its last row).
-    """
-    from tqdm import tqdm
-
-    from avalanche_neuromod.evaluation import ContinualResults
-
-    evals, train_s, eval_s, cpu_s, load = [], [], [], [], []
-    bar = tqdm(benchmark.train_stream[:n_tasks], desc=label, unit="task", leave=False, dynamic_ncols=True)
-    for exp in bar:
-        # Other processes on a shared machine inflate wall time, not CPU time:
-        # both, and the load before the task, tell a busy machine apart from a slow row.
-        load.append(os.getloadavg()[0])
-        start, start_cpu = time.perf_counter(), time.process_time()
-        strategy.train(exp)
-        train_s.append(time.perf_counter() - start)
-        cpu_s.append(time.process_time() - start_cpu)
-        if after_task is not None:
-            after_task(strategy)
-        start = time.perf_counter()
-        # Only the tasks seen so far: CRWN refuses task ids it was never trained on.
-        j = exp.current_experience
-        first = j if eval_protocol == "final" and j < n_tasks - 1 else 0
-        evals.append(strategy.eval(benchmark.test_stream[first: j + 1]))
-        eval_s.append(time.perf_counter() - start)
-        bar.set_postfix(train_s=f"{train_s[-1]:.1f}", acc=f"{np.nanmean(list(_last_row(evals))):.4f}")
-    results = ContinualResults.from_eval(evals, label, n_experiences=n_tasks)
-    if eval_protocol == "final":
-        # Avalanche's eval dictionaries repeat earlier values of experiences
-        # not evaluated this time: keep only what each evaluation measured.
-        measured = np.eye(n_tasks, dtype=bool)
-        measured[-1] = True
-        results.matrix[~measured[: len(results.matrix)]] = np.nan
-    summary = summarise_run(results, train_s, eval_s)
-    summary["eval_protocol"] = eval_protocol
-    if eval_protocol == "final":
-        summary["accuracy_curve"] = None  # the intermediate rows hold one task each
-    summary.update(train_cpu_seconds=cpu_s, load_average_1min_before_task=load)
-    return summary
-
-
-def _last_row(evals: List[Dict[str, float]]) -> List[float]:
-    from avalanche_neuromod.evaluation import accuracy_matrix
-
-    return list(accuracy_matrix(evals[-1:])[0])
-
-
-def summarise_run(results: Any, train_s: List[float], eval_s: List[float]) -> Dict[str, Any]:
-    matrix = results.matrix
-    just_trained = [float(matrix[j, j]) for j in range(matrix.shape[0])]
-    forgetting = [float(v) for v in results.forgetting]
-    return {
-        "tasks_measured": int(matrix.shape[0]),
-        "mean_accuracy": results.average_accuracy,
-        "final_accuracies": [float(v) for v in results.final_accuracies],
-        "accuracy_just_after_training": just_trained,
-        "accuracy_curve": [float(v) for v in results.accuracy_curve()],
-        "forgetting": forgetting,
-        "min_forgetting": min(forgetting) if forgetting else None,
-        "max_forgetting": max(forgetting) if forgetting else None,
-        "accuracy_matrix": [[None if math.isnan(v) else float(v) for v in row] for row in matrix],
-        "train_seconds": train_s,
-        "eval_seconds": eval_s,
-        "seconds_per_task": float(np.mean(train_s)),
-    }
-
-
-def save_context_plot(model: Any, benchmark: Any, stream: str, row: str, mode: str, folder: Path) -> Path:
-    """The paper's interpretability figure: similarity of the learned task contexts."""
-    from avalanche_neuromod.analysis import plot_context_similarity
-
-    details = benchmark.details
-    labels = [f"{a:.0f}" for a in details["rotations"]] if "rotations" in details else None
-    if labels is not None:
-        labels = labels[: len(model.trained_tasks)]
-    unit = " (rotation, degrees)" if labels is not None else " (task)"
-    fig = plot_context_similarity(model, labels=labels, title=f"{row} {mode}, {stream} MNIST: context similarity{unit}")
-    path = folder / f"crwn_context_similarity_{stream}_{row}_{mode.replace('+', '_')}.png".lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def run_crwn(benchmark: Any, row: str, mode: str, n_tasks: int, iterations: int, seed: int,
-             label: str, optimizer: str = "rmsprop", context_plot: Optional[Path] = None,
-             stream_name: str = "", eval_protocol: str = "all-seen") -> Dict[str, Any]:
-    import torch
-
-    # Same batch order and same initialisations for every row and mode.
-    torch.manual_seed(seed)
-    model = build_crwn_model(row, MODES[mode], seed)
-    strategy = build_crwn_strategy(model, iterations, optimizer)
-    logged: List[Optional[int]] = []
-    result = run_stream(strategy, benchmark, n_tasks, label,
-                        after_task=lambda s: logged.append(declared_params_metric(s)), eval_protocol=eval_protocol)
-    result["params_per_task"] = int(model.params_per_task())
-    result["params_per_task_logged"] = logged
-    if context_plot is not None:
-        result["context_plot"] = portable_path(save_context_plot(model, benchmark, stream_name, row, mode,
-                                                                   context_plot))
-    return result
-
-
-def run_baseline(benchmark: Any, name: str, n_tasks: int, seed: int, label: str) -> Dict[str, Any]:
-    import torch
-
-    torch.manual_seed(seed)
-    model = build_mlp()
-    result = run_stream(build_baseline_strategy(name, model), benchmark, n_tasks, label)
-    # Every weight is retrained on every task.
-    result["params_per_task"] = int(sum(p.numel() for p in model.parameters()))
-    return result
+    return plot
 
 
 # ---------------------------------------------------------------- analysis
+
+
+def accuracy_curve(cell: Dict[str, Any]) -> List[float]:
+    """Average accuracy over the tasks seen, after each task (cells evaluated with the 'seen' protocol)."""
+    matrix = np.array([[np.nan if v is None else v for v in row] for row in cell["accuracy_matrix"]], dtype=float)
+    return [float(np.nanmean(matrix[i, : i + 1])) for i in range(len(matrix))]
+
+
+def just_trained(cell: Dict[str, Any]) -> List[float]:
+    """Accuracy on each task right after training it (the accuracy matrix's diagonal)."""
+    return [float(row[i]) for i, row in enumerate(cell["accuracy_matrix"])]
 
 
 def first_crossing(method: Sequence[float], reference: Sequence[float]) -> Optional[int]:
@@ -399,96 +283,58 @@ def crossing_statement(name: str, k: Optional[int], method: Sequence[float], ref
             f"after task {k} of {n} {values}.")
 
 
-def reference_analysis(reference: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    crwn = reference[REFERENCE_ROW]["accuracy_curve"]
-    out: Dict[str, Any] = {}
+def reference_curves(cells: List[Dict[str, Any]]) -> Dict[str, List[float]]:
+    """Row name -> accuracy curve of the reference cells."""
+    names = {method_name(REFERENCE_ROW, "local+global"): REFERENCE_ROW, "EWC": "EWC", "Naive": "Naive"}
+    return {names[c["method"]]: accuracy_curve(c) for c in cells}
+
+
+def crossings(curves: Dict[str, List[float]]) -> Dict[str, Dict[str, Any]]:
+    crwn = curves[REFERENCE_ROW]
+    out = {}
     for name in ("EWC", "Naive"):
-        curve = reference[name]["accuracy_curve"]
-        k = first_crossing(curve, crwn)
-        out[name] = {"first_task_count_below_fc256": k, "statement": crossing_statement(name, k, curve, crwn)}
+        k = first_crossing(curves[name], crwn)
+        out[name] = {"first_task_count_below_fc256": k, "statement": crossing_statement(name, k, curves[name], crwn)}
     return out
 
 
-def evaluate_targets(grid: List[Dict[str, Any]], reference: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Pass/fail of the issue's checkable numbers, only for what was run."""
+def is_crwn(cell: Dict[str, Any]) -> bool:
+    return cell["kind"] == "crwn"
+
+
+def evaluate_targets(grid: List[Dict[str, Any]], reference: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The issue's checkable numbers, for what was run."""
     targets = []
-    fly_rot = _find(grid, "rotated", "FlyNet-10d", "local+global")
+    fly = [c for c in grid if c["method"] == "FlyNet-10d"]
+    fly_rot = next((c for c in fly if c["stream"] == "rotated"), None)
     if fly_rot:
-        targets.append({
-            "target": f"FlyNet-10d, Rotated MNIST: mean accuracy >= {FLYNET_ROTATED_MIN_ACCURACY:.0%} "
-                      f"(first {fly_rot['tasks_measured']} tasks)",
-            "value": f"{fly_rot['mean_accuracy']:.2%}",
-            "pass": fly_rot["mean_accuracy"] >= FLYNET_ROTATED_MIN_ACCURACY,
-        })
-    fly_runs = [g for g in grid if g["row"] == "FlyNet-10d" and g["mode"] == "local+global"]
-    if fly_runs:
-        worst = max(max(g["train_seconds"]) for g in fly_runs)
-        mean = float(np.mean([s for g in fly_runs for s in g["train_seconds"]]))
-        targets.append({
-            "target": f"one FlyNet-10d task trains in under {FLYNET_MAX_SECONDS_PER_TASK:.0f} s "
-                      f"(slowest of {sum(len(g['train_seconds']) for g in fly_runs)} tasks)",
-            "value": f"{worst:.2f} s (mean {mean:.2f} s)",
-            "pass": worst < FLYNET_MAX_SECONDS_PER_TASK,
-        })
-    measured = [g for g in grid if g["forgetting"]]
-    if reference.get(REFERENCE_ROW, {}).get("forgetting"):
-        measured.append(reference[REFERENCE_ROW])
-    if measured:
-        values = [v for g in measured for v in g["forgetting"]]
-        targets.append({
-            "target": f"CRWN zero forgetting: A[j,j] - A[T,j] == 0 exactly ({len(measured)} runs, "
-                      f"{len(values)} tasks)",
-            "value": f"min {min(values):.4g}, max {max(values):.4g}",
-            "pass": all(v == 0.0 for v in values),
-        })
-    if {REFERENCE_ROW, "EWC"} <= set(reference):
-        fc = reference[REFERENCE_ROW]
-        per_task = float(np.mean(fc["accuracy_just_after_training"]))
-        targets.append({
-            "target": f"FC256 keeps its per-task accuracy (~{FC256_REFERENCE_ACCURACY:.1%} per permuted task, "
-                      f"within {FC256_TOLERANCE:.0%}; final == just after training)",
-            "value": f"{per_task:.2%} per task, final mean {fc['mean_accuracy']:.2%}, "
-                     f"max forgetting {fc['max_forgetting']}",
-            "pass": abs(per_task - FC256_REFERENCE_ACCURACY) <= FC256_TOLERANCE and fc["max_forgetting"] == 0.0,
-        })
-        ewc = reference["EWC"]["accuracy_curve"]
-        targets.append({
-            "target": f"EWC degrades as tasks accumulate (average after task {len(ewc)} below after task 1)",
-            "value": f"{ewc[0]:.2%} -> {ewc[-1]:.2%}",
-            "pass": ewc[-1] < ewc[0],
-        })
+        targets.append(target(f"FlyNet-10d, Rotated MNIST: mean accuracy >= {FLYNET_ROTATED_MIN_ACCURACY:.0%} "
+                              f"(first {len(fly_rot['final_accuracies'])} tasks)",
+                              fly_rot["avg_accuracy"] >= FLYNET_ROTATED_MIN_ACCURACY, f"{fly_rot['avg_accuracy']:.2%}"))
+    if fly:
+        seconds = [s for c in fly for s in c["seconds"]]
+        targets.append(target(f"one FlyNet-10d task trains in under {FLYNET_MAX_SECONDS_PER_TASK:.0f} s "
+                              f"(slowest of {len(seconds)} tasks)", max(seconds) < FLYNET_MAX_SECONDS_PER_TASK,
+                              f"{max(seconds):.2f} s (mean {np.mean(seconds):.2f} s)"))
+    crwn = [c for c in grid + reference if is_crwn(c) and c["forgetting"]]
+    if crwn:
+        values = [v for c in crwn for v in c["forgetting"] if v is not None]
+        targets.append(target(f"CRWN zero forgetting: A[j,j] - A[T,j] == 0 exactly ({len(crwn)} runs, "
+                              f"{len(values)} tasks)", all(v == 0.0 for v in values),
+                              f"min {min(values):.4g}, max {max(values):.4g}"))
+    by = {c["method"]: c for c in reference}
+    fc, ewc = by.get(method_name(REFERENCE_ROW, "local+global")), by.get("EWC")
+    if fc and ewc:
+        per_task = float(np.mean(just_trained(fc)))
+        worst = max([v for v in fc["forgetting"] if v is not None], default=0.0)
+        targets.append(target(f"FC256 keeps its per-task accuracy (~{FC256_REFERENCE_ACCURACY:.1%} per permuted "
+                              f"task, within {FC256_TOLERANCE:.0%}; final == just after training)",
+                              abs(per_task - FC256_REFERENCE_ACCURACY) <= FC256_TOLERANCE and worst == 0.0,
+                              f"{per_task:.2%} per task, final mean {fc['avg_accuracy']:.2%}, max forgetting {worst}"))
+        curve = accuracy_curve(ewc)
+        targets.append(target(f"EWC degrades as tasks accumulate (average after task {len(curve)} below after "
+                              f"task 1)", curve[-1] < curve[0], f"{curve[0]:.2%} -> {curve[-1]:.2%}"))
     return targets
-
-
-def _find(grid: List[Dict[str, Any]], stream: str, row: str, mode: str) -> Optional[Dict[str, Any]]:
-    return next((g for g in grid if (g["stream"], g["row"], g["mode"]) == (stream, row, mode)), None)
-
-
-# ---------------------------------------------------------------- machine and command
-
-
-def scale_description(plan: List[Dict[str, Any]], reference_tasks: int, iterations: int,
-                      eval_protocol: str = "all-seen") -> List[str]:
-    """One line per stream and mode saying how many tasks each row ran."""
-    lines = []
-    for stream, length in STREAM_LENGTHS.items():
-        for mode in MODES:
-            entries = [p for p in plan if p["stream"] == stream and p["mode"] == mode]
-            if not entries:
-                continue
-            by_count: Dict[int, List[str]] = {}
-            for p in entries:
-                by_count.setdefault(p["tasks"], []).append(p["row"])
-            parts = [f"first {k} of {length} tasks for {', '.join(rows)}" for k, rows in sorted(by_count.items(), reverse=True)]
-            lines.append(f"{stream.capitalize()} MNIST, {MODE_LABELS[mode]}: " + "; ".join(parts) + ".")
-    lines.append(f"CRWN: {iterations:,} mini-batches of {BATCH_SIZE} per task.")
-    if eval_protocol == "final":
-        lines.append("Grid evaluation: each task right after training it, and every task after the last "
-                     "(forgetting A[j,j] - A[T,j] as with the full protocol; no intermediate accuracy curve).")
-    if reference_tasks:
-        lines.append(f"Reference curves: first {reference_tasks} of {STREAM_LENGTHS['permuted']} Permuted-MNIST tasks "
-                     f"(CRWN FC256 Local+Global, EWC, Naive).")
-    return lines
 
 
 # ---------------------------------------------------------------- output
@@ -498,24 +344,17 @@ def _pct(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
-def _forget(v: Optional[float]) -> str:
-    return "n/a (1 task)" if v is None else f"{v:.4g}"
+def _mode(cell: Dict[str, Any]) -> str:
+    return MODE_LABELS["local-only" if cell["settings"].get("local_only") else "local+global"]
 
 
-def machine_was_busy(run: Dict[str, Any]) -> bool:
-    """Whether other processes loaded the machine during a run (its own threads count for up to cpu_count)."""
-    loads = run.get("load_average_1min_before_task", [])
-    return bool(loads) and max(loads) > (os.cpu_count() or 1) + BUSY_LOAD_MARGIN
+def _row(cell: Dict[str, Any]) -> str:
+    return cell["method"].replace("NeuroModNet-", "").replace(" local-only", "")
 
 
-def grid_rows(grid: List[Dict[str, Any]]) -> List[List[str]]:
-    return [
-        [g["stream"], g["row"], MODE_LABELS[g["mode"]], f"{g['tasks_measured']} of {g['stream_length']}",
-         _pct(g["mean_accuracy"]), f"{g['params_per_task']:,}",
-         f"{g['seconds_per_task']:.1f}" + (" *" if machine_was_busy(g) else ""),
-         _forget(g["min_forgetting"]), _forget(g["max_forgetting"])]
-        for g in grid
-    ]
+def _forgetting_range(cell: Dict[str, Any]) -> List[str]:
+    values = [v for v in cell["forgetting"] if v is not None]
+    return [f"{min(values):.4g}", f"{max(values):.4g}"] if values else ["n/a (1 task)"] * 2
 
 
 GRID_HEADER = ["stream", "row", "mode", "tasks measured", "mean acc (%)", "params/task", "s/task",
@@ -524,42 +363,38 @@ SPREAD_HEADER = ["stream", "row", "mode", "tasks", "lowest task (%)", "median ta
                  "s/task mean", "s/task slowest"]
 
 
-def spread_rows(grid: List[Dict[str, Any]]) -> List[List[str]]:
-    """Per-task spread of the runs that covered their whole stream."""
+def grid_rows(cells: List[Dict[str, Any]], cpu_count: Optional[int] = None) -> List[List[str]]:
+    return [[c["stream"], _row(c), _mode(c), f"{len(c['final_accuracies'])} of {c['stream_settings']['n_experiences']}",
+             _pct(c["avg_accuracy"]), f"{c['params_per_task']:,}",
+             f"{c['seconds_per_task']:.1f}" + (" *" if busy(c, cpu_count) else ""), *_forgetting_range(c)]
+            for c in cells]
+
+
+def busy(cell: Dict[str, Any], cpu_count: Optional[int] = None) -> bool:
+    return machine_was_busy(cell.get("load_average_before_task", []), cpu_count)
+
+
+def spread_rows(cells: List[Dict[str, Any]]) -> List[List[str]]:
+    """Per-task spread of the cells that covered their whole stream."""
     rows = []
-    for g in grid:
-        if g["tasks_measured"] != g["stream_length"]:
+    for c in cells:
+        acc = np.asarray(c["final_accuracies"], dtype=float)
+        if len(acc) != c["stream_settings"]["n_experiences"]:
             continue
-        acc = np.asarray(g["final_accuracies"], dtype=float)
         low, high = int(np.argmin(acc)), int(np.argmax(acc))
-        rows.append([g["stream"], g["row"], MODE_LABELS[g["mode"]], str(len(acc)),
-                     f"{100 * acc[low]:.2f} (task {low})", f"{100 * np.median(acc):.2f}",
-                     f"{100 * acc[high]:.2f} (task {high})", f"{np.mean(g['train_seconds']):.2f}",
-                     f"{max(g['train_seconds']):.2f}"])
+        rows.append([c["stream"], _row(c), _mode(c), str(len(acc)), f"{100 * acc[low]:.2f} (task {low})",
+                     f"{100 * np.median(acc):.2f}", f"{100 * acc[high]:.2f} (task {high})",
+                     f"{np.mean(c['seconds']):.2f}", f"{max(c['seconds']):.2f}"])
     return rows
-CURVE_NAMES = (REFERENCE_ROW, "EWC", "Naive")
-CURVE_LABELS = {REFERENCE_ROW: "CRWN NeuroModNet-FC256", "EWC": "EWC (lambda 100), MLP 256-256",
-                "Naive": "Naive, MLP 256-256"}
 
 
-def curve_rows(reference: Dict[str, Dict[str, Any]]) -> List[List[str]]:
-    names = [n for n in CURVE_NAMES if n in reference]
-    n = min(len(reference[name]["accuracy_curve"]) for name in names)
-    return [[str(k + 1)] + [_pct(reference[name]["accuracy_curve"][k]) for name in names] for k in range(n)]
+def curve_rows(curves: Dict[str, List[float]]) -> List[List[str]]:
+    names = [n for n in CURVE_LABELS if n in curves]
+    n = min(len(curves[name]) for name in names)
+    return [[str(k + 1)] + [_pct(curves[name][k]) for name in names] for k in range(n)]
 
 
-def text_table(header: List[str], rows: List[List[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
-
-
-def markdown_table(header: List[str], rows: List[List[str]]) -> List[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def plot_curves(reference: Dict[str, Dict[str, Any]], path: Path) -> None:
+def plot_curves(curves: Dict[str, List[float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -567,10 +402,10 @@ def plot_curves(reference: Dict[str, Dict[str, Any]], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, style in zip(CURVE_NAMES, ("o-", "s-", "^-")):
-        if name in reference:
-            curve = reference[name]["accuracy_curve"]
-            ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], style, ms=4, label=CURVE_LABELS[name])
+    for name, style in zip(CURVE_LABELS, ("o-", "s-", "^-")):
+        if name in curves:
+            ax.plot(range(1, len(curves[name]) + 1), [100 * v for v in curves[name]], style, ms=4,
+                    label=CURVE_LABELS[name])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("tasks trained (Permuted MNIST)")
     ax.set_ylabel("average test accuracy over tasks seen (%)")
@@ -583,78 +418,79 @@ def plot_curves(reference: Dict[str, Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def scale_lines(result: Dict[str, Any]) -> List[str]:
+    """One line per stream and mode saying how many tasks each row ran."""
+    lines = []
+    for stream, length in STREAM_LENGTHS.items():
+        for mode in MODE_LABELS.values():
+            cells = [c for c in result["grid"] if c["stream"] == stream and _mode(c) == mode]
+            if not cells:
+                continue
+            by_count: Dict[int, List[str]] = {}
+            for c in cells:
+                by_count.setdefault(len(c["final_accuracies"]), []).append(_row(c))
+            parts = [f"first {k} of {length} tasks for {', '.join(rows)}"
+                     for k, rows in sorted(by_count.items(), reverse=True)]
+            lines.append(f"{stream.capitalize()} MNIST, {mode}: " + "; ".join(parts) + ".")
+    lines.append(f"{result['settings']['iterations']:,} mini-batches of {BATCH_SIZE} per task, every method.")
+    if result["settings"]["eval_protocol"] == "final":
+        lines.append("Grid evaluation: each task right after training it, and every task after the last "
+                     "(forgetting A[j,j] - A[T,j] as with the full protocol; no intermediate accuracy curve).")
+    if result["reference"]:
+        lines.append(f"Reference curves: first {len(result['reference'][0]['final_accuracies'])} of "
+                     f"{STREAM_LENGTHS['permuted']} Permuted-MNIST tasks (CRWN FC256 Local+Global, EWC, Naive), "
+                     f"each evaluated on every task seen after each task.")
+    return lines
+
+
 def markdown_section(result: Dict[str, Any]) -> str:
-    machine = result["machine"]
-    lines = [
-        SECTION_START,
-        "## CRWN on Rotated and Permuted MNIST (issue 3)",
-        "",
-        f"Measured {result['timestamp_utc']} with `benchmarks/crwn_mnist.py` ({result['wall_seconds'] / 60:.0f} min):",
-        "",
-        "```",
-        result["command"],
-        "```",
-        "",
-        f"- Data: real MNIST read from `{result['dataset_root']}` (torchvision layout, `MNIST/raw/*.gz`); "
-        f"every task uses all 60,000 training and 10,000 test images, rotated by 10 degrees per task "
-        f"or pixel-permuted with seed = task index.",
-        f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), no GPU, torch {machine['torch']} "
-        f"with {machine['torch_threads']} threads, avalanche-lib {machine['avalanche']}.",
-        "- Scale actually run (the paper runs all 36 rotated and 100 permuted tasks per row):",
-    ]
+    cpu_count = result["machine"]["cpu_count"]
+    lines = section_opening(
+        SECTION_START, "CRWN on Rotated and Permuted MNIST (issue 3)", result,
+        data=f"real MNIST read from `{result['dataset_root']}` (torchvision layout, `MNIST/raw/*.gz`); every task "
+             f"uses all 60,000 training and 10,000 test images, rotated by 10 degrees per task or pixel-permuted "
+             f"with seed = task index.")
+    lines += ["- Scale actually run (the paper runs all 36 rotated and 100 permuted tasks per row):"]
     lines += [f"  - {line}" for line in result["scale"]]
-    lines += [
-        "- Mean accuracy: over the tasks measured, after the last of them. s/task: mean wall time of "
-        "`strategy.train` on one task (includes materialising its images). Forgetting: accuracy right "
-        "after training a task minus its final accuracy, over the tasks before the last.",
-        "",
-    ]
-    lines += markdown_table(GRID_HEADER, grid_rows(result["grid"]))
+    lines += ["- Mean accuracy: over the tasks measured, after the last of them. s/task: mean wall time of "
+              "`strategy.train` on one task. Forgetting: accuracy right after training a task minus its final "
+              "accuracy, over the tasks before the last. Cells are shared with `benchmarks/compare.py` "
+              f"(`{result['cache_dir']}`).", ""]
+    lines += markdown_table(GRID_HEADER, grid_rows(result["grid"], cpu_count), align="lllrrrrrr")
     spread = spread_rows(result["grid"])
     if spread:
         lines += ["", "Runs over a whole stream: spread of the per-task final accuracies (rotated task k is "
                       "10k degrees; permuted task k uses permutation seed k) and of the training time per task.", ""]
-        lines += markdown_table(SPREAD_HEADER, spread)
-    if any(machine_was_busy(g) for g in result["grid"]):
-        lines += ["", f"\\* other processes loaded the machine during this row (1-min load average above "
-                      f"{machine['cpu_count']} + {BUSY_LOAD_MARGIN:g} before a task): its s/task is inflated; "
-                      f"the JSON holds per-task CPU seconds and load averages."]
-    reference = result["reference"]
-    if reference:
-        n = len(reference[REFERENCE_ROW]["accuracy_curve"])
-        lines += [
-            "",
-            f"Reference, first {n} Permuted-MNIST tasks: average test accuracy (%) over the tasks seen after "
-            f"each task. EWC (lambda {EWC_LAMBDA:g}) and Naive train a 784-256-256-10 MLP with SGD lr "
-            f"{BASELINE_LR}, momentum {BASELINE_MOMENTUM}, {BASELINE_EPOCHS} epochs of batch {BATCH_SIZE} "
-            f"(~938 batches) per task; CRWN FC256 learns {reference[REFERENCE_ROW]['params_per_task']:,} "
-            f"parameters per task, the MLP retrains all {reference['EWC']['params_per_task']:,}.",
-            "",
-        ]
-        lines += markdown_table(["after task", "CRWN FC256", "EWC", "Naive"], curve_rows(reference))
-        lines += [
-            "",
-            "| method | s/task (train) | final average accuracy (%) |",
-            "|---|---:|---:|",
-        ]
-        lines += [f"| {CURVE_LABELS[name]} | {reference[name]['seconds_per_task']:.1f} | "
-                  f"{_pct(reference[name]['mean_accuracy'])} |" for name in CURVE_NAMES if name in reference]
-        lines += ["", *[f"- {result['crossings'][name]['statement']}" for name in ("EWC", "Naive")], "",
+        lines += markdown_table(SPREAD_HEADER, spread, align="llllrrrrr")
+    if any(busy(c, cpu_count) for c in result["grid"]):
+        lines += ["", "\\* other processes loaded the machine while this row trained (1-minute load average above "
+                      f"{cpu_count} + 1 before a task): its s/task is inflated; the cells hold per-task CPU seconds "
+                      "and load averages."]
+    if result["reference"]:
+        curves = reference_curves(result["reference"])
+        by = {c["method"]: c for c in result["reference"]}
+        fc = by[method_name(REFERENCE_ROW, "local+global")]
+        lines += ["", f"Reference, first {len(curves[REFERENCE_ROW])} Permuted-MNIST tasks: average test accuracy "
+                      f"(%) over the tasks seen after each task. EWC (lambda {EWC_LAMBDA:g}) and Naive train a "
+                      f"784-256-256-10 MLP with SGD lr 0.01, momentum 0.9, {result['settings']['iterations']:,} "
+                      f"mini-batches of {BATCH_SIZE} per task; CRWN FC256 learns {fc['params_per_task']:,} "
+                      f"parameters per task, the MLP retrains all {by['EWC']['params_per_task']:,}.", ""]
+        lines += markdown_table(["after task"] + [CURVE_LABELS[n] for n in CURVE_LABELS if n in curves],
+                                curve_rows(curves), align="rrrr"[: 1 + len(curves)])
+        lines += [""] + markdown_table(
+            ["method", "s/task (train)", "final average accuracy (%)"],
+            [[CURVE_LABELS[name], f"{by[m]['seconds_per_task']:.1f}", _pct(by[m]["avg_accuracy"])]
+             for name, m in ((REFERENCE_ROW, fc["method"]), ("EWC", "EWC"), ("Naive", "Naive")) if m in by],
+            align="lrr")
+        lines += ["", *[f"- {c['statement']}" for c in result["crossings"].values()], "",
                   "![Average accuracy over seen Permuted-MNIST tasks: CRWN FC256 vs EWC and Naive]"
                   "(images/crwn_pmnist_vs_ewc.png)"]
     if result["targets"]:
-        lines += ["", "| target | measured | result |", "|---|---|---|"]
-        lines += [f"| {t['target']} | {t['value']} | {'pass' if t['pass'] else 'FAIL'} |" for t in result["targets"]]
-    lines += [
-        "",
-        "Full scale (all tasks, both modes, every row; days on this machine, FC4096 alone takes ~85 s per task):",
-        "",
-        "```",
-        f".venv/bin/python benchmarks/crwn_mnist.py --dataset-root {shell_quote(result['dataset_root'])} "
-        "--eval-protocol final",
-        "```",
-        SECTION_END,
-    ]
+        lines += ["", *target_lines(result["targets"])]
+    lines += ["", "Full scale (all tasks, both modes, every row; days on this machine, FC4096 alone takes ~85 s per "
+                  "task):", "", "```",
+              f".venv/bin/python benchmarks/crwn_mnist.py --dataset-root {shell_quote(result['dataset_root'])}",
+              "```", SECTION_END]
     return "\n".join(lines)
 
 
@@ -663,86 +499,55 @@ def markdown_section(result: Dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from tqdm import tqdm
+    import torch
 
+    from avalanche_neuromod.evaluation import run_grid
+
+    torch.set_num_threads(2)
     started = time.perf_counter()
-    plan = grid_plan(args)
+    grids = build_grids(args)
+
+    def on_cell(cell: Any, r: Dict[str, Any], cached: bool) -> None:
+        forgetting = [v for v in r["forgetting"] if v is not None]
+        print(f"{'cached' if cached else 'done'}: {cell.label}: {len(r['final_accuracies'])} tasks, mean acc "
+              f"{r['avg_accuracy']:.4f}, {r['seconds_per_task']:.1f} s/task, max forgetting "
+              f"{max(forgetting) if forgetting else 'n/a'}", flush=True)
+
+    cells: Dict[str, List[Dict[str, Any]]] = {}
+    for name, grid in grids.items():
+        cells[name] = run_grid(grid, dataset_root=args.dataset_root, cache_dir=args.cache_dir, on_cell=on_cell,
+                               after_training=context_plotter(args.context_plot) if name != "reference" else None)
     result: Dict[str, Any] = {
         **result_header(argv, __file__, args.dataset_root),
-        "settings": {
-            "iterations_per_task": args.iterations, "batch_size": BATCH_SIZE, "eval_batch_size": EVAL_BATCH_SIZE,
-            "crwn_optimizer": f"{OPTIMIZERS[args.optimizer]} lr {CRWN_LR}", "seed": args.seed,
-            "eval_protocol_grid": args.eval_protocol, "eval_protocol_reference": "all-seen",
-            "baselines": {"model": "784-256-256-10 ReLU MLP", "optimizer": f"SGD lr {BASELINE_LR} momentum "
-                          f"{BASELINE_MOMENTUM}", "epochs_per_task": BASELINE_EPOCHS, "ewc_lambda": EWC_LAMBDA},
-        },
-        "plan": plan,
-        "reference_tasks": args.reference_tasks,
-        "scale": scale_description(plan, args.reference_tasks, args.iterations, args.eval_protocol),
-        "grid": [], "reference": {}, "crossings": {}, "targets": [], "complete": False,
+        "settings": {"iterations": args.iterations, "batch_size": BATCH_SIZE, "optimizer": args.optimizer,
+                     "seed": args.seed, "eval_protocol": EVAL_PROTOCOLS[args.eval_protocol]},
+        "grids": {name: grid.to_dict() for name, grid in grids.items()},
+        "cache_dir": portable_path(args.cache_dir),
+        "grid": [c for name, cs in cells.items() if name != "reference" for c in cs],
+        "reference": cells.get("reference", []),
     }
-    benchmarks: Dict[str, Any] = {}
-
-    def stream(name: str) -> Any:
-        if name not in benchmarks:
-            benchmarks[name] = build_stream(name, args.dataset_root)
-        return benchmarks[name]
-
-    reference_jobs = [REFERENCE_ROW, "EWC", "Naive"] if args.reference_tasks else []
-    jobs = tqdm(total=len(plan) + len(reference_jobs), desc="runs", unit="run", dynamic_ncols=True)
-    for p in plan:
-        label = f"{p['stream']} {p['row']} {p['mode']}"
-        jobs.set_description(label)
-        run = run_crwn(stream(p["stream"]), p["row"], p["mode"], p["tasks"], args.iterations, args.seed, label,
-                       args.optimizer, args.context_plot, p["stream"], args.eval_protocol)
-        result["grid"].append({**p, **run})
-        tqdm.write(f"{label}: {p['tasks']} tasks, mean acc {run['mean_accuracy']:.4f}, "
-                   f"{run['seconds_per_task']:.1f} s/task, forgetting min {_forget(run['min_forgetting'])}")
-        write_json(result, args.out)
-        jobs.update()
-    for name in reference_jobs:
-        label = f"reference permuted {name}"
-        jobs.set_description(label)
-        bm = stream("permuted")
-        if name == REFERENCE_ROW:
-            run = run_crwn(bm, REFERENCE_ROW, "local+global", args.reference_tasks, args.iterations, args.seed, label,
-                           args.optimizer)
-        else:
-            run = run_baseline(bm, name, args.reference_tasks, args.seed, label)
-        result["reference"][name] = run
-        tqdm.write(f"{label}: average accuracy after task k: "
-                   + " ".join(f"{100 * v:.1f}" for v in run["accuracy_curve"]))
-        write_json(result, args.out)
-        jobs.update()
-    jobs.close()
-
-    if result["reference"]:
-        result["crossings"] = reference_analysis(result["reference"])
+    result["scale"] = scale_lines(result)
+    curves = reference_curves(result["reference"]) if result["reference"] else {}
+    result["crossings"] = crossings(curves) if curves else {}
     result["targets"] = evaluate_targets(result["grid"], result["reference"])
     result["wall_seconds"] = time.perf_counter() - started
-    result["complete"] = True
-    write_json(result, args.out)
 
     print()
     print(text_table(GRID_HEADER, grid_rows(result["grid"])))
     if spread_rows(result["grid"]):
         print()
         print(text_table(SPREAD_HEADER, spread_rows(result["grid"])))
-    if result["reference"]:
+    if curves:
         print()
-        print(text_table(["after task", "CRWN FC256 (%)", "EWC (%)", "Naive (%)"], curve_rows(result["reference"])))
-        for name in ("EWC", "Naive"):
-            print(result["crossings"][name]["statement"])
+        print(text_table(["after task"] + list(curves), curve_rows(curves)))
+        print("\n".join(c["statement"] for c in result["crossings"].values()))
     print()
-    for t in result["targets"]:
-        print(f"[{'PASS' if t['pass'] else 'FAIL'}] {t['target']}: {t['value']}")
-    print(f"\nWall time {result['wall_seconds'] / 60:.1f} min. Wrote {args.out}")
-    if not args.no_docs:
-        if result["reference"]:
-            plot_curves(result["reference"], PLOT_PATH)
-            print(f"Wrote {PLOT_PATH}")
-        update_results_md(markdown_section(result), SECTION_START, SECTION_END)
-        print(f"Updated {RESULTS_MD}")
+    print("\n".join(target_lines(result["targets"], markdown=False)))
+    print(f"\nWall time {result['wall_seconds'] / 60:.1f} min.")
+    if curves and not args.no_docs:
+        plot_curves(curves, PLOT_PATH)
+        print(f"Wrote {portable_path(PLOT_PATH)}")
+    publish(result, args.out, None if args.no_docs else markdown_section(result), SECTION_START, SECTION_END)
     return 0
 
 

@@ -70,14 +70,13 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from _report import (REPO_ROOT, RESULTS_MD, add_dataset_root_argument, check_mnist_root, command_line,
-                     data_files, machine_info, portable_path, update_results_md, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, markdown_table, publish, result_header,
+                     section_opening, target, target_lines, text_table)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "stream_throughput.json"
 SECTION_START = "<!-- stream_throughput:start -->"
@@ -607,33 +606,18 @@ def evaluate_targets(summary: Dict[str, Dict[str, float]], memory: Dict[str, Dic
                               ("ours_batched_first_epoch", "first epoch, whole-batch plugin", TARGET_RATIO_FIRST_EPOCH),
                               ("ours_batched_warm", "warm, whole-batch plugin", TARGET_RATIO_WARM)):
         ratio = summary[key]["median_s"] / plain
-        targets.append({
-            "target": f"ours under Naive ({label}) within {limit}x of the indexed plain loop (a2)",
-            "value": f"{ratio:.2f}x",
-            "pass": ratio <= limit,
-        })
+        targets.append(target(f"ours under Naive ({label}) within {limit}x of the indexed plain loop (a2)",
+                              ratio <= limit, f"{ratio:.2f}x"))
     for key, label in (("ours_first_epoch", "first epoch"), ("ours_warm", "warm"),
                        ("ours_batched_first_epoch", "first epoch, whole-batch plugin"),
                        ("ours_batched_warm", "warm, whole-batch plugin")):
         speedup = theirs / summary[key]["median_s"]
-        targets.append({
-            "target": f"ours ({label}) at least {TARGET_SPEEDUP_OVER_AVALANCHE:g}x faster than Avalanche (c)",
-            "value": f"{speedup:.1f}x",
-            "pass": speedup >= TARGET_SPEEDUP_OVER_AVALANCHE,
-        })
+        targets.append(target(f"ours ({label}) at least {TARGET_SPEEDUP_OVER_AVALANCHE:g}x faster than Avalanche (c)",
+                              speedup >= TARGET_SPEEDUP_OVER_AVALANCHE, f"{speedup:.1f}x"))
     for kind, probe in memory.items():
-        targets.append({
-            "target": f"peak RSS of the {kind} probe under 2 GB ({MEMORY_LIMIT_BYTES / MIB:,.0f} MiB)",
-            "value": f"{probe['peak_rss_bytes'] / MIB:.0f} MiB",
-            "pass": probe["peak_rss_bytes"] < MEMORY_LIMIT_BYTES,
-        })
+        targets.append(target(f"peak RSS of the {kind} probe under 2 GB ({MEMORY_LIMIT_BYTES / MIB:,.0f} MiB)",
+                              probe["peak_rss_bytes"] < MEMORY_LIMIT_BYTES, f"{probe['peak_rss_bytes'] / MIB:.0f} MiB"))
     return targets
-
-
-
-
-
-
 
 
 # ---------------------------------------------------------------- output
@@ -655,61 +639,39 @@ def floor_context(summary: Dict[str, Dict[str, float]]) -> str:
     return "; ".join(parts)
 
 
-def format_table(summary: Dict[str, Dict[str, float]], raw: Dict[str, List[float]]) -> str:
-    header = (
-        f"{'measurement':<46} {'median s':>8} {'min s':>6} {'x plain':>7} "
-        f"{'min/min':>7} {'cpu s':>6} {'img/s':>7}  runs (wall s)"
-    )
-    lines = [header, "-" * len(header)]
-    for key, label in MEASUREMENTS:
-        s = summary[key]
-        runs = " ".join(f"{v:.2f}" for v in raw[key])
-        lines.append(
-            f"{label:<46} {s['median_s']:>8.2f} {s['min_s']:>6.2f} "
-            f"{s['ratio_to_plain']:>7.2f} {s['ratio_of_minima_to_plain']:>7.2f} "
-            f"{s['cpu_median_s']:>6.2f} {s['samples_per_s']:>7.0f}  {runs}"
-        )
-    return "\n".join(lines)
+TABLE_HEADER = ["measurement", "median (s)", "min (s)", "ratio to plain loop (a2), medians", "ratio, minima",
+                "CPU time, median (s)", "images/s"]
 
 
-def format_targets(targets: List[Dict[str, Any]]) -> str:
-    return "\n".join(
-        f"[{'PASS' if t['pass'] else 'FAIL'}] {t['target']}: {t['value']}" for t in targets
-    )
+def table_rows(summary: Dict[str, Dict[str, float]]) -> List[List[str]]:
+    return [[label, f"{s['median_s']:.2f}", f"{s['min_s']:.2f}", f"{s['ratio_to_plain']:.2f}x",
+             f"{s['ratio_of_minima_to_plain']:.2f}x", f"{s['cpu_median_s']:.2f}", f"{s['samples_per_s']:,.0f}"]
+            for s, label in ((summary[key], label) for key, label in MEASUREMENTS)]
 
 
 def _mib(value: Optional[int]) -> str:
     return "n/a" if value is None else f"{value / MIB:,.0f} MiB"
 
 
-def format_memory(memory: Dict[str, Dict[str, Any]]) -> str:
-    return "\n".join(
-        f"{p['generator']}: RSS after import {_mib(p['rss_after_import_bytes'])} "
-        f"(import peak {_mib(p['peak_during_import_bytes'])}), after build "
-        f"{_mib(p['rss_after_build_bytes'])}, peak after import {_mib(p['peak_after_import_bytes'])}, "
-        f"overall peak {_mib(p['peak_rss_bytes'])}; build {p['build_s']:.1f} s, "
-        f"touching {p['n_experiences_touched']} experiences {p['touch_all_s']:.1f} s"
-        for p in memory.values()
-    )
+MEMORY_HEADER = ["generator", "RSS after `import avalanche_neuromod.benchmarks`", "peak during import",
+                 "RSS after build", "peak after import (build + touch)", "overall peak", "build s",
+                 "touching every experience s"]
+
+
+def memory_rows(memory: Dict[str, Dict[str, Any]]) -> List[List[str]]:
+    return [[f"`{p['generator']}` ({p['n_train_experiences']} experiences)", _mib(p["rss_after_import_bytes"]),
+             _mib(p["peak_during_import_bytes"]), _mib(p["rss_after_build_bytes"]),
+             _mib(p["peak_after_import_bytes"]), _mib(p["peak_rss_bytes"]), f"{p['build_s']:.1f}",
+             f"{p['touch_all_s']:.1f}"] for p in memory.values()]
 
 
 def markdown_section(result: Dict[str, Any]) -> str:
-    summary, raw, machine = result["summary"], result["raw_seconds"], result["machine"]
-    lines = [
-        SECTION_START,
-        "## Stream throughput (issues 2 and 7)",
-        "",
-        f"Measured {result['timestamp_utc']} with `benchmarks/stream_throughput.py`:",
-        "",
-        "```",
-        result["command"],
-        "```",
-        "",
-        f"- Data: real MNIST read from `{result['data']['dataset_root']}` "
-        f"(torchvision layout, `MNIST/raw/*.gz`); one Permuted-MNIST training "
-        f"experience of {result['data']['n_train_images']:,} images.",
-        f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), no GPU, "
-        f"torch {machine['torch']} with {N_THREADS} threads, avalanche-lib {machine['avalanche']}.",
+    summary, raw = result["summary"], result["raw_seconds"]
+    lines = section_opening(
+        SECTION_START, "Stream throughput (issues 2 and 7)", result, threads=N_THREADS,
+        data=f"real MNIST read from `{result['dataset_root']}` (torchvision layout, `MNIST/raw/*.gz`); one "
+             f"Permuted-MNIST training experience of {result['data']['n_train_images']:,} images.")
+    lines += [
         f"- Model: 784-256-256-10 ReLU MLP, SGD lr {LR}, batch {BATCH_SIZE}, one epoch; "
         f"{result['repeats']} repeats, round-robin; ratio = median / median of (a2).",
         "- Load average (1 min) at the start of each repeat: "
@@ -730,50 +692,21 @@ def markdown_section(result: Dict[str, Any]) -> str:
         "with no data loading at all, a floor no stream can go below.",
         "- Against that floor: " + floor_context(summary) + ".",
         "",
-        "| measurement | median (s) | min (s) | ratio to plain loop (a2), medians "
-        "| ratio, minima | CPU time, median (s) | images/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for key, label in MEASUREMENTS:
-        s = summary[key]
-        lines.append(
-            f"| {label} | {s['median_s']:.2f} | {s['min_s']:.2f} | "
-            f"{s['ratio_to_plain']:.2f}x | {s['ratio_of_minima_to_plain']:.2f}x | "
-            f"{s['cpu_median_s']:.2f} | {s['samples_per_s']:,.0f} |"
-        )
-    lines += [
+        *markdown_table(TABLE_HEADER, table_rows(summary), align="lrrrrrr"),
         "",
         "Raw seconds per repeat: "
         + "; ".join(f"{key} " + ", ".join(f"{v:.2f}" for v in raw[key]) for key, _ in MEASUREMENTS)
         + ".",
         "",
-        "| target | measured | result |",
-        "|---|---:|---|",
-    ]
-    lines += [
-        f"| {t['target']} | {t['value']} | {'pass' if t['pass'] else 'FAIL'} |"
-        for t in result["targets"]
-    ]
-    lines += [
+        *target_lines(result["targets"]),
         "",
         "Memory probes (one fresh subprocess each; every train and test experience's "
         "first and last sample read once):",
         "",
-        "| generator | RSS after `import avalanche_neuromod.benchmarks` | peak during import "
-        "| RSS after build | peak after import (build + touch) | overall peak |",
-        "|---|---:|---:|---:|---:|---:|",
+        *markdown_table(MEMORY_HEADER, memory_rows(result["memory"]), align="lrrrrrrr"),
+        SECTION_END,
     ]
-    lines += [
-        f"| `{p['generator']}` ({p['n_train_experiences']} experiences) | "
-        f"{_mib(p['rss_after_import_bytes'])} | {_mib(p['peak_during_import_bytes'])} | "
-        f"{_mib(p['rss_after_build_bytes'])} | {_mib(p['peak_after_import_bytes'])} | "
-        f"{_mib(p['peak_rss_bytes'])} |"
-        for p in result["memory"].values()
-    ]
-    lines.append(SECTION_END)
     return "\n".join(lines)
-
-
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -789,13 +722,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     summary = summarise(timings["raw_seconds"], timings["raw_cpu_seconds"])
     result = {
-        "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(),
+        **result_header(argv, __file__, args.dataset_root),
         "repeats": args.repeats,
-        "machine": machine_info(),
         "data": {
-            "dataset_root": portable_path(args.dataset_root, is_data_root=True),
-            "files": data_files(args.dataset_root),
             "n_train_images": N_TRAIN_IMAGES,
             "plain_loop_experience": PLAIN_EXPERIENCE,
             "permutation": f"np.random.RandomState(k + {PERMUTATION_SEED}).permutation(784), after normalisation",
@@ -809,21 +738,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result["targets"] = evaluate_targets(summary, memory)
 
     print()
-    print(format_table(summary, timings["raw_seconds"]))
+    print(text_table(TABLE_HEADER, table_rows(summary)))
     print()
-    print(format_targets(result["targets"]))
+    print("\n".join(target_lines(result["targets"], markdown=False)))
     print("Against the floor (e): " + floor_context(result["summary"]))
     print()
-    print(format_memory(memory))
+    print(text_table(MEMORY_HEADER, memory_rows(memory)))
     check = timings["same_data_check"]
     print(f"\nPlain baseline uses our experience {check['experience']}'s samples: {check['ok']} "
           f"(max |diff| {check['max_abs_diff']:.2e})")
-
-    write_json(result, args.out)
-    print(f"\nWrote {args.out}")
-    if not args.no_docs:
-        update_results_md(markdown_section(result), SECTION_START, SECTION_END)
-        print(f"Updated {RESULTS_MD}")
+    publish(result, args.out, None if args.no_docs else markdown_section(result), SECTION_START, SECTION_END)
     return 0
 
 

@@ -37,8 +37,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, data_files, portable_path,
-                     result_header, update_results_md, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, data_files, markdown_table, publish,
+                     result_header, section_opening, target, target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "tsar.json"
 SECTION_START = "<!-- tsar:start -->"
@@ -245,14 +245,14 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return rows
 
 
-def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]], rank: int) -> List[str]:
+def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]], rank: int) -> List[Dict[str, Any]]:
+    """The issue's targets, for the rows that were run."""
     by = {(r["method"], r["head"]): r for r in summary}
-    notes = []
+    checked = []
     grow, sculpt, scratch = by.get(("grow", "full")), by.get(("sculpt", "full")), by.get(("scratch", "-"))
     if grow and "omniglot" in grow:
         mean = grow["omniglot"]["recall_mean"]
-        notes.append(f"- Grow recall on 100 unseen Omniglot classes: {mean:.1f}% (target: at least 40%): "
-                     f"{'met' if mean >= 40 else 'NOT met'}.")
+        checked.append(target("Grow recall on the unseen Omniglot classes at least 40%", mean >= 40, f"{mean:.1f}%"))
     if grow and sculpt:
         wins, total = 0, 0
         for g in (r for r in runs if (r["method"], r["head"]) == ("grow", "full")):
@@ -264,18 +264,22 @@ def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]], rank: int
                 if key.startswith("omniglot/") and key in s["transfers"]:
                     total += 1
                     wins += t["recall"] > s["transfers"][key]["recall"]
-        notes.append(f"- Grow above Sculpt on {wins} of {total} (meta seed, Omniglot transfer seed) pairs "
-                     f"(target: all, over at least 3 transfer seeds and 2 meta seeds).")
+        meta_seeds = len({r["meta_seed"] for r in runs if (r["method"], r["head"]) == ("grow", "full")})
+        checked.append(target("Grow above Sculpt on every Omniglot transfer seed (at least 3) for at least 2 meta "
+                              "seeds", total > 0 and wins == total and total >= 6 and meta_seeds >= 2,
+                              f"Grow above Sculpt on {wins} of {total} (meta seed, transfer seed) pairs, "
+                              f"{meta_seeds} meta seed(s)"))
     if scratch and "omniglot" in scratch:
         mean = scratch["omniglot"]["recall_mean"]
-        notes.append(f"- Scratch recall: {mean:.1f}% (target: below 5%): {'met' if mean < 5 else 'NOT met'}.")
+        checked.append(target("Scratch recall below 5%", mean < 5, f"{mean:.1f}%"))
     low, full = by.get(("grow", "low_rank")), by.get(("grow", "full"))
     if low and full and "omniglot" in low and "omniglot" in full:
         ratio = full["regulator_bytes"]["parameters"] / max(low["regulator_bytes"]["parameters"], 1)
         lost = full["omniglot"]["recall_mean"] - low["omniglot"]["recall_mean"]
-        notes.append(f"- Low-rank heads (rank {rank}): regulator memory {ratio:.1f}x smaller, "
-                     f"{lost:+.1f} points of Grow recall lost (target: at least 10x, at most 2 points).")
-    return notes
+        checked.append(target(f"low-rank heads (rank {rank}): at least 10x less regulator memory, at most 2 points "
+                              f"of Grow recall lost", ratio >= 10 and lost <= 2,
+                              f"{ratio:.1f}x smaller, {lost:+.1f} points lost"))
+    return checked
 
 
 def section_markers(label: str) -> tuple:
@@ -287,32 +291,19 @@ def section_markers(label: str) -> tuple:
 
 def markdown_section(result: Dict[str, Any]) -> str:
     s = result["settings"]
-    machine = result["machine"]
     start, end = section_markers(s.get("label", ""))
-    lines = [
-        start,
-        "## TSAR (issue 9)" + (f": {s['label']}" if s.get("label") else ""),
-        "",
-        f"Measured with `benchmarks/tsar.py` ({result['timestamp_utc']}):",
-        "",
-        "```",
-        result["command"],
-        "```",
-        "",
-        f"- Data: real Omniglot, MNIST and Fashion-MNIST from `{result['dataset_root']}`. Meta-learning on "
-        f"`images_background_small1` (136 classes x 20); transfer to {s.get('omniglot_classes', 100)} of the 106 classes of "
-        "`images_background_small2` that small1 lacks (Japanese, Sanskrit, Tagalog) x 20 drawings, and to "
-        "MNIST / Fashion-MNIST 10 classes x 30 images (10 more per class held out).",
+    lines = section_opening(
+        start, "TSAR (issue 9)" + (f": {s['label']}" if s.get("label") else ""), result, threads=N_THREADS,
+        data=f"real Omniglot, MNIST and Fashion-MNIST from `{result['dataset_root']}`. Meta-learning on "
+             f"`images_background_small1` (136 classes x 20); transfer to {s.get('omniglot_classes', 100)} of the "
+             "106 classes of `images_background_small2` that small1 lacks (Japanese, Sanskrit, Tagalog) x 20 "
+             "drawings, and to MNIST / Fashion-MNIST 10 classes x 30 images (10 more per class held out).")
+    lines += [
         f"- Scale: {result['scale']}",
-        f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), no GPU, torch {machine['torch']} "
-        f"with {N_THREADS} threads. Peak resident memory of the whole run: {result['peak_rss_mb']:.0f} MB.",
+        f"- Peak resident memory of the whole run: {result['peak_rss_mb']:.0f} MB.",
         f"- Transfer learning rate per method and meta seed chosen from {s['lr_grid']} on Omniglot sequence "
         f"{s['selection_seed']} (another class order and draw; never reported).",
         "",
-        "| method | head | meta seeds | lr | regulator MB (params / with Adam) | Omniglot recall (%) | "
-        "Omniglot held-out (%) | MNIST recall / held-out (%) | Fashion recall / held-out (%) | "
-        "transfer s | meta-learning s |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def cell(row, name, field="recall_mean"):
@@ -322,15 +313,20 @@ def markdown_section(result: Dict[str, Any]) -> str:
         std = row[name].get("recall_std") if field == "recall_mean" else None
         return f"{value:.1f}" + (f" +- {std:.1f}" if std is not None else "")
 
+    rows = []
     for row in result["summary"]:
         mb = row["regulator_bytes"]
-        lines.append(
-            f"| {row['method']} | {row['head']} | {', '.join(map(str, row['meta_seeds']))} | "
-            f"{', '.join(map(str, row['lrs']))} | {mb['parameters'] / 2**20:.1f} / {mb['with_adam'] / 2**20:.1f} | "
-            f"{cell(row, 'omniglot')} | {cell(row, 'omniglot_heldout', 'heldout_mean')} | "
-            f"{cell(row, 'mnist')} / {cell(row, 'mnist', 'heldout_mean')} | "
-            f"{cell(row, 'fashion_mnist')} / {cell(row, 'fashion_mnist', 'heldout_mean')} | "
-            f"{row.get('omniglot', {}).get('train_seconds_mean', 0):.0f} | {row.get('meta_seconds_mean', 0):.0f} |")
+        rows.append([row["method"], row["head"], ", ".join(map(str, row["meta_seeds"])), ", ".join(map(str, row["lrs"])),
+                     f"{mb['parameters'] / 2**20:.1f} / {mb['with_adam'] / 2**20:.1f}", cell(row, "omniglot"),
+                     cell(row, "omniglot_heldout", "heldout_mean"),
+                     f"{cell(row, 'mnist')} / {cell(row, 'mnist', 'heldout_mean')}",
+                     f"{cell(row, 'fashion_mnist')} / {cell(row, 'fashion_mnist', 'heldout_mean')}",
+                     f"{row.get('omniglot', {}).get('train_seconds_mean', 0):.0f}",
+                     f"{row.get('meta_seconds_mean', 0):.0f}"])
+    lines += markdown_table(["method", "head", "meta seeds", "lr", "regulator MB (params / with Adam)",
+                             "Omniglot recall (%)", "Omniglot held-out (%)", "MNIST recall / held-out (%)",
+                             "Fashion recall / held-out (%)", "transfer s", "meta-learning s"], rows,
+                            align="llllrrrrrrr")
     n_positions = s.get("omniglot_classes", 100)
     parts = np.array_split(np.arange(1, n_positions + 1), min(10, n_positions))
     lines += ["", "Omniglot recall by position in the sequence (tenths: first classes ... last), %:", "",
@@ -352,7 +348,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
                          + " | ".join(f"{100 * p['recall']:.1f}" for p in r["curve"]) + " |")
     lines += ["", "Paper, for reference (other data, full sizes, 25,000 meta-iterations on a GPU): ImageNet Grow "
               "92.2, Sculpt 57.5, Scratch 0.97; Omniglot 600 classes recall Grow 95.2, Sculpt 15.1.", "",
-              *result["notes"], end]
+              *target_lines(result["targets"]), end]
     return "\n".join(lines)
 
 
@@ -361,12 +357,12 @@ def report(args: argparse.Namespace) -> int:
     import json
 
     result = json.loads(args.out.read_text())
+    result.pop("notes", None)  # earlier files wrote the targets as free text
     result["summary"] = summarise(result["runs"])
-    result["notes"] = targets(result["summary"], result["runs"], result["settings"]["rank"])
-    print("\n".join(result["notes"]))
-    write_json(result, args.out)
-    if not args.no_docs:
-        update_results_md(markdown_section(result), *section_markers(result["settings"].get("label", "")))
+    result["targets"] = targets(result["summary"], result["runs"], result["settings"]["rank"])
+    print("\n".join(target_lines(result["targets"], markdown=False)))
+    publish(result, args.out, None if args.no_docs else markdown_section(result),
+            *section_markers(result["settings"].get("label", "")))
     return 0
 
 
@@ -391,7 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{args.classifier_channels} channels, regulator {args.regulator_channels} channels, "
                   f"{args.n_classes} class outputs; the paper: 112 / 192 channels, 1,000 outputs, 25,000 "
                   f"meta-iterations" + ("" if full_scale else "; REDUCED below the benchmark's budget of 3,000")),
-        "runs": [], "summary": [], "notes": [],
+        "runs": [], "summary": [], "targets": [],
     }
     result["data_files"] += data_files(root, "omniglot-py/*") + data_files(root, "FashionMNIST/raw/*")
     meta = load_omniglot(root, ["images_background_small1"])
@@ -414,12 +410,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["summary"] = summarise(result["runs"])
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         write_json(result, args.out)
-    result["notes"] = targets(result["summary"], result["runs"], args.rank)
-    print("\n".join(result["notes"]))
-    write_json(result, args.out)
-    if not args.no_docs:
-        update_results_md(markdown_section(result), *section_markers(args.label))
-        print(f"Updated {portable_path(REPO_ROOT / 'docs' / 'results.md')}")
+    result["targets"] = targets(result["summary"], result["runs"], args.rank)
+    print("\n".join(target_lines(result["targets"], markdown=False)))
+    publish(result, args.out, None if args.no_docs else markdown_section(result), *section_markers(args.label))
     return 0
 
 

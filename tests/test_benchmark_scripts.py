@@ -14,43 +14,74 @@ import crwn_init_study  # noqa: E402
 import crwn_mnist  # noqa: E402
 
 
-def _run_grid(root: Path, out: Path, protocol: str) -> dict:
+def _run_grid(root: Path, tmp_path: Path, protocol: str, *extra: str) -> dict:
+    out = tmp_path / "grid.json"
     code = crwn_mnist.main([
         "--dataset-root", str(root), "--rows", "FlyNet-10d", "FC256", "--streams", "rotated",
         "--modes", "local+global", "--tasks", "3", "--row-tasks", "FC256=2", "--iterations", "2",
         "--reference-tasks", "0", "--eval-protocol", protocol, "--no-docs", "--out", str(out),
+        "--cache-dir", str(tmp_path / "cells"), *extra,
     ])
     assert code == 0
     return json.loads(out.read_text())
 
 
-def test_grid_final_protocol_keeps_only_what_was_measured(fake_mnist_root, tmp_path):
-    result = _run_grid(fake_mnist_root, tmp_path / "grid.json", "final")
-    assert result["complete"] and result["settings"]["eval_protocol_grid"] == "final"
+def test_grid_final_protocol_keeps_only_what_was_measured(fake_mnist_root, tmp_path, capsys):
+    result = _run_grid(fake_mnist_root, tmp_path, "final")
+    assert result["settings"]["eval_protocol"] == "final"
     assert any("Grid evaluation" in line for line in result["scale"])
-    runs = {run["row"]: run for run in result["grid"]}
-    assert [runs["FlyNet-10d"]["tasks"], runs["FC256"]["tasks"]] == [3, 2]
-    assert [runs["FlyNet-10d"]["params_per_task"], runs["FC256"]["params_per_task"]] == [7841, 1299]
-    for run in runs.values():
-        matrix = run["accuracy_matrix"]
-        n = run["tasks"]
+    assert any("first 3 of 36 tasks for FlyNet-10d; first 2 of 36 tasks for FC256" in line for line in result["scale"])
+    cells = {cell["method"]: cell for cell in result["grid"]}
+    assert list(cells) == ["FlyNet-10d", "NeuroModNet-FC256"]
+    assert [len(c["final_accuracies"]) for c in cells.values()] == [3, 2]
+    assert [c["params_per_task"] for c in cells.values()] == [7841, 1299]
+    for cell in cells.values():
+        matrix = cell["accuracy_matrix"]
+        n = len(matrix)
         for i in range(n - 1):  # rows before the last: only the task just trained
             assert [v is not None for v in matrix[i]] == [j == i for j in range(n)]
         assert all(v is not None for v in matrix[-1])
-        assert run["accuracy_curve"] is None
         # CRWN never changes a learned task: right-after equals final, exactly.
-        assert run["forgetting"] == [0.0] * (n - 1)
-        assert run["mean_accuracy"] == pytest.approx(np.mean(matrix[-1]))
+        assert cell["forgetting"] == [0.0] * (n - 1)
+        assert cell["avg_accuracy"] == pytest.approx(np.mean(matrix[-1]))
+        assert len(cell["load_average_before_task"]) == len(cell["cpu_seconds"]) == n
+    zero = next(t for t in result["targets"] if t["target"].startswith("CRWN zero forgetting"))
+    assert zero["met"] and "(2 runs, 3 tasks)" in zero["target"]
+    section = crwn_mnist.markdown_section(result)
+    assert section.startswith(crwn_mnist.SECTION_START) and section.endswith(crwn_mnist.SECTION_END)
+    assert "| rotated | FC256 | Local+Global | 2 of 36 |" in section
+    # A second run of the same grid trains nothing: every cell comes from the cache.
+    capsys.readouterr()
+    again = _run_grid(fake_mnist_root, tmp_path, "final")
+    assert capsys.readouterr().out.count("cached: ") == 2
+    assert again["grid"] == result["grid"]
 
 
-def test_grid_all_seen_protocol_fills_the_lower_triangle(fake_mnist_root, tmp_path):
-    result = _run_grid(fake_mnist_root, tmp_path / "grid.json", "all-seen")
-    run = result["grid"][0]
-    matrix = run["accuracy_matrix"]
-    for i, row in enumerate(matrix):
+def test_grid_all_seen_protocol_and_the_reference_curves(fake_mnist_root, tmp_path):
+    result = _run_grid(fake_mnist_root, tmp_path, "all-seen", "--reference-tasks", "3")
+    cell = result["grid"][0]
+    for i, row in enumerate(cell["accuracy_matrix"]):
         assert [v is not None for v in row] == [j <= i for j in range(len(row))]
-    assert len(run["accuracy_curve"]) == run["tasks"]
-    assert run["accuracy_curve"][-1] == pytest.approx(np.mean(matrix[-1]))
+    assert [c["method"] for c in result["reference"]] == ["NeuroModNet-FC256", "EWC", "Naive"]
+    curves = crwn_mnist.reference_curves(result["reference"])
+    for c in result["reference"]:
+        matrix = c["accuracy_matrix"]
+        assert all(v is not None for i, row in enumerate(matrix) for v in row[: i + 1])
+    ewc = result["reference"][1]["accuracy_matrix"]
+    assert curves["EWC"] == pytest.approx([ewc[0][0], (ewc[1][0] + ewc[1][1]) / 2, sum(ewc[2]) / 3])
+    for name in ("EWC", "Naive"):
+        k = result["crossings"][name]["first_task_count_below_fc256"]
+        below = [m < r for m, r in zip(curves[name], curves["FC256"])]
+        assert k == (below.index(True) + 1 if any(below) else None)
+    names = [t["target"] for t in result["targets"]]
+    assert any(n.startswith("FC256 keeps") for n in names) and any(n.startswith("EWC degrades") for n in names)
+
+
+def test_first_crossing_and_its_statement():
+    assert crwn_mnist.first_crossing([0.9, 0.8, 0.7], [0.85, 0.85, 0.85]) == 2
+    assert crwn_mnist.first_crossing([0.9, 0.9], [0.85, 0.85]) is None
+    assert "after task 2 of 3 (80.00% vs 85.00%)" in crwn_mnist.crossing_statement(
+        "EWC", 2, [0.9, 0.8, 0.7], [0.85, 0.85, 0.85])
 
 
 def test_grid_refuses_a_missing_dataset_root(tmp_path, capsys):
@@ -204,7 +235,12 @@ def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
     rows = {row["method"]: row for row in result["summary"]}
     assert rows["dynamos"]["seeds"] == [0, 1] and len(rows["dynamos"]["keep_ratio_per_layer"]) == 4
     assert rows["dynamos"]["paper"] == [79.64, 2.85]
-    assert any("DER" in note for note in result["notes"])
+    speed = [t for t in result["targets"] if "DER" in t["target"]]
+    assert len(speed) == 1 and speed[0]["buffer"] == 200
+    ratio = rows["dynamos"]["train_seconds_mean"] / rows["der"]["train_seconds_mean"]
+    assert speed[0]["measured"] == f"{ratio:.2f}x" and speed[0]["met"] == (ratio <= 1.5)
+    # A reduced run is not held to the paper's accuracy.
+    assert not [t for t in result["targets"] if "paper std" in t["target"]]
 
 
 def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_path):

@@ -15,7 +15,13 @@ from avalanche_neuromod.benchmarks import (
     rotate_images,
     set_cache_budget,
 )
-from avalanche_neuromod.benchmarks.tensor_data import MATERIALISE_AFTER, _STORE, SampleBatch, fast_collate
+from avalanche_neuromod.benchmarks.tensor_data import (
+    MATERIALISE_AFTER,
+    REMATERIALISE_FRACTION,
+    _STORE,
+    SampleBatch,
+    fast_collate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +141,39 @@ def test_cache_is_bounded(digits):
             set_cache_budget(0)
     finally:
         _STORE.budget_bytes = previous
+
+
+def test_a_dropped_experience_is_materialised_again_only_after_dense_reads(digits, monkeypatch):
+    # Two experiences read in turn, one sample each, with room for one: the
+    # rule must not recompute a whole experience for every other sample.
+    import avalanche_neuromod.benchmarks.tensor_data as tensor_data
+
+    monkeypatch.setattr(tensor_data, "MATERIALISE_AFTER", 10)
+    x, y = digits
+    previous = _STORE.budget_bytes
+    try:
+        one = LazyImageData(x, y).materialise()
+        set_cache_budget(1.5 * one.numel() * 4 / 2**20)
+        _STORE.clear()
+        a, b = LazyImageData(x, y, angles=30.0), LazyImageData(x, y, angles=60.0)
+        reference = {id(a): a.materialise(), id(b): b.materialise()}
+        start = cache_info()["materialised"]
+        for d in (a, b):  # each past the first threshold: a is materialised, then dropped for b
+            for i in range(11):
+                assert torch.equal(d[i][0], reference[id(d)][i])
+        assert (a._held is None, b._held is not None, a.drops, b.drops) == (True, True, 1, 0)
+        assert cache_info()["materialised"] == start + 2
+        threshold = int(len(a) * REMATERIALISE_FRACTION)
+        assert threshold > 10
+        for i in range(threshold):  # sparse interleaved reads: a computes single samples
+            assert torch.equal(a[i % len(a)][0], reference[id(a)][i % len(a)])
+        assert a._held is None and cache_info()["materialised"] == start + 2
+        assert torch.equal(a[5][0], reference[id(a)][5])  # dense enough now: materialised again
+        assert a._held is not None and b._held is None and b.drops == 1
+        assert cache_info()["materialised"] == start + 3
+    finally:
+        _STORE.budget_bytes = previous
+        _STORE.clear()
 
 
 def test_fast_collate_equals_default_collate(digits):

@@ -52,7 +52,7 @@ from .results import ContinualResults, accuracy_matrix
 
 __all__ = ["Grid", "GridCell", "METHOD_KINDS", "STREAM_KINDS", "EVAL_PROTOCOLS", "StreamInfo", "register_method",
            "register_stream", "build_stream", "build_strategy", "params_per_task", "run_cell", "run_grid", "summarize",
-           "summary_table", "PeakMemory"]
+           "summary_table", "PeakMemory", "AfterTraining"]
 
 EVAL_PROTOCOLS = ("seen", "final")
 
@@ -223,9 +223,20 @@ def _ours(strategy_cls: type, model: nn.Module, settings: Dict[str, Any], common
     kwargs = dict(common)
     if "lr" in settings:
         kwargs["optimizer_kwargs"] = {"lr": float(settings["lr"])}
+    if "optimizer" in settings:
+        kwargs["optimizer_cls"] = _optimizer_class(settings["optimizer"])
     if "shared_lr" in settings:
         kwargs["shared_lr"] = float(settings["shared_lr"])
     return strategy_cls(model=model, **kwargs)
+
+
+def _optimizer_class(name: str) -> type:
+    """A ``torch.optim`` class by name, case-insensitive (``"rmsprop"``, ``"Adam"``)."""
+    by_lower = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
+                if isinstance(getattr(torch.optim, n), type) and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)}
+    if str(name).lower() not in by_lower:
+        raise ValueError(f"unknown optimizer {name!r}; torch.optim has {sorted(by_lower)}.")
+    return by_lower[str(name).lower()]
 
 
 def _crwn(settings, info, seed, common):
@@ -304,7 +315,9 @@ def _avalanche(settings, info, seed, common):
     if kind == "ewc":
         return avl.EWC(ewc_lambda=float(settings.get("ewc_lambda", 100.0)), plugins=budget, **base)
     if kind == "si":
-        return avl.SynapticIntelligence(si_lambda=float(settings.get("si_lambda", 1.0)), plugins=budget, **base)
+        # Avalanche's SI has zero importance on the CPU (see training.synaptic_intelligence).
+        from ..training import SynapticIntelligence
+        return SynapticIntelligence(si_lambda=float(settings.get("si_lambda", 1.0)), plugins=budget, **base)
     if kind == "lwf":
         return avl.LwF(alpha=float(settings.get("alpha", 1.0)), temperature=float(settings.get("temperature", 2.0)),
                        plugins=budget, **base)
@@ -331,7 +344,10 @@ METHOD_KINDS: Dict[str, MethodBuilder] = {
 
 Settings every kind reads: ``arch`` (``"fc"``, ``"resnet18"``; ``"flynet"``
 for ``crwn``), ``hidden`` (FC widths, default ``[256, 256]``), ``width``
-(ResNet), ``lr``. Per kind: ``crwn``: ``expansion``, ``local_only``;
+(ResNet), ``lr``, ``tasks`` (train and measure only the stream's first
+``tasks`` tasks: a method too slow for the whole stream). The package's
+task-incremental kinds also read ``optimizer`` (a ``torch.optim`` name).
+Per kind: ``crwn``: ``expansion``, ``local_only``;
 ``psp``: ``context``; ``batche``: ``shared_lr``; ``supsup``: ``density``;
 Avalanche's: ``momentum``, ``mem_size``, ``ewc_lambda``, ``si_lambda``,
 ``alpha``, ``beta``, ``temperature``, ``epochs``/``post_prune_epochs``/
@@ -439,8 +455,13 @@ def _jsonable_matrix(matrix: np.ndarray) -> List[List[Optional[float]]]:
     return [[None if math.isnan(v) else float(v) for v in row] for row in matrix]
 
 
+AfterTraining = Callable[[GridCell, Any, Any], Optional[Mapping[str, Any]]]
+"""``after_training(cell, strategy, benchmark)``: called once a cell has trained; what it returns
+(JSON-able) is kept in the cell's result under ``"extra"``, and cached with it."""
+
+
 def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = None, device: Any = "cpu",
-             benchmark: Any = None) -> Dict[str, Any]:
+             benchmark: Any = None, after_training: Optional[AfterTraining] = None) -> Dict[str, Any]:
     """Train and measure one cell; return its result (JSON-able).
 
     :param grid: the grid.
@@ -448,6 +469,7 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
     :param dataset_root: data root of the streams that read files.
     :param device: torch device.
     :param benchmark: the stream's ``(benchmark, StreamInfo)``, if already built.
+    :param after_training: see :data:`AfterTraining` (e.g. a figure of the trained model).
     """
     stream_spec = grid.streams[cell.stream]
     method_spec = grid.methods[cell.method]
@@ -455,25 +477,32 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
     _seed_everything(cell.seed)
     strategy = build_strategy(method_spec, info, cell.seed, n_iterations=grid.n_iterations,
                               batch_size=grid.batch_size, eval_batch_size=grid.eval_batch_size, device=device)
-    train, test = list(benchmark.train_stream), list(benchmark.test_stream)
-    n = len(train)
+    n = min(int(method_spec.get("tasks", info.n_experiences)), info.n_experiences)
+    if n < 1:
+        raise ValueError(f"method {cell.method!r}: 'tasks' must be at least 1, got {method_spec['tasks']}.")
+    train, test = list(benchmark.train_stream)[:n], list(benchmark.test_stream)[:n]
     matrix = np.full((n, n), np.nan)
     seconds: List[float] = []
+    cpu_seconds: List[float] = []
+    # Other processes inflate wall time, not CPU time: both, and the load before each
+    # task, tell a busy machine apart from a slow method.
+    load: List[Optional[float]] = []
     joint = method_spec["kind"] in JOINT_KINDS
     with PeakMemory() as memory, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Avalanche's deprecation chatter, once per experience
-        if joint:
-            start = time.perf_counter()
-            strategy.train(train)
-            seconds = [(time.perf_counter() - start) / n] * n
-        else:
-            for i, experience in enumerate(train):
-                start = time.perf_counter()
-                strategy.train(experience)
-                seconds.append(time.perf_counter() - start)
+        for i, experience in enumerate([train] if joint else train):
+            load.append(_load_average())
+            start, start_cpu = time.perf_counter(), time.process_time()
+            strategy.train(experience)
+            seconds.append(time.perf_counter() - start)
+            cpu_seconds.append(time.process_time() - start_cpu)
+            if not joint:
                 seen = test[: i + 1] if grid.eval_protocol == "seen" else [test[i]]
                 matrix[i] = _eval_row(strategy, seen, n)
+        if joint:
+            seconds, cpu_seconds = [seconds[0] / n] * n, [cpu_seconds[0] / n] * n
         matrix[n - 1] = _eval_row(strategy, test, n)
+    extra = after_training(cell, strategy, benchmark) if after_training is not None else None
     results = ContinualResults(matrix, cell.method)
     final = results.final_accuracies
     forgetting = results.forgetting if not joint else np.full(n - 1, np.nan)
@@ -491,8 +520,19 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
         "params_per_task": params_per_task(strategy.model),
         "seconds_per_task": float(np.mean(seconds)),
         "seconds": [float(s) for s in seconds],
+        "cpu_seconds": [float(s) for s in cpu_seconds],
+        "load_average_before_task": load,
         "peak_rss_mb": float(memory.peak_mb),
+        **({"extra": dict(extra)} if extra else {}),
     }
+
+
+def _load_average() -> Optional[float]:
+    """The machine's 1-minute load average (None where the platform has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
 
 
 def _eval_row(strategy: Any, experiences: Sequence[Any], n: int) -> np.ndarray:
@@ -504,7 +544,8 @@ def _eval_row(strategy: Any, experiences: Sequence[Any], n: int) -> np.ndarray:
 
 def run_grid(grid: Grid, *, dataset_root: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None,
              device: Any = "cpu", progress: bool = True,
-             on_cell: Optional[Callable[[GridCell, Dict[str, Any], bool], None]] = None) -> List[Dict[str, Any]]:
+             on_cell: Optional[Callable[[GridCell, Dict[str, Any], bool], None]] = None,
+             after_training: Optional[AfterTraining] = None) -> List[Dict[str, Any]]:
     """Run every cell of ``grid`` (cached ones are loaded, not rerun); return their results in cell order.
 
     :param grid: the grid.
@@ -513,6 +554,7 @@ def run_grid(grid: Grid, *, dataset_root: Optional[PathLike] = None, cache_dir: 
     :param device: torch device.
     :param progress: show a progress bar over cells.
     :param on_cell: called after each cell with ``(cell, result, was_cached)``.
+    :param after_training: passed to :func:`run_cell` (not called for cached cells).
     """
     from tqdm.auto import tqdm
 
@@ -532,7 +574,8 @@ def run_grid(grid: Grid, *, dataset_root: Optional[PathLike] = None, cache_dir: 
         else:
             if cell.stream not in streams:
                 streams[cell.stream] = build_stream(grid.streams[cell.stream], dataset_root)
-            result = run_cell(grid, cell, dataset_root=dataset_root, device=device, benchmark=streams[cell.stream])
+            result = run_cell(grid, cell, dataset_root=dataset_root, device=device, benchmark=streams[cell.stream],
+                              after_training=after_training)
             if path is not None:
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(result, indent=1))

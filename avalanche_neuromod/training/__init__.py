@@ -1,5 +1,6 @@
 """Strategies and plugins (CRWN, Dynamos, TSAR and its baselines, the CRWN paper's baselines), TSAR's meta-learner, the checkpoint layer
-they share, the untrained-task eval rule, whole-batch training loaders and chunked training on online streams."""
+they share, the untrained-task eval rule, whole-batch training loaders, chunked training on online streams, and
+Avalanche's Synaptic Intelligence made to work on the CPU."""
 
 from .baselines import MTL, PSP, STL, BatchE, SupSup
 from .budget import IterationBudgetPlugin
@@ -21,6 +22,7 @@ from .dynamos_losses import consistency_loss, keep_ratio_reward, prototype_loss,
 from .loaders import WholeBatchLoaderPlugin, whole_batch_loader
 from .online import train_online
 from .reservoir import ReservoirBuffer
+from .synaptic_intelligence import SynapticIntelligence, SynapticIntelligencePlugin
 from .task_incremental import TaskIncrementalStrategy, TaskParametersPlugin, experience_task, task_optimizer_groups
 from .tsar import (TRANSFER_CP_BIAS, TSAR, TSARMetaLearner, TSARNoRegulation, TSARReservoir, TSARScratch,
                    load_tsar_model, prepare_transfer, save_tsar_model)
@@ -60,6 +62,8 @@ __all__ = [
     "STL",
     "strategy_state_dict",
     "SupSup",
+    "SynapticIntelligence",
+    "SynapticIntelligencePlugin",
     "task_optimizer_groups",
     "TaskIncrementalStrategy",
     "TaskParametersPlugin",
