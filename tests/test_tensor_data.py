@@ -248,6 +248,7 @@ VIEWS = {
     "bilinear": {"angles": 20.0, "interpolation": "bilinear"},
     "three_channels": {"channels": 3},
     "flat": {"flatten": True, "mean": (0.5,), "std": (0.25,)},
+    "rows_of_the_base": {"indices": torch.arange(420, 0, -1), "angles": 90.0, "mean": (0.2,), "std": (0.4,)},
 }
 
 
