@@ -175,3 +175,31 @@ def test_every_method_kind_trains_in_a_grid():
         assert 0.0 <= r["avg_accuracy"] <= 1.0 and len(r["final_accuracies"]) == 2, name
     for zero in ("crwn", "flynet", "supsup", "stl", "batche"):
         assert results[zero]["avg_forgetting"] == 0.0, zero
+
+
+def test_a_method_can_run_the_first_tasks_only_and_keep_what_after_training_returns(tmp_path):
+    stream = {"kind": "permuted", "n_experiences": 3, "dataset": "digits"}
+    grid = Grid(methods={"FC32": {"kind": "crwn", "hidden": [32], "tasks": 2},
+                         "FC32-adam": {"kind": "crwn", "hidden": [32], "optimizer": "adam"}},
+                streams={"digits": stream}, n_iterations=3, batch_size=32, eval_protocol="seen")
+    calls = []
+
+    def after(cell, strategy, benchmark):
+        calls.append(cell.method)
+        return {"trained_tasks": sorted(strategy.model.trained_tasks)}
+
+    first = run_grid(grid, cache_dir=tmp_path, progress=False, after_training=after)
+    short, adam = first
+    assert len(short["accuracy_matrix"]) == 2 and len(short["final_accuracies"]) == 2
+    assert short["extra"] == {"trained_tasks": [0, 1]} and adam["extra"] == {"trained_tasks": [0, 1, 2]}
+    assert len(short["seconds"]) == len(short["cpu_seconds"]) == len(short["load_average_before_task"]) == 2
+    assert all(v >= 0 for v in short["cpu_seconds"])
+    # The optimiser setting reaches the strategy; an unknown one is refused with the names there are.
+    from avalanche_neuromod.evaluation.grid import StreamInfo, build_strategy
+    info = StreamInfo((1, 28, 28), 10, 3)
+    assert build_strategy({"kind": "crwn", "hidden": [8], "optimizer": "adam"}, info, 0).optimizer_cls is torch.optim.Adam
+    with pytest.raises(ValueError, match="unknown optimizer 'adamw2'"):
+        build_strategy({"kind": "crwn", "hidden": [8], "optimizer": "adamw2"}, info, 0)
+    # Cached cells keep what the function returned, and it is not called again.
+    again = run_grid(grid, cache_dir=tmp_path, progress=False, after_training=after)
+    assert calls == ["FC32", "FC32-adam"] and again == first

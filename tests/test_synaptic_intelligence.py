@@ -1,4 +1,5 @@
-"""Synaptic Intelligence on the CPU: Avalanche's importance is always zero, ours follows SI's definition."""
+"""Synaptic Intelligence on the CPU: Avalanche's importance is always zero, ours follows SI's definition
+and is never negative."""
 
 import warnings
 
@@ -89,3 +90,26 @@ def test_the_plugin_keeps_avalanches_settings():
                                     evaluator=make_evaluator(progress_bar=False))
     plugin = _si_plugin(strategy)
     assert type(plugin) is SynapticIntelligencePlugin and plugin.si_lambda == [3.0] and plugin.eps == 1e-6
+
+
+def test_a_path_up_the_loss_gets_zero_importance_not_a_negative_one():
+    # Avalanche's update gives -c * trajectory / (displacement^2 + eps), clipped at 0.001 from above
+    # only: a positive trajectory (the parameter moved up the loss) would give a large negative weight.
+    class Stub:
+        def __init__(self, model):
+            self.model, self.device = model, "cpu"
+
+    model = nn.Linear(3, 1, bias=False)
+    stub = Stub(model)
+    plugin = SynapticIntelligencePlugin(si_lambda=1.0)
+    plugin.before_training_exp(stub)
+    start = model.weight.detach().clone().flatten()
+    with torch.no_grad():
+        model.weight.add_(torch.tensor([[0.1, 0.1, 0.0]]))
+    plugin.syn_data["trajectory"]["weight"].data = torch.tensor([-2e-3, 5e-3, 0.0])  # down, up, still
+    plugin.after_training_exp(stub)
+    importance = plugin.ewc_data[1]["weight"].data
+    assert importance[0] == pytest.approx(min(2e-3 / (0.1 ** 2 + plugin.eps), 0.001))
+    assert importance[1] == 0.0 and importance[2] == 0.0
+    assert torch.equal(plugin.ewc_data[0]["weight"].data, model.weight.detach().flatten())
+    assert not torch.equal(start, plugin.ewc_data[0]["weight"].data)
