@@ -61,12 +61,12 @@ repeated so that parsing arguments does not import torch and Avalanche."""
 DATA_ROOT_TEXT = "$" + DATA_ROOT_ENV
 """How a data root outside the repository is written (rule 2 of the module docstring)."""
 OUTSIDE_REPO = "<outside-repo>"
+"""The prefix of any other absolute path (rule 3), whose last component alone is kept."""
 EMBEDDED_DIGITS = "scikit-learn's digits (embedded, no download)"
 """What a result records as its data when it read no data root."""
-"""The prefix of any other absolute path (rule 3), whose last component alone is kept."""
 
-__all__ = ["REPO_ROOT", "RESULTS_MD", "DATA_ROOT_ENV", "DATA_ROOT_TEXT", "OUTSIDE_REPO", "add_dataset_root_argument",
-           "check_mnist_root", "machine_info", "git_info", "command_line", "portable_path", "portable", "shell_quote",
+__all__ = ["REPO_ROOT", "RESULTS_MD", "DATA_ROOT_ENV", "DATA_ROOT_TEXT", "OUTSIDE_REPO", "EMBEDDED_DIGITS",
+           "add_dataset_root_argument", "check_mnist_root", "machine_info", "git_info", "command_line", "portable_path", "portable", "shell_quote",
            "data_files", "update_results_md", "write_json", "result_header", "machine_line", "section_opening",
            "markdown_table", "text_table", "target", "target_lines", "machine_was_busy", "publish"]
 

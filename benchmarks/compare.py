@@ -46,7 +46,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, portable_path, publish,
+from _report import (EMBEDDED_DIGITS, REPO_ROOT, add_dataset_root_argument, check_mnist_root, portable_path, publish,
                      result_header, section_opening, target, target_lines)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "compare.json"
@@ -202,7 +202,11 @@ def section_markers(label: Optional[str]) -> tuple:
 def render_section(result: Dict[str, Any], label: Optional[str] = None) -> str:
     start, end = section_markers(label)
     title = "Comparison: CRWN, the paper's baselines and Avalanche's strategies" + (f" ({label})" if label else "")
-    lines = section_opening(start, title, result, data=f"{result['dataset_root']}.")
+    root = result["dataset_root"]
+    data = root if root == EMBEDDED_DIGITS else (f"real MNIST read from `{root}` (torchvision layout, "
+                                                 f"`MNIST/raw/*.gz`), all 60,000 training and 10,000 test images "
+                                                 f"per task")
+    lines = section_opening(start, title, result, data=f"{data}.")
     lines += [f"- Scale: {result['scale']}.", "", result["table"], "", "Targets (the CRWN paper's orderings):", "",
               *target_lines(result["targets"]), ""]
     lines += [f"![{Path(f).stem}]({Path(f).relative_to('docs') if f.startswith('docs/') else f})"

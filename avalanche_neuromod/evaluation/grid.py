@@ -500,7 +500,7 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
                 seen = test[: i + 1] if grid.eval_protocol == "seen" else [test[i]]
                 matrix[i] = _eval_row(strategy, seen, n)
         if joint:
-            seconds, cpu_seconds = [seconds[0] / n] * n, [cpu_seconds[0] / n] * n
+            seconds, cpu_seconds, load = [seconds[0] / n] * n, [cpu_seconds[0] / n] * n, load * n
         matrix[n - 1] = _eval_row(strategy, test, n)
     extra = after_training(cell, strategy, benchmark) if after_training is not None else None
     results = ContinualResults(matrix, cell.method)
