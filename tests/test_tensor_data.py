@@ -123,57 +123,59 @@ def test_fast_path_steps_aside_for_transforms_and_concat(digits):
     assert both[len(a)][2] == 1 and _same(both[len(a)], b[0])
 
 
-def test_cache_is_bounded(digits):
-    x, y = digits
+@pytest.fixture
+def room_for(digits):
+    """Set the store's budget to room for N materialised digit experiences (restored afterwards)."""
     previous = _STORE.budget_bytes
-    try:
-        one = LazyImageData(x, y).materialise()
-        set_cache_budget(2.5 * one.numel() * 4 / 2**20)
+    one = LazyImageData(*digits).materialise()
+
+    def set_room(n_experiences: float) -> None:
+        set_cache_budget(n_experiences * one.numel() * 4 / 2**20)
         _STORE.clear()
-        datas = [LazyImageData(x, y, angles=float(a)) for a in range(5)]
-        for d in datas:
-            d.rows()
-        info = cache_info()
-        assert info["entries"] == 2 and info["bytes"] <= info["budget_bytes"]
-        assert [d._held is None for d in datas] == [True, True, True, False, False]
-        assert torch.equal(datas[0][0][0], datas[0].materialise()[0])
-        with pytest.raises(ValueError, match="budget"):
-            set_cache_budget(0)
-    finally:
-        _STORE.budget_bytes = previous
+
+    yield set_room
+    _STORE.budget_bytes = previous
+    _STORE.clear()
 
 
-def test_a_dropped_experience_is_materialised_again_only_after_dense_reads(digits, monkeypatch):
+def test_cache_is_bounded(digits, room_for):
+    x, y = digits
+    room_for(2.5)
+    datas = [LazyImageData(x, y, angles=float(a)) for a in range(5)]
+    for d in datas:
+        d.rows()
+    info = cache_info()
+    assert info["entries"] == 2 and info["bytes"] <= info["budget_bytes"]
+    assert [d._held is None for d in datas] == [True, True, True, False, False]
+    assert torch.equal(datas[0][0][0], datas[0].materialise()[0])
+    with pytest.raises(ValueError, match="budget"):
+        set_cache_budget(0)
+
+
+def test_a_dropped_experience_is_materialised_again_only_after_dense_reads(digits, monkeypatch, room_for):
     # Two experiences read in turn, one sample each, with room for one: the
     # rule must not recompute a whole experience for every other sample.
     import avalanche_neuromod.benchmarks.tensor_data as tensor_data
 
     monkeypatch.setattr(tensor_data, "MATERIALISE_AFTER", 10)
     x, y = digits
-    previous = _STORE.budget_bytes
-    try:
-        one = LazyImageData(x, y).materialise()
-        set_cache_budget(1.5 * one.numel() * 4 / 2**20)
-        _STORE.clear()
-        a, b = LazyImageData(x, y, angles=30.0), LazyImageData(x, y, angles=60.0)
-        reference = {id(a): a.materialise(), id(b): b.materialise()}
-        start = cache_info()["materialised"]
-        for d in (a, b):  # each past the first threshold: a is materialised, then dropped for b
-            for i in range(11):
-                assert torch.equal(d[i][0], reference[id(d)][i])
-        assert (a._held is None, b._held is not None, a.drops, b.drops) == (True, True, 1, 0)
-        assert cache_info()["materialised"] == start + 2
-        threshold = int(len(a) * REMATERIALISE_FRACTION)
-        assert threshold > 10
-        for i in range(threshold):  # sparse interleaved reads: a computes single samples
-            assert torch.equal(a[i % len(a)][0], reference[id(a)][i % len(a)])
-        assert a._held is None and cache_info()["materialised"] == start + 2
-        assert torch.equal(a[5][0], reference[id(a)][5])  # dense enough now: materialised again
-        assert a._held is not None and b._held is None and b.drops == 1
-        assert cache_info()["materialised"] == start + 3
-    finally:
-        _STORE.budget_bytes = previous
-        _STORE.clear()
+    room_for(1.5)
+    a, b = LazyImageData(x, y, angles=30.0), LazyImageData(x, y, angles=60.0)
+    reference = {id(a): a.materialise(), id(b): b.materialise()}
+    start = cache_info()["materialised"]
+    for d in (a, b):  # each past the first threshold: a is materialised, then dropped for b
+        for i in range(11):
+            assert torch.equal(d[i][0], reference[id(d)][i])
+    assert (a._held is None, b._held is not None, a.drops, b.drops) == (True, True, 1, 0)
+    assert cache_info()["materialised"] == start + 2
+    threshold = int(len(a) * REMATERIALISE_FRACTION)
+    assert threshold > 10
+    for i in range(threshold):  # up to the threshold since the drop: a computes single samples
+        assert torch.equal(a[i % len(a)][0], reference[id(a)][i % len(a)])
+    assert a._held is None and cache_info()["materialised"] == start + 2
+    assert torch.equal(a[5][0], reference[id(a)][5])  # dense enough now: materialised again
+    assert a._held is not None and b._held is None and b.drops == 1
+    assert cache_info()["materialised"] == start + 3
 
 
 def test_fast_collate_equals_default_collate(digits):
