@@ -254,8 +254,10 @@ def context_plotter(folder: Optional[Path]):
 
 def accuracy_curve(cell: Dict[str, Any]) -> List[float]:
     """Average accuracy over the tasks seen, after each task (cells evaluated with the 'seen' protocol)."""
-    matrix = np.array([[np.nan if v is None else v for v in row] for row in cell["accuracy_matrix"]], dtype=float)
-    return [float(np.nanmean(matrix[i, : i + 1])) for i in range(len(matrix))]
+    from avalanche_neuromod.evaluation import ContinualResults
+
+    matrix = np.array(cell["accuracy_matrix"], dtype=float)  # None (not measured) becomes NaN
+    return [float(v) for v in ContinualResults(matrix).accuracy_curve()]
 
 
 def just_trained(cell: Dict[str, Any]) -> List[float]:
@@ -467,7 +469,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
                       f"{cpu_count} + 1 before a task): its s/task is inflated; the cells hold per-task CPU seconds "
                       "and load averages."]
     if result["reference"]:
-        curves = reference_curves(result["reference"])
+        curves = result["curves"]
         by = {c["method"]: c for c in result["reference"]}
         fc = by[method_name(REFERENCE_ROW, "local+global")]
         lines += ["", f"Reference, first {len(curves[REFERENCE_ROW])} Permuted-MNIST tasks: average test accuracy "
@@ -527,16 +529,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "reference": cells.get("reference", []),
     }
     result["scale"] = scale_lines(result)
-    curves = reference_curves(result["reference"]) if result["reference"] else {}
+    curves = result["curves"] = reference_curves(result["reference"]) if result["reference"] else {}
     result["crossings"] = crossings(curves) if curves else {}
     result["targets"] = evaluate_targets(result["grid"], result["reference"])
     result["wall_seconds"] = time.perf_counter() - started
 
     print()
     print(text_table(GRID_HEADER, grid_rows(result["grid"])))
-    if spread_rows(result["grid"]):
+    spread = spread_rows(result["grid"])
+    if spread:
         print()
-        print(text_table(SPREAD_HEADER, spread_rows(result["grid"])))
+        print(text_table(SPREAD_HEADER, spread))
     if curves:
         print()
         print(text_table(["after task"] + list(curves), curve_rows(curves)))
