@@ -88,6 +88,33 @@ def test_agent_pooled_response_equals_the_full_resolution_layers(momentum):
     assert torch.allclose(agent.pooled_response(x), reference.bn(reference.conv(x)).mean(dim=(2, 3)), atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_moments_backward_is_the_exact_gradient(channels_last):
+    # The agents' one-pass backward against finite differences (double precision),
+    # through all three outputs at once and through each alone.
+    from avalanche_neuromod.models.dynamos import _ChannelMoments
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 5, 6, dtype=torch.double)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    weights = [torch.randn(3, 4, dtype=torch.double), torch.randn(4, dtype=torch.double),
+               torch.randn(4, 4, dtype=torch.double)]
+
+    def weighted(*keep):
+        return lambda t: sum((out * w).sum() for i, (out, w) in enumerate(zip(_ChannelMoments.apply(t), weights))
+                             if i in keep)
+
+    for keep in [(0, 1, 2), (0,), (1,), (2,)]:
+        assert torch.autograd.gradcheck(weighted(*keep), (x,))
+    means, mu, covariance = _ChannelMoments.apply(x)
+    pixels = x.detach().permute(0, 2, 3, 1).reshape(-1, 4)
+    assert torch.allclose(means, x.detach().mean(dim=(2, 3)))
+    assert torch.allclose(mu, pixels.mean(dim=0))
+    assert torch.allclose(covariance, torch.cov(pixels.T, correction=0))
+
+
 def test_channels_last_is_only_a_layout():
     torch.manual_seed(0)
     fast = DynamosResNet18(n_classes=5)

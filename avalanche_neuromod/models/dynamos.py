@@ -58,6 +58,49 @@ class AgentDecision:
         return self.actions.mean(dim=1)
 
 
+class _ChannelMoments(torch.autograd.Function):
+    """Per-sample channel means, batch channel mean and covariance of ``x``, with a one-pass backward.
+
+    For ``x`` of shape ``(B, C, H, W)`` with ``N = B H W`` pixels ``x_p``:
+    ``xbar_b = mean over the pixels of sample b``, ``mu = mean_p x_p`` and
+    ``Sigma = mean_p (x_p - mu)(x_p - mu)^T``. The gradient reaching a pixel
+    of sample ``b`` is
+
+        g_xbar_b / (H W) + g_mu / N + (G + G^T)(x_p - mu) / N,   G = dL/dSigma
+
+    (the path through ``mu`` inside ``Sigma`` sums to zero). Autograd would
+    build it from five full-resolution tensors (two mean backwards, the
+    centring and two products); here it is one batched product with a
+    per-sample bias, which is most of what the agents cost in a training step.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor):
+        batch, channels, height, width = x.shape
+        pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)  # a view when channels-last
+        means = pixels.mean(dim=1)
+        mu = means.mean(dim=0)
+        # Second moment minus the squared mean: no centred copy of x (activations here are O(1), so
+        # float32 loses nothing that matters to the cancellation).
+        flat = pixels.reshape(-1, channels)
+        covariance = flat.T @ flat / len(flat) - torch.outer(mu, mu)
+        ctx.save_for_backward(pixels, mu)
+        ctx.image_shape = (height, width)
+        return means, mu, covariance
+
+    @staticmethod
+    def backward(ctx, g_means: torch.Tensor, g_mu: torch.Tensor, g_covariance: torch.Tensor):
+        # Outputs the caller did not use arrive as zeros (autograd materialises them).
+        pixels, mu = ctx.saved_tensors
+        batch, n_pixels, channels = pixels.shape
+        total = batch * n_pixels
+        sym = (g_covariance + g_covariance.T) / total
+        bias = g_means / n_pixels + g_mu / total - mu @ sym
+        grad = torch.baddbmm(bias[:, None, :], pixels, sym.expand(batch, channels, channels))
+        height, width = ctx.image_shape
+        return grad.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+
+
 class ChannelAgent(nn.Module):
     """An agent that gates the output channels of a convolutional layer, per input.
 
@@ -107,22 +150,22 @@ class ChannelAgent(nn.Module):
         gradients equal those of ``self.bn(self.conv(x)).mean((2, 3))`` up to
         rounding, and the running statistics advance as ``self.bn``'s would, at
         a fraction of the cost (one ``C_in x C_in`` covariance instead of a
-        ``C x C_in`` convolution, its batch norm and their backward passes).
+        ``C x C_in`` convolution, its batch norm and their backward passes;
+        the covariance's own backward is one pass, see ``_ChannelMoments``).
 
         :param x: the gated layer's input, ``(B, C_in, H, W)``.
         """
         bn, weight = self.bn, self.conv.weight.flatten(1)  # (C, C_in)
-        pooled = x.mean(dim=(2, 3)) @ weight.T
         if bn.training or bn.running_mean is None:
-            pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # free for channels_last inputs
-            mu = pixels.mean(dim=0)
-            centred = pixels - mu
-            covariance = centred.T @ centred / len(pixels)
+            means, mu, covariance = _ChannelMoments.apply(x)
             mean, var = weight @ mu, ((weight @ covariance) * weight).sum(dim=1)
             if bn.training and bn.track_running_stats:
-                self._update_running_stats(mean.detach(), var.detach(), len(pixels))
+                pixels = x.shape[0] * x.shape[2] * x.shape[3]
+                self._update_running_stats(mean.detach(), var.detach(), pixels)
         else:
+            means = x.mean(dim=(2, 3))
             mean, var = bn.running_mean, bn.running_var
+        pooled = means @ weight.T
         u = (pooled - mean) * torch.rsqrt(var + bn.eps)
         return u * bn.weight + bn.bias if bn.affine else u
 
