@@ -49,7 +49,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = REPO_ROOT / "docs" / "results.md"
@@ -421,6 +421,22 @@ def machine_was_busy(load_averages: Iterable[Optional[float]], cpu_count: Option
     """
     loads = [v for v in load_averages if v is not None]
     return bool(loads) and max(loads) > (cpu_count or os.cpu_count() or 1) + BUSY_LOAD_MARGIN
+
+
+def section_markers(name: str, label: Optional[str] = None) -> Tuple[str, str]:
+    """The delimiters of a script's section of docs/results.md; a label gives a grid a section of its own.
+
+    :param name: the script's section name (``"compare"``, ``"dynamos"``, ...).
+    :param label: the grid's label (None or empty: the script's main section).
+    """
+    key = f"{name}:{label}" if label else name
+    return f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+
+
+def check_label(parser: argparse.ArgumentParser, label: Optional[str]) -> None:
+    """Refuse a ``--label`` that would not make a clean section marker and file name."""
+    if label and not label.replace("-", "").replace("_", "").isalnum():
+        parser.error(f"--label takes letters, digits, '-' and '_', got {label!r}.")
 
 
 def publish(result: Dict[str, Any], out: Path, section: Optional[str], start: str, end: str) -> None:

@@ -46,14 +46,12 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (EMBEDDED_DIGITS, REPO_ROOT, add_dataset_root_argument, check_mnist_root, portable_path, publish,
-                     result_header, section_opening, target, target_lines)
+from _report import (EMBEDDED_DIGITS, REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, portable_path,
+                     publish, result_header, section_markers, section_opening, target, target_lines)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "compare.json"
 DEFAULT_CACHE = REPO_ROOT / "benchmarks" / "results" / "compare_cells"
 IMAGES = REPO_ROOT / "docs" / "images"
-SECTION_START = "<!-- compare:start -->"
-SECTION_END = "<!-- compare:end -->"
 
 FC256 = [256, 256]
 FC1024 = [1024, 1024]
@@ -101,8 +99,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="a grid of its own: writes compare_LABEL.json, figures compare_LABEL_*.png and its own "
                              "section of docs/results.md (default: compare.json and the 'compare' section).")
     args = parser.parse_args(argv)
-    if args.label is not None and not args.label.replace("-", "").replace("_", "").isalnum():
-        parser.error(f"--label takes letters, digits, '-' and '_', got {args.label!r}.")
+    check_label(parser, args.label)
     if args.label is not None and args.out == DEFAULT_OUT:
         args.out = DEFAULT_OUT.with_name(f"compare_{args.label}.json")
     args.root = None if args.digits else check_mnist_root(parser, args.dataset_root)
@@ -192,15 +189,8 @@ def draw_figures(rows: List[Dict[str, Any]], folder: Path, prefix: str) -> List[
     return written
 
 
-def section_markers(label: Optional[str]) -> tuple:
-    """The delimiters of this grid's section of docs/results.md."""
-    if label is None:
-        return SECTION_START, SECTION_END
-    return f"<!-- compare:{label}:start -->", f"<!-- compare:{label}:end -->"
-
-
 def render_section(result: Dict[str, Any], label: Optional[str] = None) -> str:
-    start, end = section_markers(label)
+    start, end = section_markers("compare", label)
     title = "Comparison: CRWN, the paper's baselines and Avalanche's strategies" + (f" ({label})" if label else "")
     root = result["dataset_root"]
     data = root if root == EMBEDDED_DIGITS else (f"real MNIST read from `{root}` (torchvision layout, "
@@ -245,7 +235,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(result["table"])
     print("\n".join(target_lines(result["targets"], markdown=False)))
     publish(result, args.out, None if args.no_docs else render_section(result, args.label),
-            *section_markers(args.label))
+            *section_markers("compare", args.label))
     return 0
 
 

@@ -5,8 +5,15 @@ ResNet-18 of the paper (with agents for Dynamos, without for the others) on
 the same stream and is evaluated on the test stream at the end:
 
 * ``dynamos``: ``Dynamos.preset(stream, buffer)`` (the paper's Table 5);
-* ``dynamos_detached``: the same with ``DynamosResNet18(detach_agent_inputs=True)``
-  (the agents' terms train the agents only; a diagnostic, not the paper's);
+* diagnostics of the gap to the paper (not the paper's method; run only
+  when named in ``--methods``): ``dynamos_detached``, the same with
+  ``DynamosResNet18(detach_agent_inputs=True)`` (the agents' terms train the
+  agents only); ``dynamos_torch_logprob``, the agents' ``log pi`` computed
+  as the authors' code does, by ``torch.distributions.Bernoulli(probs=p)``,
+  which clamps ``p`` to ``[eps, 1 - eps]`` and so gives no policy gradient
+  to saturated channels (ours is exact, through ``logsigmoid``);
+  ``dynamos_flipped_reward``, wrong predictions rewarded
+  ``+lambda (kr - k)^2`` instead of the paper's ``-lambda (kr - k)^2``;
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
 * ``sgd``: Avalanche's ``Naive`` with plain SGD (lr 0.07), no memory;
 * ``der``, ``er_ace``, ``replay``: Avalanche's ``DER`` (alpha and beta of
@@ -35,7 +42,9 @@ Dynamos, as in the paper; Dynamos' training time at most 1.5x Avalanche's
 DER's; a full MNIST-360 run in at most 5 minutes.
 
 Results go to ``benchmarks/results/dynamos.json`` (``--out``) and to a
-delimited section of ``docs/results.md`` (skip it with ``--no-docs``);
+delimited section of ``docs/results.md`` (skip it with ``--no-docs``;
+``--label L`` writes ``dynamos_L.json`` and a section of its own, for a
+study at another scale);
 ``--report`` rewrites the summary, targets and section from the JSON alone.
 """
 
@@ -51,14 +60,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, markdown_table, portable_path, publish,
-                     result_header, section_opening, target, target_lines, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, markdown_table, portable_path,
+                     publish, result_header, section_markers, section_opening, target, target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
-SECTION_START = "<!-- dynamos:start -->"
-SECTION_END = "<!-- dynamos:end -->"
-
-METHODS = ("dynamos", "dynamos_detached", "consistency", "sgd", "der", "er_ace", "replay")
+METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "consistency", "sgd",
+           "der", "er_ace", "replay")
+DIAGNOSTICS = ("dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward")
+"""Variants that look for the gap to the paper; not in the default ``--methods``."""
 STREAMS = {"mnist360": (100, 200, 500), "seq-mnist": (500, 1000, 2000)}
 N_THREADS = 2
 LR = 0.07
@@ -84,7 +93,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--buffers", nargs="+", type=int, default=None,
                         help="buffer sizes (default: the paper's three for each stream).")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS,
+                        default=[m for m in METHODS if m not in DIAGNOSTICS],
+                        help=f"methods to run (default: all but the diagnostics {', '.join(DIAGNOSTICS)}).")
     parser.add_argument("--max-batches", type=int, default=None,
                         help="MNIST-360 only: stop after this many online mini-batches (reduced scale).")
     parser.add_argument("--replacement", action="store_true",
@@ -94,10 +105,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: recompute the summary and targets of --out and rewrite its section.")
+    parser.add_argument("--label", default=None,
+                        help="a study of its own: writes dynamos_LABEL.json (unless --out is given) and its own "
+                             "section of docs/results.md (default: dynamos.json and the 'dynamos' section).")
     parser.add_argument("--append", action="store_true",
                         help="keep the runs already in --out (same scale) and add these; a run of the same "
                              "stream, method, buffer and seed replaces the old one. The summary covers all.")
     args = parser.parse_args(argv)
+    check_label(parser, args.label)
+    if args.label and args.out == DEFAULT_OUT:
+        args.out = DEFAULT_OUT.with_name(f"dynamos_{args.label}.json")
     if args.report:
         return args
     args.dataset_root = check_mnist_root(parser, args.dataset_root)
@@ -114,6 +131,23 @@ def build_stream(name: str, root: Path, replacement: bool = False) -> Any:
     return SplitMNIST(dataset_root=root, channels=3)
 
 
+def _torch_logprob_agent() -> type:
+    """A ``ChannelAgent`` whose ``log pi`` is ``torch.distributions.Bernoulli(probs=p).log_prob(a)``, as in the authors' code."""
+    import torch
+
+    from avalanche_neuromod.models import AgentDecision, ChannelAgent
+
+    class TorchLogProbAgent(ChannelAgent):
+        def forward(self, x):
+            decision = super().forward(x)
+            if not (self.training or self.sample_at_eval):
+                return decision
+            log_prob = torch.distributions.Bernoulli(probs=decision.prob).log_prob(decision.actions).sum(dim=1)
+            return AgentDecision(decision.actions, log_prob, decision.attention, decision.prob)
+
+    return TorchLogProbAgent
+
+
 def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_channels: int) -> Any:
     import torch
     from avalanche.training import DER, ER_ACE, Naive, Replay
@@ -123,9 +157,15 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
     from avalanche_neuromod.training import ConsistencyReplay, Dynamos, paper_setting
 
     quiet = dict(evaluator=None)
-    if method in ("dynamos", "dynamos_detached"):
+    if method.startswith("dynamos"):
         model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=method == "dynamos_detached")
-        return Dynamos.preset(stream, buffer, model, **quiet)
+        if method == "dynamos_torch_logprob":
+            for agent in model.agents:
+                agent.__class__ = _torch_logprob_agent()
+        overrides = {}
+        if method == "dynamos_flipped_reward":
+            overrides["penalty"] = -paper_setting(stream, buffer)["penalty"]
+        return Dynamos.preset(stream, buffer, model, **quiet, **overrides)
     model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False)
     if method == "consistency":
         return ConsistencyReplay.preset(stream, buffer, model, **quiet)
@@ -269,7 +309,9 @@ def _pm(mean: float, std: Optional[float]) -> str:
 
 
 def markdown_section(result: Dict[str, Any]) -> str:
-    lines = section_opening(SECTION_START, "Dynamos (issue 8)", result, threads=N_THREADS,
+    label = result["settings"].get("label")
+    start, end = section_markers("dynamos", label)
+    lines = section_opening(start, "Dynamos (issue 8)" + (f": {label}" if label else ""), result, threads=N_THREADS,
                             data=f"real MNIST from `{result['dataset_root']}`; streams "
                                  f"{', '.join(sorted({r['stream'] for r in result['runs']}))}.")
     lines += [
@@ -277,8 +319,10 @@ def markdown_section(result: Dict[str, Any]) -> str:
         f"- Avalanche's DER, ER-ACE and Replay use the backbone without agents, plain SGD lr {LR} (DER: {DER_LR}; "
         f"at {LR} its weights become NaN on MNIST-360), the memory size and memory batch of the Dynamos row "
         "(DER: its alpha and beta); not tuned for them.",
-        "- dynamos_detached: Dynamos with `detach_agent_inputs=True` (the agents' terms train the agents only), "
-        "a diagnostic of the gap to the paper, not the paper's method.",
+        "- Diagnostics of the gap to the paper, not the paper's method: dynamos_detached (`detach_agent_inputs=True`: "
+        "the agents' terms train the agents only), dynamos_torch_logprob (log pi from torch's `Bernoulli(probs=p)`, "
+        "as the authors' code: p clamped to [eps, 1 - eps], no policy gradient for saturated channels), "
+        "dynamos_flipped_reward (wrong predictions rewarded +lambda (kr - k)^2 instead of -lambda (kr - k)^2).",
         "",
     ]
     rows = []
@@ -291,7 +335,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
                              "train s (mean)", "keep ratio per gated layer"], rows, align="lrllrrrl")
     if result.get("targets"):
         lines += ["", *target_lines(result["targets"])]
-    lines.append(SECTION_END)
+    lines.append(end)
     return "\n".join(lines)
 
 
@@ -302,7 +346,8 @@ def report(args: argparse.Namespace) -> int:
     result["summary"] = summarise(result["runs"])
     result["targets"] = check_targets(result["summary"])
     print("\n".join(target_lines(result["targets"], markdown=False)))
-    publish(result, args.out, None if args.no_docs else markdown_section(result), SECTION_START, SECTION_END)
+    publish(result, args.out, None if args.no_docs else markdown_section(result),
+            *section_markers("dynamos", result["settings"].get("label")))
     return 0
 
 
@@ -322,7 +367,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result: Dict[str, Any] = {
         **result_header(argv, __file__, args.dataset_root),
         "settings": {"streams": args.streams, "buffers": buffers, "seeds": args.seeds, "methods": args.methods,
-                     "max_batches": args.max_batches, "replacement": args.replacement, "lr": LR},
+                     "max_batches": args.max_batches, "replacement": args.replacement, "lr": LR,
+                     "label": args.label},
         "scale": ("full streams" if full else
                   f"REDUCED: MNIST-360 stopped after its first {args.max_batches} of 3,387 online mini-batches; "
                   f"accuracies are not comparable with the paper's")
@@ -348,7 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             write_json(result, args.out)
     result["targets"] = check_targets(result["summary"])
     print("\n".join(target_lines(result["targets"], markdown=False)))
-    publish(result, args.out, None if args.no_docs else markdown_section(result), SECTION_START, SECTION_END)
+    publish(result, args.out, None if args.no_docs else markdown_section(result),
+            *section_markers("dynamos", result["settings"].get("label")))
     return 0
 
 

@@ -38,11 +38,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, data_files, markdown_table, publish,
-                     result_header, section_opening, target, target_lines, write_json)
+                     result_header, section_markers, section_opening, target, target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "tsar.json"
-SECTION_START = "<!-- tsar:start -->"
-SECTION_END = "<!-- tsar:end -->"
 N_THREADS = 2
 METHODS = ("grow", "sculpt", "no_regulation", "scratch", "reservoir")
 META_LEARNED = ("grow", "sculpt", "no_regulation")
@@ -282,16 +280,9 @@ def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]], rank: int
     return checked
 
 
-def section_markers(label: str) -> tuple:
-    """The markers of a grid's section of the results page."""
-    if not label:
-        return SECTION_START, SECTION_END
-    return f"<!-- tsar:{label}:start -->", f"<!-- tsar:{label}:end -->"
-
-
 def markdown_section(result: Dict[str, Any]) -> str:
     s = result["settings"]
-    start, end = section_markers(s.get("label", ""))
+    start, end = section_markers("tsar", s.get("label"))
     lines = section_opening(
         start, "TSAR (issue 9)" + (f": {s['label']}" if s.get("label") else ""), result, threads=N_THREADS,
         data=f"real Omniglot, MNIST and Fashion-MNIST from `{result['dataset_root']}`. Meta-learning on "
@@ -362,7 +353,7 @@ def report(args: argparse.Namespace) -> int:
     result["targets"] = targets(result["summary"], result["runs"], result["settings"]["rank"])
     print("\n".join(target_lines(result["targets"], markdown=False)))
     publish(result, args.out, None if args.no_docs else markdown_section(result),
-            *section_markers(result["settings"].get("label", "")))
+            *section_markers("tsar", result["settings"].get("label")))
     return 0
 
 
@@ -412,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_json(result, args.out)
     result["targets"] = targets(result["summary"], result["runs"], args.rank)
     print("\n".join(target_lines(result["targets"], markdown=False)))
-    publish(result, args.out, None if args.no_docs else markdown_section(result), *section_markers(args.label))
+    publish(result, args.out, None if args.no_docs else markdown_section(result), *section_markers("tsar", args.label))
     return 0
 
 

@@ -263,3 +263,31 @@ def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_p
     with pytest.raises(SystemExit, match="max-batches"):
         dynamos_benchmark.main([a if a != "2" else "3" for a in common] + ["--seeds", "0", "--methods", "sgd",
                                                                           "--append"])
+
+
+def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
+    import torch
+
+    import dynamos as dynamos_benchmark
+
+    flipped = dynamos_benchmark.make_strategy("dynamos_flipped_reward", "mnist360", 200, 10, 1)
+    plain = dynamos_benchmark.make_strategy("dynamos", "mnist360", 200, 10, 1)
+    assert flipped.replay_plugin.penalty == -plain.replay_plugin.penalty == -200
+    torch_lp = dynamos_benchmark.make_strategy("dynamos_torch_logprob", "mnist360", 200, 10, 1)
+    agent = torch_lp.model.agents[0]
+    assert type(agent).__name__ == "TorchLogProbAgent" and isinstance(agent, type(plain.model.agents[0]))
+    x = torch.rand(4, agent.in_channels, 6, 6)
+    torch.manual_seed(0)
+    decision = agent.train()(x)
+    expected = torch.distributions.Bernoulli(probs=decision.prob).log_prob(decision.actions).sum(dim=1)
+    assert torch.equal(decision.log_prob, expected)
+    # What it changes: a saturated probability gives no policy gradient (torch clamps p), the exact form does.
+    logits = torch.tensor([40.0], requires_grad=True)
+    torch.distributions.Bernoulli(probs=torch.sigmoid(logits)).log_prob(torch.zeros(1)).sum().backward()
+    assert logits.grad.abs().item() == 0
+    root = ["--dataset-root", str(fake_mnist_root)]
+    assert dynamos_benchmark.parse_args(root).methods == ["dynamos", "consistency", "sgd", "der", "er_ace", "replay"]
+    labelled = dynamos_benchmark.parse_args(root + ["--label", "reward-study"])
+    assert labelled.out.name == "dynamos_reward-study.json"
+    with pytest.raises(SystemExit):
+        dynamos_benchmark.parse_args(root + ["--label", "a b"])
