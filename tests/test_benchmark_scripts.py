@@ -285,6 +285,9 @@ def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
     logits = torch.tensor([40.0], requires_grad=True)
     torch.distributions.Bernoulli(probs=torch.sigmoid(logits)).log_prob(torch.zeros(1)).sum().backward()
     assert logits.grad.abs().item() == 0
+    exact = torch.tensor([40.0], requires_grad=True)
+    torch.nn.functional.logsigmoid(-exact).sum().backward()  # log(1 - p) for a dropped channel, as ours
+    assert exact.grad.abs().item() > 0
     root = ["--dataset-root", str(fake_mnist_root)]
     assert dynamos_benchmark.parse_args(root).methods == ["dynamos", "consistency", "sgd", "der", "er_ace", "replay"]
     labelled = dynamos_benchmark.parse_args(root + ["--label", "reward-study"])

@@ -160,8 +160,8 @@ class ChannelAgent(nn.Module):
             means, mu, covariance = _ChannelMoments.apply(x)
             mean, var = weight @ mu, ((weight @ covariance) * weight).sum(dim=1)
             if bn.training and bn.track_running_stats:
-                pixels = x.shape[0] * x.shape[2] * x.shape[3]
-                self._update_running_stats(mean.detach(), var.detach(), pixels)
+                n_pixels = x.shape[0] * x.shape[2] * x.shape[3]
+                self._update_running_stats(mean.detach(), var.detach(), n_pixels)
         else:
             means = x.mean(dim=(2, 3))
             mean, var = bn.running_mean, bn.running_var
