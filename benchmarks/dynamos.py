@@ -15,7 +15,9 @@ the same stream and is evaluated on the test stream at the end:
   ``dynamos_flipped_reward``, wrong predictions rewarded
   ``+lambda (kr - k)^2`` instead of the paper's ``-lambda (kr - k)^2``;
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
-* ``sgd``: Avalanche's ``Naive`` with plain SGD (lr 0.07), no memory;
+* ``sgd``: Avalanche's ``Naive`` with plain SGD (lr 0.07), no memory: it
+  runs once per stream and seed, whatever ``--buffers`` says, and is
+  recorded with buffer 0;
 * ``der``, ``er_ace``, ``replay``: Avalanche's ``DER`` (alpha and beta of
   Table 5's row, like Dynamos' consistency weights), ``ER_ACE`` and
   ``Replay`` with a reservoir of the same size, plain SGD lr 0.07 (DER:
@@ -74,13 +76,15 @@ LR = 0.07
 DER_LR = 0.03
 """Avalanche's DER on MNIST-360 with this backbone: its weights become NaN within 800 online mini-batches
 at lr 0.07 with Table 5's alpha and beta; at 0.03 it trains."""
+NO_MEMORY = 0
+"""The buffer recorded for the memory-free ``sgd``."""
 TRAIN_CHUNK = 100
 """Experiences per ``train()`` call (:func:`~avalanche_neuromod.training.train_online`)."""
 
 PAPER = {
     ("mnist360", "dynamos"): {100: (64.42, 4.10), 200: (79.64, 2.85), 500: (90.52, 0.74)},
     ("mnist360", "consistency"): {100: (61.19, None), 200: (75.36, None), 500: (88.15, None)},
-    ("mnist360", "sgd"): {100: (18.71, None), 200: (18.71, None), 500: (18.71, None)},
+    ("mnist360", "sgd"): {NO_MEMORY: (18.71, None)},
     ("seq-mnist", "dynamos"): {500: (97.19, None), 1000: (97.51, None), 2000: (97.57, None)},
 }
 """The paper's means (and standard deviations where it gives them), in %."""
@@ -169,7 +173,7 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
     model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False)
     if method == "consistency":
         return ConsistencyReplay.preset(stream, buffer, model, **quiet)
-    settings = paper_setting(stream, buffer)
+    settings = paper_setting(stream, STREAMS[stream][0] if buffer == NO_MEMORY else buffer)
     lr = DER_LR if method == "der" else LR
     common = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
                   train_mb_size=settings["train_mb_size"], train_epochs=settings["train_epochs"],
@@ -188,6 +192,16 @@ def training_experiences(benchmark: Any, stream: str, max_batches: Optional[int]
     if stream == "mnist360":
         return list(itertools.islice(benchmark.online_train_stream, max_batches))
     return list(benchmark.train_stream)
+
+
+def planned_runs(buffers: Sequence[int], seeds: Sequence[int], methods: Sequence[str]) -> List[tuple]:
+    """The ``(buffer, seed, method)`` runs of one stream, in order; ``sgd`` once per seed, with buffer 0."""
+    planned: List[tuple] = []
+    for buffer, seed, method in itertools.product(buffers, seeds, methods):
+        key = (NO_MEMORY if method == "sgd" else buffer, seed, method)
+        if key not in planned:
+            planned.append(key)
+    return planned
 
 
 def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, max_batches: Optional[int]) -> Dict[str, Any]:
@@ -329,7 +343,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
     for row in result["summary"]:
         paper = "" if row["paper"] is None else _pm(*row["paper"])
         keep = ", ".join(f"{k:.2f}" for k in row.get("keep_ratio_per_layer", []))
-        rows.append([row["stream"], row["buffer"], row["method"], ", ".join(map(str, row["seeds"])),
+        rows.append([row["stream"], row["buffer"] or "none", row["method"], ", ".join(map(str, row["seeds"])),
                      _pm(row["accuracy_mean"], row["accuracy_std"]), paper, f"{row['train_seconds_mean']:.0f}", keep])
     lines += markdown_table(["stream", "buffer", "method", "seeds", "final accuracy (%)", "paper (%)",
                              "train s (mean)", "keep ratio per gated layer"], rows, align="lrllrrrl")
@@ -384,7 +398,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["commands"] = [result["command"]]
     for stream in args.streams:
         benchmark = build_stream(stream, args.dataset_root, args.replacement)
-        for buffer, seed, method in itertools.product(buffers[stream], args.seeds, args.methods):
+        for buffer, seed, method in planned_runs(buffers[stream], args.seeds, args.methods):
             run = run_one(benchmark, stream, method, buffer, seed, args.max_batches if stream == "mnist360" else None)
             result["runs"] = [r for r in result["runs"] if _run_key(r) != _run_key(run)] + [run]
             print(f"{stream} buffer {buffer} seed {seed} {method}: accuracy {100 * run['accuracy']:.2f}%, "

@@ -260,9 +260,18 @@ def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_p
     assert len(result["commands"]) == 2 and "--append" in result["commands"][1]
     rows = {row["method"]: row for row in result["summary"]}
     assert rows["sgd"]["seeds"] == [1, 0] and rows["consistency"]["seeds"] == [0]
+    assert rows["sgd"]["buffer"] == 0 and rows["consistency"]["buffer"] == 100
     with pytest.raises(SystemExit, match="max-batches"):
         dynamos_benchmark.main([a if a != "2" else "3" for a in common] + ["--seeds", "0", "--methods", "sgd",
                                                                           "--append"])
+
+
+def test_dynamos_benchmark_runs_memory_free_sgd_once_per_seed():
+    import dynamos as dynamos_benchmark
+
+    planned = dynamos_benchmark.planned_runs([100, 200], [0, 1], ["dynamos", "sgd"])
+    assert planned == [(100, 0, "dynamos"), (0, 0, "sgd"), (100, 1, "dynamos"), (0, 1, "sgd"),
+                       (200, 0, "dynamos"), (200, 1, "dynamos")]
 
 
 def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
