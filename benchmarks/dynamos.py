@@ -14,6 +14,9 @@ the same stream and is evaluated on the test stream at the end:
   to saturated channels (ours is exact, through ``logsigmoid``);
   ``dynamos_flipped_reward``, wrong predictions rewarded
   ``+lambda (kr - k)^2`` instead of the paper's ``-lambda (kr - k)^2``;
+  ``dynamos_separate_passes`` and ``consistency_separate_passes``, the
+  buffer batch in a forward pass of its own (``separate_replay_pass=True``,
+  batch-norm statistics per batch), as the authors' code does;
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
 * ``sgd``: Avalanche's ``Naive`` with plain SGD (lr 0.07), no memory: it
   runs once per stream and seed, whatever ``--buffers`` says, and is
@@ -66,9 +69,10 @@ from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mn
                      publish, result_header, section_markers, section_opening, target, target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
-METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "consistency", "sgd",
-           "der", "er_ace", "replay")
-DIAGNOSTICS = ("dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward")
+METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
+           "consistency", "consistency_separate_passes", "sgd", "der", "er_ace", "replay")
+DIAGNOSTICS = ("dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
+               "consistency_separate_passes")
 """Variants that look for the gap to the paper; not in the default ``--methods``."""
 STREAMS = {"mnist360": (100, 200, 500), "seq-mnist": (500, 1000, 2000)}
 N_THREADS = 2
@@ -169,10 +173,13 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
         overrides = {}
         if method == "dynamos_flipped_reward":
             overrides["penalty"] = -paper_setting(stream, buffer)["penalty"]
+        if method == "dynamos_separate_passes":
+            overrides["separate_replay_pass"] = True
         return Dynamos.preset(stream, buffer, model, **quiet, **overrides)
     model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False)
-    if method == "consistency":
-        return ConsistencyReplay.preset(stream, buffer, model, **quiet)
+    if method.startswith("consistency"):
+        return ConsistencyReplay.preset(stream, buffer, model, **quiet,
+                                        separate_replay_pass=method == "consistency_separate_passes")
     settings = paper_setting(stream, STREAMS[stream][0] if buffer == NO_MEMORY else buffer)
     lr = DER_LR if method == "der" else LR
     common = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
@@ -336,7 +343,9 @@ def markdown_section(result: Dict[str, Any]) -> str:
         "- Diagnostics of the gap to the paper, not the paper's method: dynamos_detached (`detach_agent_inputs=True`: "
         "the agents' terms train the agents only), dynamos_torch_logprob (log pi from torch's `Bernoulli(probs=p)`, "
         "as the authors' code: p clamped to [eps, 1 - eps], no policy gradient for saturated channels), "
-        "dynamos_flipped_reward (wrong predictions rewarded +lambda (kr - k)^2 instead of -lambda (kr - k)^2).",
+        "dynamos_flipped_reward (wrong predictions rewarded +lambda (kr - k)^2 instead of -lambda (kr - k)^2), "
+        "dynamos_separate_passes and consistency_separate_passes (the buffer batch in a forward pass of its own, "
+        "`separate_replay_pass=True`, as the authors' code: batch-norm statistics per batch).",
         "",
     ]
     rows = []

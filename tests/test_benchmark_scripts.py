@@ -282,6 +282,11 @@ def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
     flipped = dynamos_benchmark.make_strategy("dynamos_flipped_reward", "mnist360", 200, 10, 1)
     plain = dynamos_benchmark.make_strategy("dynamos", "mnist360", 200, 10, 1)
     assert flipped.replay_plugin.penalty == -plain.replay_plugin.penalty == -200
+    assert not plain.replay_plugin.separate_replay_pass
+    for method in ("dynamos_separate_passes", "consistency_separate_passes"):
+        separate = dynamos_benchmark.make_strategy(method, "mnist360", 200, 10, 1)
+        assert separate.replay_plugin.separate_replay_pass and separate.replay_plugin.penalty == (
+            200 if method.startswith("dynamos") else 1.0)
     torch_lp = dynamos_benchmark.make_strategy("dynamos_torch_logprob", "mnist360", 200, 10, 1)
     agent = torch_lp.model.agents[0]
     assert type(agent).__name__ == "TorchLogProbAgent" and isinstance(agent, type(plain.model.agents[0]))

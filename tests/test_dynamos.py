@@ -456,6 +456,51 @@ def test_consistency_replay_has_no_agent_terms(mnist360):
     assert (ablation.replay_plugin.alpha, ablation.replay_plugin.beta) == (0.1, 1.5)
 
 
+def _prefill(strategy, n=20):
+    """Fill the reservoir with ``n`` random samples, so that replay starts right after the warm-up."""
+    model = strategy.model
+    attention = torch.rand(n, model.attention_size) if model.agents else None
+    strategy.buffer.add(torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,)), torch.randn(n, 10), attention,
+                        torch.ones(n, dtype=torch.bool))
+
+
+def test_separate_replay_pass_runs_the_buffer_batch_alone(mnist360):
+    # The authors' code: the buffer batch M in a forward pass of its own, so its batch-norm statistics are M's.
+    torch.manual_seed(0)
+    strategy = quiet(ConsistencyReplay, model=DynamosResNet18(agents=False), buffer_size=20, alpha=0.2, beta=1.0,
+                     warmup_iterations=2, separate_replay_pass=True)
+    model, plugin = strategy.model, strategy.replay_plugin
+    _prefill(strategy)
+    checks, extra_loss = [], plugin.extra_loss
+
+    def check(step):
+        replay = step["replay"]["inputs"]
+        with torch.no_grad():
+            alone = model(replay)
+            joint = model(torch.cat([step["x"], replay]))[len(step["x"]):]
+            stream = model(step["x"])
+        checks.append((torch.equal(step["replay_logits"], alone), torch.allclose(step["replay_logits"], joint),
+                       torch.equal(step["logits"], stream)))
+        return extra_loss(step)
+
+    plugin.extra_loss = check
+    strategy.train(list(itertools.islice(mnist360.online_train_stream, 5)))
+    assert len(checks) == 3
+    assert all(alone and stream for alone, _, stream in checks)
+    assert not any(joint for _, joint, _ in checks)  # a joint pass would have mixed B's statistics into M's
+    assert set(plugin.last_terms) == {"consistency_logits", "replay_ce"}
+
+    gated = _dynamos(warmup_iterations=2, separate_replay_pass=True)
+    _prefill(gated)
+    steps, extra_loss = [], gated.replay_plugin.extra_loss
+    gated.replay_plugin.extra_loss = lambda step: steps.append(dict(step)) or extra_loss(step)
+    gated.train(list(itertools.islice(mnist360.online_train_stream, 5)))
+    assert len(steps) == 3 and all(
+        step["gates"].attention.shape[0] == len(step["y"]) and
+        step["replay_gates"].attention.shape[0] == len(step["replay"]["labels"]) == len(step["y"]) for step in steps)
+    assert {"stream_reinforce", "replay_reinforce", "consistency_attention"} <= set(gated.replay_plugin.last_terms)
+
+
 @pytest.mark.parametrize("other", [LwFPlugin, EWCPlugin])
 def test_plugin_composes_with_avalanche_plugins(other):
     torch.manual_seed(0)

@@ -2,7 +2,8 @@
 
 One training step, with ``B`` the stream mini-batch and ``M`` a batch drawn
 from the reservoir (:class:`~.reservoir.ReservoirBuffer`), both through one
-forward pass of the gated network:
+forward pass of the gated network (or one pass each, ``separate_replay_pass``,
+as the authors' code does):
 
     loss = CE(B) + gamma * L_R(B) + w_p * L_P(B)
          + alpha * MSE(logits_M, stored logits) + alpha_p * MSE(V_M, stored V)
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from avalanche.core import SupervisedPlugin
+from avalanche.models.utils import avalanche_forward
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
@@ -121,6 +123,9 @@ class DynamosPlugin(SupervisedPlugin):
     :param warmup_epochs: ungated, cross-entropy-only epochs at the start of the first experience.
     :param replay_batch_size: buffer samples per step (None: as many as the stream batch).
     :param seed: seed of the reservoir's draws.
+    :param separate_replay_pass: run the buffer batch through a forward pass of its own, after the
+        stream batch's, as the authors' code does (each batch then has its own batch-norm statistics);
+        default: one joint pass over stream and buffer samples, as the paper's equations read.
     """
 
     uses_agents = True
@@ -128,7 +133,7 @@ class DynamosPlugin(SupervisedPlugin):
     def __init__(self, buffer_size: int, *, alpha: float, beta: float, alpha_p: float = 0.0,
                  penalty: float = 1.0, gamma: float = 0.0, w_p: float = 0.0,
                  keep_ratio: float = PAPER_KEEP_RATIO, warmup_iterations: int = 0, warmup_epochs: int = 0,
-                 replay_batch_size: Optional[int] = None, seed: int = 0):
+                 replay_batch_size: Optional[int] = None, seed: int = 0, separate_replay_pass: bool = False):
         super().__init__()
         if warmup_iterations < 0 or warmup_epochs < 0:
             raise ValueError(f"warm-up lengths must be >= 0, got warmup_iterations={warmup_iterations}, "
@@ -144,6 +149,7 @@ class DynamosPlugin(SupervisedPlugin):
         self.warmup_iterations = warmup_iterations
         self.warmup_epochs = warmup_epochs
         self.replay_batch_size = replay_batch_size
+        self.separate_replay_pass = separate_replay_pass
         self.iterations = 0
         self._last_terms: Dict[str, torch.Tensor] = {}
         self._step: Optional[Dict[str, Any]] = None
@@ -174,6 +180,9 @@ class DynamosPlugin(SupervisedPlugin):
             replay = self.buffer.sample(self.replay_batch_size or len(y))
             replay = {k: v.to(x.device) for k, v in replay.items()}
             step["replay"] = replay
+            if self.separate_replay_pass:
+                self._step = step
+                return
             extra = [torch.zeros_like(replay["labels"])] * (len(mbatch) - 2)  # task-free replay: task 0
             strategy.mbatch = [torch.cat([x, replay["inputs"]]), torch.cat([y, replay["labels"]])] + [
                 torch.cat([t, e]) for t, e in zip(mbatch[2:], extra)
@@ -189,6 +198,14 @@ class DynamosPlugin(SupervisedPlugin):
         n = step["n"]
         logits = strategy.mb_output
         gates = strategy.model.last_gates if self.uses_agents else None
+        if self.separate_replay_pass and step["replay"] is not None:
+            replay = step["replay"]
+            step["logits"] = logits
+            step["replay_logits"] = avalanche_forward(strategy.model, replay["inputs"],
+                                                      torch.zeros_like(replay["labels"]))
+            if gates is not None:
+                step["gates"], step["replay_gates"] = gates, strategy.model.last_gates
+            return
         step["logits"], step["replay_logits"] = logits[:n], logits[n:]
         if gates is not None:
             step["gates"], step["replay_gates"] = gates.split(n)
@@ -281,14 +298,17 @@ class ConsistencyReplayPlugin(DynamosPlugin):
     :param warmup_epochs: cross-entropy-only epochs at the start of the first experience.
     :param replay_batch_size: buffer samples per step (None: as many as the stream batch).
     :param seed: seed of the reservoir's draws.
+    :param separate_replay_pass: the buffer batch in a forward pass of its own (:class:`DynamosPlugin`).
     """
 
     uses_agents = False
 
     def __init__(self, buffer_size: int, *, alpha: float, beta: float, warmup_iterations: int = 0,
-                 warmup_epochs: int = 0, replay_batch_size: Optional[int] = None, seed: int = 0):
+                 warmup_epochs: int = 0, replay_batch_size: Optional[int] = None, seed: int = 0,
+                 separate_replay_pass: bool = False):
         super().__init__(buffer_size, alpha=alpha, beta=beta, warmup_iterations=warmup_iterations,
-                         warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed)
+                         warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed,
+                         separate_replay_pass=separate_replay_pass)
 
 
 class _ReplayStrategy(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
@@ -385,6 +405,8 @@ class Dynamos(_ReplayStrategy):
     :param warmup_epochs: ungated, cross-entropy-only epochs at the start of the first experience.
     :param replay_batch_size: buffer samples per step (None: ``train_mb_size``).
     :param seed: seed of the reservoir's draws.
+    :param separate_replay_pass: the buffer batch in a forward pass of its own, as the authors' code
+        (:class:`DynamosPlugin`; default: one joint pass).
     :param template: the template's arguments (``train_mb_size=16``, ``train_epochs=1``,
         ``eval_mb_size``, ``device``, ``plugins``, ``evaluator``, ``eval_every``, ``criterion``, ...).
     """
@@ -392,11 +414,13 @@ class Dynamos(_ReplayStrategy):
     def __init__(self, *, model: nn.Module, buffer_size: int, alpha: float, beta: float, alpha_p: float,
                  penalty: float, gamma: float, w_p: float, keep_ratio: float = PAPER_KEEP_RATIO,
                  lr: float = PAPER_LR, warmup_iterations: int = 10, warmup_epochs: int = 0,
-                 replay_batch_size: Optional[int] = None, seed: int = 0, **template: Any):
+                 replay_batch_size: Optional[int] = None, seed: int = 0, separate_replay_pass: bool = False,
+                 **template: Any):
         _require_agents(model, "Dynamos")
         plugin = DynamosPlugin(buffer_size, alpha=alpha, beta=beta, alpha_p=alpha_p, penalty=penalty, gamma=gamma,
                                w_p=w_p, keep_ratio=keep_ratio, warmup_iterations=warmup_iterations,
-                               warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed)
+                               warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed,
+                               separate_replay_pass=separate_replay_pass)
         super().__init__(model=model, plugin=plugin, lr=lr, **template)
 
 
@@ -417,6 +441,7 @@ class ConsistencyReplay(_ReplayStrategy):
     :param warmup_epochs: cross-entropy-only epochs at the start of the first experience.
     :param replay_batch_size: buffer samples per step (None: ``train_mb_size``).
     :param seed: seed of the reservoir's draws.
+    :param separate_replay_pass: the buffer batch in a forward pass of its own (:class:`Dynamos`).
     :param template: the template's arguments, as for :class:`Dynamos`.
     """
 
@@ -424,7 +449,8 @@ class ConsistencyReplay(_ReplayStrategy):
 
     def __init__(self, *, model: nn.Module, buffer_size: int, alpha: float, beta: float, lr: float = PAPER_LR,
                  warmup_iterations: int = 10, warmup_epochs: int = 0, replay_batch_size: Optional[int] = None,
-                 seed: int = 0, **template: Any):
+                 seed: int = 0, separate_replay_pass: bool = False, **template: Any):
         plugin = ConsistencyReplayPlugin(buffer_size, alpha=alpha, beta=beta, warmup_iterations=warmup_iterations,
-                                         warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed)
+                                         warmup_epochs=warmup_epochs, replay_batch_size=replay_batch_size, seed=seed,
+                                         separate_replay_pass=separate_replay_pass)
         super().__init__(model=model, plugin=plugin, lr=lr, **template)
