@@ -31,7 +31,9 @@ MNIST-360 trains on the online stream (3,387 mini-batches of 16, one
 experience each, no boundaries); Seq-MNIST on ``SplitMNIST(channels=3)``
 (5 experiences of 2 classes, batch 10, 1 epoch). Recorded per run: final
 test accuracy, seconds, the keep ratio of each gated layer on the test
-stream (Dynamos), and the buffer's fill. ``--max-batches N`` stops
+stream (Dynamos), the test accuracy of the same network with every channel
+kept (``model.ungated()``: what the agents' dropping costs or gains at
+inference), and the buffer's fill. ``--max-batches N`` stops
 MNIST-360 after its first N online mini-batches (a stated reduced scale;
 the accuracy of such a run is not comparable with the paper's).
 
@@ -238,6 +240,8 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     if method.startswith("dynamos"):
         stats = collect_gates(strategy.model, benchmark.test_stream[0].dataset)
         run["keep_ratio_per_layer"] = keep_ratios(stats)
+        with strategy.model.ungated():
+            run["accuracy_every_channel"] = stream_accuracy(strategy.model, benchmark.test_stream)
     return run
 
 
@@ -280,6 +284,10 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         }
         if method.startswith("dynamos"):
             row["keep_ratio_per_layer"] = [statistics.mean(v) for v in zip(*(r["keep_ratio_per_layer"] for r in group))]
+            ungated = [r for r in group if "accuracy_every_channel" in r]
+            if ungated:
+                row["accuracy_every_channel_mean"] = statistics.mean(100 * r["accuracy_every_channel"] for r in ungated)
+                row["accuracy_every_channel_seeds"] = [r["seed"] for r in ungated]
         rows.append(row)
     return rows
 
@@ -352,10 +360,17 @@ def markdown_section(result: Dict[str, Any]) -> str:
     for row in result["summary"]:
         paper = "" if row["paper"] is None else _pm(*row["paper"])
         keep = ", ".join(f"{k:.2f}" for k in row.get("keep_ratio_per_layer", []))
+        every = ""
+        if "accuracy_every_channel_mean" in row:
+            every = f"{row['accuracy_every_channel_mean']:.2f}"
+            if row["accuracy_every_channel_seeds"] != row["seeds"]:
+                every += f" (seeds {', '.join(map(str, row['accuracy_every_channel_seeds']))})"
         rows.append([row["stream"], row["buffer"] or "none", row["method"], ", ".join(map(str, row["seeds"])),
-                     _pm(row["accuracy_mean"], row["accuracy_std"]), paper, f"{row['train_seconds_mean']:.0f}", keep])
+                     _pm(row["accuracy_mean"], row["accuracy_std"]), paper, f"{row['train_seconds_mean']:.0f}", keep,
+                     every])
     lines += markdown_table(["stream", "buffer", "method", "seeds", "final accuracy (%)", "paper (%)",
-                             "train s (mean)", "keep ratio per gated layer"], rows, align="lrllrrrl")
+                             "train s (mean)", "keep ratio per gated layer", "every channel kept (%)"], rows,
+                            align="lrllrrrlr")
     if result.get("targets"):
         lines += ["", *target_lines(result["targets"])]
     lines.append(end)

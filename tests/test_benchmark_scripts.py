@@ -234,6 +234,9 @@ def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
     assert "REDUCED" in result["scale"]
     rows = {row["method"]: row for row in result["summary"]}
     assert rows["dynamos"]["seeds"] == [0, 1] and len(rows["dynamos"]["keep_ratio_per_layer"]) == 4
+    every = [100 * r["accuracy_every_channel"] for r in result["runs"] if r["method"] == "dynamos"]
+    assert len(every) == 2 and rows["dynamos"]["accuracy_every_channel_mean"] == pytest.approx(sum(every) / 2)
+    assert "accuracy_every_channel" not in next(r for r in result["runs"] if r["method"] == "der")
     assert rows["dynamos"]["paper"] == [79.64, 2.85]
     speed = [t for t in result["targets"] if "DER" in t["target"]]
     assert len(speed) == 1 and speed[0]["buffer"] == 200
