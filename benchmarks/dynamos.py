@@ -160,7 +160,8 @@ def _torch_logprob_agent() -> type:
 
 def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_channels: int) -> Any:
     import torch
-    from avalanche.training import DER, ER_ACE, Naive, Replay
+    from avalanche.training import DER, ER_ACE, Naive
+    from avalanche.training.plugins import ReplayPlugin
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
     from avalanche_neuromod.models import DynamosResNet18
@@ -194,7 +195,11 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
         return DER(mem_size=buffer, batch_size_mem=batch, alpha=settings["alpha"], beta=settings["beta"], **common)
     if method == "er_ace":
         return ER_ACE(mem_size=buffer, batch_size_mem=batch, **common)
-    return Replay(mem_size=buffer, storage_policy=ReservoirSamplingBuffer(max_size=buffer), **common)
+    # Avalanche's Replay wrapper has no storage_policy argument (its buffer balances experiences, which
+    # cannot work with one experience per mini-batch): its plugin with a reservoir under Naive instead.
+    replay = ReplayPlugin(mem_size=buffer, batch_size=batch, batch_size_mem=batch,
+                          storage_policy=ReservoirSamplingBuffer(max_size=buffer))
+    return Naive(plugins=[replay], **common)
 
 
 def training_experiences(benchmark: Any, stream: str, max_batches: Optional[int]) -> List[Any]:

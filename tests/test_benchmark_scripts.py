@@ -269,6 +269,19 @@ def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_p
                                                                           "--append"])
 
 
+def test_every_dynamos_benchmark_method_trains(fake_mnist_root, tmp_path):
+    import dynamos as dynamos_benchmark
+
+    out = tmp_path / "dynamos.json"
+    assert dynamos_benchmark.main([
+        "--dataset-root", str(fake_mnist_root), "--streams", "mnist360", "--buffers", "100", "--seeds", "0",
+        "--methods", *dynamos_benchmark.METHODS, "--max-batches", "2", "--no-docs", "--out", str(out),
+    ]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted(r["method"] for r in runs) == sorted(dynamos_benchmark.METHODS)
+    assert all(r["training_experiences"] == 2 and 0 <= r["accuracy"] <= 1 for r in runs)
+
+
 def test_dynamos_benchmark_runs_memory_free_sgd_once_per_seed():
     import dynamos as dynamos_benchmark
 
