@@ -369,7 +369,8 @@ def markdown_section(result: Dict[str, Any]) -> str:
         if "accuracy_every_channel_mean" in row:
             every = f"{row['accuracy_every_channel_mean']:.2f}"
             if row["accuracy_every_channel_seeds"] != row["seeds"]:
-                every += f" (seeds {', '.join(map(str, row['accuracy_every_channel_seeds']))})"
+                seeds = row["accuracy_every_channel_seeds"]
+                every += f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
         rows.append([row["stream"], row["buffer"] or "none", row["method"], ", ".join(map(str, row["seeds"])),
                      _pm(row["accuracy_mean"], row["accuracy_std"]), paper, f"{row['train_seconds_mean']:.0f}", keep,
                      every])
