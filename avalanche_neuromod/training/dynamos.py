@@ -180,13 +180,11 @@ class DynamosPlugin(SupervisedPlugin):
             replay = self.buffer.sample(self.replay_batch_size or len(y))
             replay = {k: v.to(x.device) for k, v in replay.items()}
             step["replay"] = replay
-            if self.separate_replay_pass:
-                self._step = step
-                return
-            extra = [torch.zeros_like(replay["labels"])] * (len(mbatch) - 2)  # task-free replay: task 0
-            strategy.mbatch = [torch.cat([x, replay["inputs"]]), torch.cat([y, replay["labels"]])] + [
-                torch.cat([t, e]) for t, e in zip(mbatch[2:], extra)
-            ]
+            if not self.separate_replay_pass:  # else after_forward runs the buffer batch alone
+                extra = [torch.zeros_like(replay["labels"])] * (len(mbatch) - 2)  # task-free replay: task 0
+                strategy.mbatch = [torch.cat([x, replay["inputs"]]), torch.cat([y, replay["labels"]])] + [
+                    torch.cat([t, e]) for t, e in zip(mbatch[2:], extra)
+                ]
         self._step = step
 
     def after_forward(self, strategy: Any, **kwargs: Any) -> None:
