@@ -13,7 +13,7 @@ from avalanche_neuromod.evaluation import ContinualResults, make_evaluator
 from avalanche_neuromod.models import (BatchELayer, BatchENet, BatchEResNet18, MTLNet, MTLResNet18, NeuroModNet,
                                        PSPLayer, PSPNet, PSPResNet18, STLNet, STLResNet18, SupSupLayer, SupSupNet,
                                        SupSupResNet18, topk_mask)
-from avalanche_neuromod.models.supsup import _largest_k
+from avalanche_neuromod.models.supsup import _largest_k, _ThresholdHint
 from avalanche_neuromod.training import (MTL, PSP, STL, BatchE, SupSup, TaskParametersPlugin,
                                          UntrainedTaskWarning)
 from conftest import assert_same_state, train_with_resume
@@ -191,6 +191,19 @@ def test_topk_selection_is_exact_with_ties_and_keeps_the_largest():
     assert int(mask.sum()) == 2_500
     assert big[mask.bool()].min() >= big[~mask.bool()].max()
     assert torch.equal(_largest_k(big.double(), 2_500).bool(), mask.bool())
+
+
+def test_topk_searched_near_the_last_cut_selects_exactly_what_a_full_partition_selects():
+    # Scores drift by small steps, then by large ones (the cut leaves the band), with and without ties.
+    g = torch.Generator().manual_seed(0)
+    for dtype, step in ((torch.float32, None), (torch.float64, None), (torch.float32, 1e-3)):
+        values = torch.rand(20_000, generator=g, dtype=dtype)
+        hint = _ThresholdHint()
+        for i in range(40):
+            values = values + (1e-5 if i < 20 else 1e-2) * torch.randn(values.shape, generator=g, dtype=dtype)
+            scores = (values / step).round() * step if step else values
+            assert torch.equal(_largest_k(scores.abs(), 7_777, hint), _largest_k(scores.abs(), 7_777))
+        assert hint.threshold is not None
 
 
 def test_supsup_weights_are_signed_constants_and_the_gradient_is_straight_through():

@@ -30,6 +30,8 @@ from avalanche_neuromod.benchmarks import (
 from avalanche_neuromod.benchmarks.omniglot import OMNIGLOT_UNSEEN_ALPHABETS
 from avalanche_neuromod.evaluation import make_evaluator
 from avalanche_neuromod.models import (
+    FactoredHead,
+    FullHead,
     LowRankHead,
     RegulatedClassifier,
     Regulator,
@@ -289,6 +291,41 @@ def test_low_rank_head_formula_and_parameter_count():
     expected = -1.0 + torch.einsum("bir,bjr->bij", u, v).view(2, 6, 2, 3, 3) / math.sqrt(3)
     torch.testing.assert_close(head.logits(f), expected)
     assert sum(p.numel() for p in head.parameters()) == 10 * 3 * (6 + 18) + 6 * 18
+
+
+def test_factored_head_formula_parameter_count_and_initial_spread():
+    torch.manual_seed(0)
+    head = FactoredHead(10, (6, 2, 3, 3), bias=-1.0, code=4)
+    f = torch.randn(2, 10)
+    expected = (f @ head.encode.weight.T @ head.decode.weight.T - 1.0).view(2, 6, 2, 3, 3)
+    torch.testing.assert_close(head.logits(f), expected)
+    assert sum(p.numel() for p in head.parameters()) == 4 * (10 + 108) + 108
+    # At initialisation the logits spread as a full head's do (the variance of the product, not of one map).
+    features = torch.relu(torch.randn(64, 300))
+    full_std = torch.stack([FullHead(300, (2000,), 0.0).logits(features).std() for _ in range(5)]).mean()
+    factored_std = torch.stack([FactoredHead(300, (2000,), 0.0, code=32).logits(features).std()
+                                for _ in range(5)]).mean()
+    assert 0.85 < float(factored_std / full_std) < 1.15
+    head.reset(-2.0)
+    assert torch.all(head.decode.bias == -2.0)
+    with pytest.raises(ValueError, match="code"):
+        FactoredHead(10, (3, 3), bias=0.0, code=0)
+
+
+def test_factored_heads_build_round_trip_and_memory():
+    net = TSARNet.build(7, head="factored", code=3, **SMALL)
+    assert all(isinstance(h, FactoredHead) and h.code == 3 for h in net.regulator.heads)
+    again = TSARNet.from_config(net.config)
+    assert all(isinstance(h, FactoredHead) and h.code == 3 for h in again.regulator.heads)
+    with torch.device("meta"):
+        full = TSARNet.build(1000)
+        factored = TSARNet.build(1000, head="factored", code=32)
+    n_full = sum(p.numel() for p in full.regulator.heads.parameters())
+    n_factored = sum(p.numel() for p in factored.regulator.heads.parameters())
+    entries = sum(math.prod(s) for s in full.classifier.regulated_shapes)
+    assert n_factored == 32 * (4 * 1728 + entries) + entries and n_factored * 50 < n_full
+    with pytest.raises(ValueError, match="'factored'"):
+        TSARNet.build(7, head="tiny", **SMALL)
 
 
 def test_paper_sizes_regulator_features_and_head_parameters():
@@ -663,3 +700,19 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
     assert any(t["target"] == "Scratch recall below 5%" for t in result["targets"])
     section = tsar_benchmark.markdown_section(result)
     assert "| grow | full |" in section and str(tmp_path) not in section
+
+
+def test_benchmark_checks_each_low_memory_head_against_the_full_one():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tsar as tsar_benchmark
+
+    def row(head, parameters, recall):
+        return {"method": "grow", "head": head, "regulator_bytes": {"parameters": parameters},
+                "omniglot": {"recall_mean": recall}}
+
+    summary = [row("full", 1100, 30.0), row("factored", 100, 28.5), row("low_rank", 200, 20.0)]
+    checked = {t["target"].split(":")[0]: t for t in
+               tsar_benchmark.targets(summary, [], {"rank": 2, "code": 24})}
+    assert checked["factored heads (code 24)"]["met"]
+    assert checked["factored heads (code 24)"]["measured"] == "11.0x smaller, +1.5 points lost"
+    assert not checked["low-rank heads (rank 2)"]["met"]  # 5.5x smaller and 10 points lost

