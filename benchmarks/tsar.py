@@ -13,6 +13,13 @@ it transfers to every sequence of ``--transfer-seeds``:
   accuracy (first transfer seed only, to save time);
 - MNIST and Fashion-MNIST, 10 classes x 30 images (+10 held out per class).
 
+During the first reported Omniglot transfer of every regulated run the
+regulator's C3 masks are recorded as each image is learned; the paper's
+regulation figures are drawn from them into ``--figures``
+(``tsar[_LABEL]_regulation_ccdf.png``: active synapses per image, all
+regulated runs; ``tsar[_LABEL]_task_activity.png`` and
+``tsar[_LABEL]_total_regulation.png``: the first Grow run).
+
 Scratch and Reservoir need no meta-learning and run on the same sequences.
 The transfer learning rate of each method is chosen on an Omniglot
 sequence that is never reported (``--selection-seed``: another class
@@ -37,13 +44,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, data_files, markdown_table, publish,
-                     result_header, section_markers, section_opening, target, target_lines, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, data_files, markdown_table,
+                     portable_path, publish, result_header, section_markers, section_opening, target, target_lines,
+                     write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "tsar.json"
+IMAGES = REPO_ROOT / "docs" / "images"
 N_THREADS = 2
 METHODS = ("grow", "sculpt", "no_regulation", "scratch", "reservoir")
 META_LEARNED = ("grow", "sculpt", "no_regulation")
+REGULATED = ("grow", "sculpt", "reservoir")
 TRANSFERS = ("omniglot", "omniglot_heldout", "mnist", "fashion_mnist")
 
 PAPER = {
@@ -78,6 +88,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--omniglot-classes", type=int, default=100,
                         help="unseen Omniglot classes per transfer sequence (of the 106).")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--figures", type=Path, default=IMAGES, help="folder of the regulation figures.")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: re-read --out and rewrite its summary, notes and docs section.")
@@ -115,14 +126,14 @@ def build_transfers(root: Path, seeds: Sequence[int], selection_seed: int, wante
     return streams
 
 
-def transfer(strategy_cls, model, benchmark, lr: float, seed: int) -> Dict[str, Any]:
+def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequence[Any] = ()) -> Dict[str, Any]:
     """One transfer sequence; recall overall and by position, held-out accuracy, seconds."""
     import torch
 
     from avalanche_neuromod.evaluation import make_evaluator
 
     torch.manual_seed(seed)
-    strategy = strategy_cls(model=copy.deepcopy(model), lr=lr, seed=seed,
+    strategy = strategy_cls(model=copy.deepcopy(model), lr=lr, seed=seed, plugins=list(plugins),
                             evaluator=make_evaluator(forgetting=False, bwt=False, timing=False, progress_bar=False))
     start = time.perf_counter()
     strategy.train(benchmark.train_stream)
@@ -167,7 +178,14 @@ def choose_lr(method: str, model, selection, grid: Sequence[float]) -> Dict[str,
     return {"lr": best, "selection_recall": {str(k): v for k, v in scores.items()}}
 
 
-def run_method(method: str, head: str, meta_seed: int, args, images, labels, transfers, progress: Callable) -> Dict:
+def run_method(method: str, head: str, meta_seed: int, args, images, labels, transfers, progress: Callable,
+               recorded: Optional[Dict[str, Any]] = None) -> Dict:
+    """Meta-learn (where the method does), choose the transfer lr, transfer to every sequence.
+
+    ``recorded`` receives the C3 regulation statistics of the first reported
+    Omniglot transfer of a regulated method, under ``"method/head, meta seed N"``.
+    """
+    from avalanche_neuromod.analysis import RegulationRecorder
     from avalanche_neuromod.training import TSARMetaLearner
 
     model = fresh_model(method, head, args, meta_seed)
@@ -203,7 +221,13 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     for (name, seed), bench in transfers.items():
         if name == "selection":
             continue
-        outcome = transfer(strategy_for(method), model, bench, run["lr"], seed)
+        recorder = None
+        if recorded is not None and method in REGULATED and (name, seed) == ("omniglot", args.transfer_seeds[0]):
+            recorder = RegulationRecorder("C3", thresholds=(0.5, 0.9))
+            recorded[f"{method}/{head}, meta seed {meta_seed}"] = recorder.statistics
+        outcome = transfer(strategy_for(method), model, bench, run["lr"], seed, [recorder] if recorder else [])
+        if recorder is not None:
+            run["regulation_c3"] = regulation_summary(recorder.statistics)
         run["transfers"][f"{name}/{seed}"] = outcome
         progress(f"  {method}/{head} meta seed {meta_seed} {name} seed {seed}: recall {100 * outcome['recall']:.1f}%"
                  + (f", held-out {100 * outcome['heldout']:.1f}%" if "heldout" in outcome else "")
@@ -213,6 +237,42 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
         if final is not None:
             run["curve"].append({"meta_iterations": args.meta_iterations, "recall": final["recall"], "lr": run["lr"]})
     return run
+
+
+def regulation_summary(stats) -> Dict[str, Any]:
+    """A few numbers of the recorded regulation (the figures hold the rest)."""
+    active = {t: np.asarray(v) for t, v in stats.active.items()}
+    return {"synapses": int(stats.task_specific().shape[1]), "images": len(stats.total),
+            "active_median": {str(t): float(np.median(v)) for t, v in active.items()},
+            "active_max": {str(t): int(v.max()) for t, v in active.items()},
+            "total_mean": float(np.mean(stats.total)), "total_max": float(np.max(stats.total))}
+
+
+def draw_regulation(recorded: Dict[str, Any], folder: Path, label: str) -> List[str]:
+    """The paper's regulation figures from the recorded statistics; their portable paths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from avalanche_neuromod.analysis import plot_regulation_ccdf, plot_task_activity, plot_total_regulation
+
+    if not recorded:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "tsar" + (f"_{label.replace('-', '_')}" if label else "")
+    first_grow = next((k for k in recorded if k.startswith("grow/")), next(iter(recorded)))
+    figures = {"regulation_ccdf": plot_regulation_ccdf(list(recorded.values()), list(recorded)),
+               "task_activity": plot_task_activity(recorded[first_grow]),
+               "total_regulation": plot_total_regulation(recorded[first_grow])}
+    figures["task_activity"].axes[0].set_title(f"{first_grow}: task-specific vs task-agnostic, C3", fontsize=9)
+    figures["total_regulation"].axes[0].set_title(f"{first_grow}: per-image total regulation, C3", fontsize=9)
+    written = []
+    for name, fig in figures.items():
+        path = folder / f"{prefix}_{name}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(portable_path(path))
+    return written
 
 
 def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -345,7 +405,24 @@ def markdown_section(result: Dict[str, Any]) -> str:
                          + " | ".join(f"{100 * p['recall']:.1f}" for p in r["curve"]) + " |")
     lines += ["", "Paper, for reference (other data, full sizes, 25,000 meta-iterations on a GPU): ImageNet Grow "
               "92.2, Sculpt 57.5, Scratch 0.97; Omniglot 600 classes recall Grow 95.2, Sculpt 15.1.", "",
-              *target_lines(result["targets"]), end]
+              *target_lines(result["targets"])]
+    regulation = [r for r in result["runs"] if "regulation_c3" in r]
+    if regulation:
+        first = regulation[0]["regulation_c3"]
+        lines += ["", f"Regulation of layer C3 ({first['synapses']:,} synapses) while each image of Omniglot sequence "
+                  f"{s['transfer_seeds'][0]} was learned ({first['images']:,} images):", ""]
+        lines += markdown_table(
+            ["method", "head", "meta seed", "synapses > 0.5 per image (median / max)",
+             "synapses > 0.9 per image (median / max)", "total regulation per image (mean / max)"],
+            [[r["method"], r["head"], str(r["meta_seed"]),
+              f"{r['regulation_c3']['active_median']['0.5']:.0f} / {r['regulation_c3']['active_max']['0.5']}",
+              f"{r['regulation_c3']['active_median']['0.9']:.0f} / {r['regulation_c3']['active_max']['0.9']}",
+              f"{r['regulation_c3']['total_mean']:.0f} / {r['regulation_c3']['total_max']:.0f}"] for r in regulation],
+            align="lllrrr")
+    if result.get("figures"):
+        lines += [""] + [f"![{Path(f).stem}]({Path(f).relative_to('docs') if f.startswith('docs/') else f})"
+                         for f in result["figures"]]
+    lines.append(end)
     return "\n".join(lines)
 
 
@@ -394,13 +471,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def progress(text: str) -> None:
         print(text, flush=True)
 
+    recorded: Dict[str, Any] = {}
+
     for meta_seed, method, head in itertools.product(args.meta_seeds, args.methods, args.heads):
         if method in ("no_regulation", "scratch") and head != args.heads[0]:
             continue  # no regulator: the head setting does not apply
         if method not in META_LEARNED and meta_seed != args.meta_seeds[0]:
             continue  # nothing meta-learned: one set of transfers is enough
         progress(f"{method}/{head if method not in ('no_regulation', 'scratch') else '-'} meta seed {meta_seed}")
-        run = run_method(method, head, meta_seed, args, meta.images, meta.labels, transfers, progress)
+        run = run_method(method, head, meta_seed, args, meta.images, meta.labels, transfers, progress, recorded)
         if method in ("no_regulation", "scratch"):
             run["head"] = "-"
         result["runs"].append(run)
@@ -408,6 +487,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         write_json(result, args.out)
     result["targets"] = targets(result["summary"], result["runs"], result["settings"])
+    result["figures"] = draw_regulation(recorded, args.figures, args.label)
     print("\n".join(target_lines(result["targets"], markdown=False)))
     publish(result, args.out, None if args.no_docs else markdown_section(result), *section_markers("tsar", args.label))
     return 0

@@ -681,7 +681,8 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
         "--dataset-root", str(fake_mnist_root), "--meta-iterations", "2", "--curve-every", "1",
         "--meta-seeds", "0", "--transfer-seeds", "0", "1", "--lr-grid", "1e-3", "3e-4",
         "--classifier-channels", "4", "--regulator-channels", "4", "--n-classes", "12",
-        "--omniglot-classes", "3", "--methods", "grow", "sculpt", "scratch", "--out", str(out), "--no-docs"])
+        "--omniglot-classes", "3", "--methods", "grow", "sculpt", "scratch", "--out", str(out),
+        "--figures", str(tmp_path / "images"), "--no-docs"])
     assert code == 0
     import json
 
@@ -698,8 +699,15 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
     assert above["measured"].endswith("of 2 (meta seed, transfer seed) pairs, 1 meta seed(s)")
     assert not above["met"]  # two transfer seeds and one meta seed are fewer than the target asks
     assert any(t["target"] == "Scratch recall below 5%" for t in result["targets"])
+    # The first Omniglot sequence's regulation was recorded image by image for the regulated runs only.
+    assert runs["grow"]["regulation_c3"]["images"] == 3 * 20 and "regulation_c3" not in runs["scratch"]
+    assert runs["grow"]["regulation_c3"]["synapses"] == 4 * 4 * 3 * 3
+    for name in ("regulation_ccdf", "task_activity", "total_regulation"):
+        assert (tmp_path / "images" / f"tsar_{name}.png").stat().st_size > 1000
+    assert len(result["figures"]) == 3
     section = tsar_benchmark.markdown_section(result)
     assert "| grow | full |" in section and str(tmp_path) not in section
+    assert "Regulation of layer C3 (144 synapses)" in section and "tsar_task_activity" in section
 
 
 def test_benchmark_checks_each_low_memory_head_against_the_full_one():
