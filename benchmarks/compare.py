@@ -95,6 +95,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--figures", type=Path, default=IMAGES, help="folder of the figures.")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for the section's notes (e.g. which cells came from which run); repeatable.")
     parser.add_argument("--label", default=None,
                         help="a grid of its own: writes compare_LABEL.json, figures compare_LABEL_*.png and its own "
                              "section of docs/results.md (default: compare.json and the 'compare' section).")
@@ -228,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cells = run_grid(grid, dataset_root=args.root, cache_dir=args.cache_dir, on_cell=on_cell)
     rows = summarize(cells)
     result = {**header, "grid": grid.to_dict(), "scale": scale, "cells": cells, "summary": rows,
-              "table": summary_table(rows), "targets": check_targets(rows), "notes": [],
+              "table": summary_table(rows), "targets": check_targets(rows), "notes": list(args.note),
               "cache_dir": portable_path(args.cache_dir)}
     prefix = "compare_" + (f"{args.label}_" if args.label else "") + ("digits_" if args.digits else "")
     result["figures"] = draw_figures(rows, args.figures, prefix)
