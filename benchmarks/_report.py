@@ -345,6 +345,11 @@ def machine_line(machine: Dict[str, Any], threads: Optional[int] = None) -> str:
             f"with {threads} threads, avalanche-lib {machine['avalanche']}.")
 
 
+def figure_lines(figures: Sequence[str]) -> List[str]:
+    """Markdown image lines for figures written under ``docs/`` (paths as :func:`portable_path` gives them)."""
+    return [f"![{Path(f).stem}]({Path(f).relative_to('docs') if f.startswith('docs/') else f})" for f in figures]
+
+
 def section_opening(start: str, title: str, result: Dict[str, Any], *, data: str,
                     threads: Optional[int] = None) -> List[str]:
     """The lines every results section starts with: marker, title, when and by which command, data, machine.

@@ -46,8 +46,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (EMBEDDED_DIGITS, REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, portable_path,
-                     publish, result_header, section_markers, section_opening, target, target_lines)
+from _report import (EMBEDDED_DIGITS, REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, figure_lines,
+                     portable_path, publish, result_header, section_markers, section_opening, target, target_lines)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "compare.json"
 DEFAULT_CACHE = REPO_ROOT / "benchmarks" / "results" / "compare_cells"
@@ -201,8 +201,7 @@ def render_section(result: Dict[str, Any], label: Optional[str] = None) -> str:
     lines = section_opening(start, title, result, data=f"{data}.")
     lines += [f"- Scale: {result['scale']}.", "", result["table"], "", "Targets (the CRWN paper's orderings):", "",
               *target_lines(result["targets"]), ""]
-    lines += [f"![{Path(f).stem}]({Path(f).relative_to('docs') if f.startswith('docs/') else f})"
-              for f in result["figures"]]
+    lines += figure_lines(result["figures"])
     lines += ["", *result.get("notes", []), end]
     return "\n".join(lines)
 

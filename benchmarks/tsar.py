@@ -44,9 +44,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, data_files, markdown_table,
-                     portable_path, publish, result_header, section_markers, section_opening, target, target_lines,
-                     write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, data_files, figure_lines,
+                     markdown_table, portable_path, publish, result_header, section_markers, section_opening, target,
+                     target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "tsar.json"
 IMAGES = REPO_ROOT / "docs" / "images"
@@ -420,8 +420,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
               f"{r['regulation_c3']['total_mean']:.0f} / {r['regulation_c3']['total_max']:.0f}"] for r in regulation],
             align="lllrrr")
     if result.get("figures"):
-        lines += [""] + [f"![{Path(f).stem}]({Path(f).relative_to('docs') if f.startswith('docs/') else f})"
-                         for f in result["figures"]]
+        lines += ["", *figure_lines(result["figures"])]
     lines.append(end)
     return "\n".join(lines)
 
