@@ -114,6 +114,16 @@ def git_info() -> Dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD").strip(), "dirty_files": git("status", "--porcelain").splitlines()}
 
 
+def cpu_model() -> str:
+    """The processor's name as the system reports it (``/proc/cpuinfo``'s model name on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def machine_info() -> Dict[str, Any]:
     """CPU, memory, library versions, load and code version of this run."""
     import avalanche
@@ -122,15 +132,10 @@ def machine_info() -> Dict[str, Any]:
 
     import avalanche_neuromod
 
-    cpuinfo = Path("/proc/cpuinfo")
-    cpu_model = next(
-        (line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")),
-        platform.processor(),
-    ) if cpuinfo.exists() else platform.processor()
     return {
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "memory_total_bytes": psutil.virtual_memory().total,
         "cuda_available": torch.cuda.is_available(),
         "torch_threads": torch.get_num_threads(),

@@ -58,8 +58,10 @@ study at another scale);
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -67,7 +69,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, markdown_table, portable_path,
+from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_model, markdown_table, portable_path,
                      publish, result_header, section_markers, section_opening, target, target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
@@ -237,6 +239,8 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     run: Dict[str, Any] = {
         "stream": stream, "method": method, "buffer": buffer, "seed": seed,
         "training_experiences": len(experiences), "train_seconds": train_s,
+        # Seconds compare only within one machine: runs of a result file may come from several.
+        "cpu_model": cpu_model(), "load_average_after": list(os.getloadavg()),
         "accuracy": stream_accuracy(strategy.model, benchmark.test_stream),
     }
     buffer_obj = getattr(strategy, "buffer", None)
@@ -302,8 +306,42 @@ MAX_RATIO_TO_DER = 1.5
 MNIST360_BATCHES = 3387
 
 
-def check_targets(summary: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The issue's targets, for every stream and buffer whose rows were run."""
+NOT_RECORDED = "machine not recorded"
+"""The machine of runs from before the result files recorded each run's processor."""
+
+
+def run_machine(run: Dict[str, Any]) -> str:
+    """The processor a run trained on (:data:`NOT_RECORDED` for older runs)."""
+    return run.get("cpu_model") or NOT_RECORDED
+
+
+def one_machine_seconds(runs: Sequence[Dict[str, Any]], stream: str, buffer: int) -> Optional[Dict[str, Any]]:
+    """Mean training seconds of Dynamos and DER at ``(stream, buffer)`` on one machine, for the time targets.
+
+    Seconds from different machines do not compare, so the machine is the one
+    of the newest Dynamos run there, and only runs of that machine count.
+    None when no Dynamos run is there.
+    """
+    def group(method: str, machine: Optional[str] = None) -> List[Dict[str, Any]]:
+        return [r for r in runs if (r["stream"], r["buffer"], r["method"]) == (stream, buffer, method)
+                and machine in (None, run_machine(r))]
+
+    dynamos = group("dynamos")
+    if not dynamos:
+        return None
+    machine = run_machine(dynamos[-1])
+    dynamos, der = group("dynamos", machine), group("der", machine)
+    return {"machine": machine, "dynamos_seconds": statistics.mean(r["train_seconds"] for r in dynamos),
+            "dynamos_runs": len(dynamos), "training_experiences": dynamos[-1]["training_experiences"],
+            "der_seconds": statistics.mean(r["train_seconds"] for r in der) if der else None, "der_runs": len(der)}
+
+
+def check_targets(summary: List[Dict[str, Any]], runs: Sequence[Dict[str, Any]] = ()) -> List[Dict[str, Any]]:
+    """The issue's targets, for every stream and buffer whose rows were run.
+
+    :param summary: :func:`summarise`'s rows (accuracy targets).
+    :param runs: the runs (time targets, from the runs of one machine: :func:`one_machine_seconds`).
+    """
     by = {(r["stream"], r["buffer"], r["method"]): r for r in summary}
     targets = []
     for (stream, buffer, method), row in by.items():
@@ -324,18 +362,27 @@ def check_targets(summary: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             targets.append(target("ablation (ConsistencyReplay) below Dynamos, as in the paper",
                                   ablation["accuracy_mean"] < row["accuracy_mean"],
                                   f"{ablation['accuracy_mean']:.2f}% vs {row['accuracy_mean']:.2f}%", **where))
-        der = by.get((stream, buffer, "der"))
-        if der:
-            ratio = row["train_seconds_mean"] / der["train_seconds_mean"]
+        seconds = one_machine_seconds(runs, stream, buffer)
+        if seconds is None:
+            continue
+        machine = f"{seconds['machine']}, {_count(seconds['dynamos_runs'], 'Dynamos run')}"
+        if seconds["der_seconds"] is not None:
+            ratio = seconds["dynamos_seconds"] / seconds["der_seconds"]
             targets.append(target(f"Dynamos trains in at most {MAX_RATIO_TO_DER:g}x the time of Avalanche's DER",
-                                  ratio <= MAX_RATIO_TO_DER, f"{ratio:.2f}x", **where))
+                                  ratio <= MAX_RATIO_TO_DER,
+                                  f"{ratio:.2f}x ({machine}, {_count(seconds['der_runs'], 'DER run')})", **where))
         if stream == "mnist360":
-            per_batch = row["train_seconds_mean"] / row["training_experiences"]
+            per_batch = seconds["dynamos_seconds"] / seconds["training_experiences"]
             minutes = per_batch * MNIST360_BATCHES / 60
             targets.append(target(f"a full MNIST-360 run in at most {MNIST360_MAX_MINUTES:g} min",
                                   minutes <= MNIST360_MAX_MINUTES,
-                                  f"{per_batch * 1000:.0f} ms per online mini-batch: {minutes:.1f} min", **where))
+                                  f"{per_batch * 1000:.0f} ms per online mini-batch: {minutes:.1f} min ({machine})",
+                                  **where))
     return targets
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _pm(mean: float, std: Optional[float]) -> str:
@@ -348,19 +395,26 @@ def markdown_section(result: Dict[str, Any]) -> str:
     lines = section_opening(start, "Dynamos (issue 8)" + (f": {label}" if label else ""), result, threads=N_THREADS,
                             data=f"real MNIST from `{result['dataset_root']}`; streams "
                                  f"{', '.join(sorted({r['stream'] for r in result['runs']}))}.")
-    lines += [
-        f"- Scale: {result['scale']}",
-        f"- Avalanche's DER, ER-ACE and Replay use the backbone without agents, plain SGD lr {LR} (DER: {DER_LR}; "
-        f"at {LR} its weights become NaN on MNIST-360), the memory size and memory batch of the Dynamos row "
-        "(DER: its alpha and beta); not tuned for them.",
-        "- Diagnostics of the gap to the paper, not the paper's method: dynamos_detached (`detach_agent_inputs=True`: "
-        "the agents' terms train the agents only), dynamos_torch_logprob (log pi from torch's `Bernoulli(probs=p)`, "
-        "as the authors' code: p clamped to [eps, 1 - eps], no policy gradient for saturated channels), "
-        "dynamos_flipped_reward (wrong predictions rewarded +lambda (kr - k)^2 instead of -lambda (kr - k)^2), "
-        "dynamos_separate_passes and consistency_separate_passes (the buffer batch in a forward pass of its own, "
-        "`separate_replay_pass=True`, as the authors' code: batch-norm statistics per batch).",
-        "",
-    ]
+    methods = {r["method"] for r in result["runs"]}
+    lines.append(f"- Scale: {result['scale']}")
+    if methods & {"der", "er_ace", "replay"}:
+        lines.append(f"- Avalanche's DER, ER-ACE and Replay use the backbone without agents, plain SGD lr {LR} (DER: "
+                     f"{DER_LR}; at {LR} its weights become NaN on MNIST-360), the memory size and memory batch of "
+                     "the Dynamos row (DER: its alpha and beta); not tuned for them.")
+    if methods & set(DIAGNOSTICS):
+        lines.append("- Diagnostics of the gap to the paper, not the paper's method: dynamos_detached "
+                     "(`detach_agent_inputs=True`: the agents' terms train the agents only), dynamos_torch_logprob "
+                     "(log pi from torch's `Bernoulli(probs=p)`, as the authors' code: p clamped to [eps, 1 - eps], "
+                     "no policy gradient for saturated channels), dynamos_flipped_reward (wrong predictions rewarded "
+                     "+lambda (kr - k)^2 instead of -lambda (kr - k)^2), dynamos_separate_passes and "
+                     "consistency_separate_passes (the buffer batch in a forward pass of its own, "
+                     "`separate_replay_pass=True`, as the authors' code: batch-norm statistics per batch).")
+    machines = collections.Counter(run_machine(r) for r in result["runs"])
+    if len(machines) > 1:
+        lines.append("- Runs from more than one machine (" + ", ".join(
+            f"{machine}: {_count(n, 'run')}" for machine, n in machines.items()) + "); the seconds of the table "
+            "mix them, the time targets compare runs of one machine (the newest Dynamos run's).")
+    lines.append("")
     rows = []
     for row in result["summary"]:
         paper = "" if row["paper"] is None else _pm(*row["paper"])
@@ -388,7 +442,7 @@ def report(args: argparse.Namespace) -> int:
     result = json.loads(args.out.read_text())
     result.pop("notes", None)  # earlier files wrote the targets as free text
     result["summary"] = summarise(result["runs"])
-    result["targets"] = check_targets(result["summary"])
+    result["targets"] = check_targets(result["summary"], result["runs"])
     print("\n".join(target_lines(result["targets"], markdown=False)))
     publish(result, args.out, None if args.no_docs else markdown_section(result),
             *section_markers("dynamos", result["settings"].get("label")))
@@ -436,7 +490,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                       if "keep_ratio_per_layer" in run else ""), flush=True)
             result["summary"] = summarise(result["runs"])
             write_json(result, args.out)
-    result["targets"] = check_targets(result["summary"])
+    result["targets"] = check_targets(result["summary"], result["runs"])
     print("\n".join(target_lines(result["targets"], markdown=False)))
     publish(result, args.out, None if args.no_docs else markdown_section(result),
             *section_markers("dynamos", result["settings"].get("label")))

@@ -241,9 +241,44 @@ def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
     speed = [t for t in result["targets"] if "DER" in t["target"]]
     assert len(speed) == 1 and speed[0]["buffer"] == 200
     ratio = rows["dynamos"]["train_seconds_mean"] / rows["der"]["train_seconds_mean"]
-    assert speed[0]["measured"] == f"{ratio:.2f}x" and speed[0]["met"] == (ratio <= 1.5)
+    assert speed[0]["measured"].startswith(f"{ratio:.2f}x (") and speed[0]["met"] == (ratio <= 1.5)
+    assert all(r["cpu_model"] == result["machine"]["cpu_model"] for r in result["runs"])
     # A reduced run is not held to the paper's accuracy.
     assert not [t for t in result["targets"] if "paper std" in t["target"]]
+
+
+def test_dynamos_time_targets_compare_runs_of_one_machine():
+    import dynamos as dynamos_benchmark
+
+    def run(method, seed, seconds, cpu=None):
+        record = {"stream": "mnist360", "buffer": 200, "method": method, "seed": seed, "accuracy": 0.5,
+                  "train_seconds": seconds, "training_experiences": 3387}
+        if cpu:
+            record["cpu_model"] = cpu
+        return record
+
+    # Old runs (no processor recorded) on a slow machine, new ones on a fast one.
+    runs = [run("dynamos", 0, 330.0), run("der", 0, 440.0), run("der", 1, 200.0, "fast"),
+            run("dynamos", 1, 203.22, "fast"), run("dynamos", 2, 200.0, "fast")]
+    targets = dynamos_benchmark.check_targets(dynamos_benchmark.summarise(runs), runs)
+    ratio = next(t for t in targets if "DER" in t["target"])
+    minutes = next(t for t in targets if "5 min" in t["target"])
+    # Only the fast machine counts: (203.22 + 200) / 2 = 201.61 s against DER's 200 s.
+    assert ratio["measured"] == "1.01x (fast, 2 Dynamos runs, 1 DER run)" and ratio["met"]
+    assert minutes["measured"] == "60 ms per online mini-batch: 3.4 min (fast, 2 Dynamos runs)" and minutes["met"]
+    # The newest Dynamos run decides the machine: with an old one last, only old runs count.
+    runs.append(runs.pop(0))
+    targets = dynamos_benchmark.check_targets(dynamos_benchmark.summarise(runs), runs)
+    minutes = next(t for t in targets if "5 min" in t["target"])
+    assert minutes["measured"] == "97 ms per online mini-batch: 5.5 min (machine not recorded, 1 Dynamos run)"
+    assert not minutes["met"]
+    assert next(t for t in targets if "DER" in t["target"])["measured"].startswith("0.75x (")
+    section = dynamos_benchmark.markdown_section({
+        "settings": {"label": None}, "runs": runs, "summary": dynamos_benchmark.summarise(runs), "targets": targets,
+        "timestamp_utc": "2026-12-02T00:00:00", "command": "python benchmarks/dynamos.py", "dataset_root": "data",
+        "machine": {"cpu_count": 2, "cpu_model": "fast", "torch": "2", "avalanche": "0.6", "torch_threads": 2},
+        "scale": "full streams"})
+    assert "fast: 3 runs" in section and "machine not recorded: 2 runs" in section
 
 
 def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_path):
