@@ -242,6 +242,8 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
         # Seconds compare only within one machine: runs of a result file may come from several.
         "cpu_model": cpu_model(), "load_average_after": list(os.getloadavg()),
         "accuracy": stream_accuracy(strategy.model, benchmark.test_stream),
+        # A run whose weights became NaN predicts one class: its accuracy is a divergence, not a result.
+        "weights_finite": all(bool(torch.isfinite(p).all()) for p in strategy.model.parameters()),
     }
     buffer_obj = getattr(strategy, "buffer", None)
     if buffer_obj is not None and hasattr(buffer_obj, "n_seen"):
@@ -290,6 +292,7 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             "train_seconds_mean": statistics.mean(r["train_seconds"] for r in group),
             "training_experiences": group[0]["training_experiences"],
             "paper": PAPER.get((stream, method), {}).get(buffer),
+            "diverged_seeds": [r["seed"] for r in group if r.get("weights_finite") is False],
         }
         if method.startswith("dynamos"):
             row["keep_ratio_per_layer"] = [statistics.mean(v) for v in zip(*(r["keep_ratio_per_layer"] for r in group))]
@@ -425,8 +428,12 @@ def markdown_section(result: Dict[str, Any]) -> str:
             if row["accuracy_every_channel_seeds"] != row["seeds"]:
                 seeds = row["accuracy_every_channel_seeds"]
                 every += f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+        accuracy = _pm(row["accuracy_mean"], row["accuracy_std"])
+        diverged = row.get("diverged_seeds")
+        if diverged:
+            accuracy += f" (NaN weights: seed{'s' if len(diverged) > 1 else ''} {', '.join(map(str, diverged))})"
         rows.append([row["stream"], row["buffer"] or "none", row["method"], ", ".join(map(str, row["seeds"])),
-                     _pm(row["accuracy_mean"], row["accuracy_std"]), paper, f"{row['train_seconds_mean']:.0f}", keep,
+                     accuracy, paper, f"{row['train_seconds_mean']:.0f}", keep,
                      every])
     lines += markdown_table(["stream", "buffer", "method", "seeds", "final accuracy (%)", "paper (%)",
                              "train s (mean)", "keep ratio per gated layer", "every channel kept (%)"], rows,

@@ -242,7 +242,8 @@ def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
     assert len(speed) == 1 and speed[0]["buffer"] == 200
     ratio = rows["dynamos"]["train_seconds_mean"] / rows["der"]["train_seconds_mean"]
     assert speed[0]["measured"].startswith(f"{ratio:.2f}x (") and speed[0]["met"] == (ratio <= 1.5)
-    assert all(r["cpu_model"] == result["machine"]["cpu_model"] for r in result["runs"])
+    assert all(r["cpu_model"] == result["machine"]["cpu_model"] and r["weights_finite"] is True
+               for r in result["runs"])
     # A reduced run is not held to the paper's accuracy.
     assert not [t for t in result["targets"] if "paper std" in t["target"]]
 
@@ -260,6 +261,7 @@ def test_dynamos_time_targets_compare_runs_of_one_machine():
     # Old runs (no processor recorded) on a slow machine, new ones on a fast one.
     runs = [run("dynamos", 0, 330.0), run("der", 0, 440.0), run("der", 1, 200.0, "fast"),
             run("dynamos", 1, 203.22, "fast"), run("dynamos", 2, 200.0, "fast")]
+    runs[2]["weights_finite"] = False
     targets = dynamos_benchmark.check_targets(dynamos_benchmark.summarise(runs), runs)
     ratio = next(t for t in targets if "DER" in t["target"])
     minutes = next(t for t in targets if "5 min" in t["target"])
@@ -279,6 +281,7 @@ def test_dynamos_time_targets_compare_runs_of_one_machine():
         "machine": {"cpu_count": 2, "cpu_model": "fast", "torch": "2", "avalanche": "0.6", "torch_threads": 2},
         "scale": "full streams"})
     assert "fast: 3 runs" in section and "machine not recorded: 2 runs" in section
+    assert "| der | 0, 1 | 50.00 +- 0.00 (NaN weights: seed 1) |" in section
 
 
 def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_path):
