@@ -69,8 +69,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_model, markdown_table, portable_path,
-                     publish, result_header, section_markers, section_opening, target, target_lines, write_json)
+from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_model, markdown_table,
+                     portable_path, publish, result_header, section_markers, section_opening, target, target_lines,
+                     write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
 METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
@@ -433,8 +434,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
         if diverged:
             accuracy += f" (NaN weights: seed{'s' if len(diverged) > 1 else ''} {', '.join(map(str, diverged))})"
         rows.append([row["stream"], row["buffer"] or "none", row["method"], ", ".join(map(str, row["seeds"])),
-                     accuracy, paper, f"{row['train_seconds_mean']:.0f}", keep,
-                     every])
+                     accuracy, paper, f"{row['train_seconds_mean']:.0f}", keep, every])
     lines += markdown_table(["stream", "buffer", "method", "seeds", "final accuracy (%)", "paper (%)",
                              "train s (mean)", "keep ratio per gated layer", "every channel kept (%)"], rows,
                             align="lrllrrrlr")

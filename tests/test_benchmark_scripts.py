@@ -256,6 +256,8 @@ def test_dynamos_time_targets_compare_runs_of_one_machine():
                   "train_seconds": seconds, "training_experiences": 3387}
         if cpu:
             record["cpu_model"] = cpu
+        if method == "dynamos":
+            record["keep_ratio_per_layer"] = [0.8, 0.7, 0.7, 0.7]
         return record
 
     # Old runs (no processor recorded) on a slow machine, new ones on a fast one.
