@@ -393,6 +393,10 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}" + ("" if n == 1 else "s")
 
 
+def _seeds(seeds: Sequence[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
 def _pm(mean: float, std: Optional[float]) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} +- {std:.2f}"
 
@@ -432,12 +436,11 @@ def markdown_section(result: Dict[str, Any]) -> str:
         if "accuracy_every_channel_mean" in row:
             every = f"{row['accuracy_every_channel_mean']:.2f}"
             if row["accuracy_every_channel_seeds"] != row["seeds"]:
-                seeds = row["accuracy_every_channel_seeds"]
-                every += f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+                every += f" ({_seeds(row['accuracy_every_channel_seeds'])})"
         accuracy = _pm(row["accuracy_mean"], row["accuracy_std"])
         diverged = row.get("diverged_seeds")
         if diverged:
-            accuracy += f" (NaN weights: seed{'s' if len(diverged) > 1 else ''} {', '.join(map(str, diverged))})"
+            accuracy += f" (NaN weights: {_seeds(diverged)})"
         rows.append([row["stream"], row["buffer"] or "none", row["method"], ", ".join(map(str, row["seeds"])),
                      accuracy, paper, f"{row['train_seconds_mean']:.0f}", keep, every])
     lines += markdown_table(["stream", "buffer", "method", "seeds", "final accuracy (%)", "paper (%)",
