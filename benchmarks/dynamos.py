@@ -71,8 +71,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_model, markdown_table,
-                     portable_path, publish, result_header, section_markers, section_opening, target, target_lines,
+from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_model, load_previous,
+                     markdown_table, portable_path, publish, result_header, section_markers, section_opening, target, target_lines,
                      write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
@@ -263,25 +263,6 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
 
 def _run_key(run: Dict[str, Any]) -> tuple:
     return run["stream"], run["method"], run["buffer"], run["seed"]
-
-
-def load_previous(path: Path, stream_settings: Dict[str, Any]) -> Dict[str, Any]:
-    """The runs and commands of an earlier result file, for ``--append`` (none if there is no file).
-
-    :param path: the result file.
-    :param stream_settings: this invocation's ``max_batches`` and ``replacement``; the file's must be the same.
-    """
-    if not path.exists():
-        return {"runs": [], "commands": []}
-    previous = json.loads(path.read_text())
-    for name, value in stream_settings.items():
-        theirs = previous["settings"].get(name, False if name == "replacement" else None)
-        if theirs != value:
-            option = "--" + name.replace("_", "-")
-            raise SystemExit(f"--append: {portable_path(path)} holds runs with {option} {theirs}, this "
-                             f"invocation {value}; runs of different streams or scales cannot be summarised "
-                             f"together. Write to another --out.")
-    return {"runs": previous["runs"], "commands": previous.get("commands", [previous["command"]])}
 
 
 def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -490,7 +471,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "runs": [], "summary": [],
     }
     if args.append:
-        previous = load_previous(args.out, {"max_batches": args.max_batches, "replacement": args.replacement})
+        previous = load_previous(args.out, {"max_batches": args.max_batches, "replacement": args.replacement},
+                                 defaults={"replacement": False})
         result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]
         result["summary"] = summarise(result["runs"])
     else:

@@ -33,6 +33,7 @@ writes ``benchmarks/results/tsar.json`` and the TSAR section of ``docs/results.m
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import itertools
 import resource
@@ -44,13 +45,16 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, data_files, figure_lines,
-                     markdown_table, portable_path, publish, result_header, section_markers, section_opening, target,
+from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, cpu_model, data_files, figure_lines,
+                     load_previous, markdown_table, portable_path, publish, result_header, section_markers, section_opening, target,
                      target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "tsar.json"
 IMAGES = REPO_ROOT / "docs" / "images"
 N_THREADS = 2
+SCALE_SETTINGS = ("meta_iterations", "second_order", "classifier_channels", "regulator_channels", "n_classes",
+                  "omniglot_classes", "selection_seed")
+"""The settings that runs merged by ``--append`` must share."""
 METHODS = ("grow", "sculpt", "no_regulation", "scratch", "reservoir")
 META_LEARNED = ("grow", "sculpt", "no_regulation")
 REGULATED = ("grow", "sculpt", "reservoir")
@@ -79,6 +83,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="transfer learning rate of the curve points before the budget.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--heads", nargs="+", choices=("full", "factored", "low_rank"), default=["full"])
+    parser.add_argument("--second-order", action="store_true",
+                        help="second-order OML: differentiate through the inner loop (default: first-order).")
     parser.add_argument("--rank", type=int, default=4, help="rank of the low-rank regulation heads.")
     parser.add_argument("--code", type=int, default=24, help="code size of the factored regulation heads.")
     parser.add_argument("--transfers", nargs="+", choices=TRANSFERS, default=list(TRANSFERS))
@@ -92,6 +98,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
     parser.add_argument("--report", action="store_true",
                         help="run nothing: re-read --out and rewrite its summary, notes and docs section.")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs of --out (same scale settings) and add or replace this invocation's.")
     parser.add_argument("--label", default="",
                         help="a name for this grid: its own section of docs/results.md (tsar:LABEL) beside the "
                              "others; use it with its own --out.")
@@ -130,15 +138,17 @@ def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequ
     """One transfer sequence; recall overall and by position, held-out accuracy, seconds."""
     import torch
 
-    from avalanche_neuromod.evaluation import make_evaluator
+    from avalanche_neuromod.evaluation import ImmediateAccuracyPlugin, make_evaluator
 
     torch.manual_seed(seed)
-    strategy = strategy_cls(model=copy.deepcopy(model), lr=lr, seed=seed, plugins=list(plugins),
+    immediate = ImmediateAccuracyPlugin()
+    strategy = strategy_cls(model=copy.deepcopy(model), lr=lr, seed=seed, plugins=[*plugins, immediate],
                             evaluator=make_evaluator(forgetting=False, bwt=False, timing=False, progress_bar=False))
     start = time.perf_counter()
     strategy.train(benchmark.train_stream)
     seconds = time.perf_counter() - start
-    out: Dict[str, Any] = {"train_seconds": seconds, "steps": sum(len(e.dataset) for e in benchmark.train_stream)}
+    out: Dict[str, Any] = {"train_seconds": seconds, "steps": sum(len(e.dataset) for e in benchmark.train_stream),
+                           "immediate_by_position": immediate.in_order()}
     for name in ("test", "heldout"):
         stream = getattr(benchmark, f"{name}_stream", None)
         if stream is None:
@@ -189,13 +199,13 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     from avalanche_neuromod.training import TSARMetaLearner
 
     model = fresh_model(method, head, args, meta_seed)
-    run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed,
+    run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
     curve_seconds = [0.0]
     selection = transfers[("selection", args.selection_seed)]
     first = transfers.get(("omniglot", args.transfer_seeds[0]))
     if method in META_LEARNED:
-        learner = TSARMetaLearner(model, images, labels, seed=meta_seed,
+        learner = TSARMetaLearner(model, images, labels, seed=meta_seed, second_order=args.second_order,
                                   inner_params="head" if method == "no_regulation" else "all")
 
         def curve_point(l: TSARMetaLearner) -> None:
@@ -292,17 +302,28 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                              "runs": len(values), "train_seconds_mean": statistics.mean(v[2] for v in values)}
                 if values[0][1] is not None:
                     row[name]["heldout_mean"] = statistics.mean(100 * v[1] for v in values)
-        positions = [t["recall_by_position"] for r in group for k, t in r["transfers"].items()
-                     if k.startswith("omniglot/")]
-        if positions:
-            bins = min(10, len(positions[0]))  # tenths of the sequence (fewer for short test sequences)
-            row["omniglot_recall_by_decile"] = [
-                float(np.mean([100 * np.mean(part) for part in parts]))
-                for parts in zip(*(np.array_split(np.asarray(p), bins) for p in positions))]
+        for key, name in (("recall_by_position", "omniglot_recall_by_decile"),
+                          ("immediate_by_position", "omniglot_immediate_by_decile")):
+            positions = [t[key] for r in group for k, t in r["transfers"].items()
+                         if k.startswith("omniglot/") and key in t]
+            if positions:
+                row[name] = by_decile(positions)
+                row[name + "_sequences"] = len(positions)
         if "meta_seconds" in group[0]:
             row["meta_seconds_mean"] = statistics.mean(r["meta_seconds"] for r in group)
         rows.append(row)
     return rows
+
+
+def _run_key(run: Dict[str, Any]) -> tuple:
+    return run["method"], run["head"], run["meta_seed"]
+
+
+def by_decile(positions: List[List[float]]) -> List[float]:
+    """Mean accuracy (%) of each tenth of the sequence (fewer parts for short sequences), over the runs."""
+    bins = min(10, len(positions[0]))
+    return [float(np.mean([100 * np.mean(part) for part in parts]))
+            for parts in zip(*(np.array_split(np.asarray(p), bins) for p in positions))]
 
 
 def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]],
@@ -346,6 +367,27 @@ def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]],
     return checked
 
 
+def machines_line(runs: List[Dict[str, Any]]) -> List[str]:
+    """A line naming the machines when the runs (merged by ``--append``) come from more than one."""
+    machines = collections.Counter(r.get("cpu_model") or "not recorded" for r in runs)
+    if len(machines) < 2:
+        return []
+    return ["- Runs from more than one machine (" + ", ".join(f"{m}: {n} run(s)" for m, n in machines.items())
+            + "); their seconds do not compare across machines."]
+
+
+def position_table(summary: List[Dict[str, Any]], key: str, n_positions: int, title: str) -> List[str]:
+    """A table of ``key`` (accuracy per tenth of the sequence) for the rows that have it; none if no row has."""
+    rows = [row for row in summary if key in row]
+    if not rows:
+        return []
+    parts = np.array_split(np.arange(1, n_positions + 1), min(10, n_positions))
+    lines = ["", title, "", "| method | head | sequences | "
+             + " | ".join(f"{part[0]}-{part[-1]}" for part in parts) + " |", "|---|---|---:|" + "---:|" * len(parts)]
+    return lines + [f"| {row['method']} | {row['head']} | {row.get(key + '_sequences', '')} | "
+                    + " | ".join(f"{v:.0f}" for v in row[key]) + " |" for row in rows]
+
+
 def markdown_section(result: Dict[str, Any]) -> str:
     s = result["settings"]
     start, end = section_markers("tsar", s.get("label"))
@@ -360,6 +402,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
         f"- Peak resident memory of the whole run: {result['peak_rss_mb']:.0f} MB.",
         f"- Transfer learning rate per method and meta seed chosen from {s['lr_grid']} on Omniglot sequence "
         f"{s['selection_seed']} (another class order and draw; never reported).",
+        *machines_line(result["runs"]),
         "",
     ]
 
@@ -385,14 +428,12 @@ def markdown_section(result: Dict[str, Any]) -> str:
                              "Fashion recall / held-out (%)", "transfer s", "meta-learning s"], rows,
                             align="llllrrrrrrr")
     n_positions = s.get("omniglot_classes", 100)
-    parts = np.array_split(np.arange(1, n_positions + 1), min(10, n_positions))
-    lines += ["", "Omniglot recall by position in the sequence (tenths: first classes ... last), %:", "",
-              "| method | head | " + " | ".join(f"{part[0]}-{part[-1]}" for part in parts) + " |",
-              "|---|---|" + "---:|" * len(parts)]
-    for row in result["summary"]:
-        if "omniglot_recall_by_decile" in row:
-            lines.append(f"| {row['method']} | {row['head']} | "
-                         + " | ".join(f"{v:.0f}" for v in row["omniglot_recall_by_decile"]) + " |")
+    lines += position_table(result["summary"], "omniglot_recall_by_decile", n_positions,
+                            "Omniglot recall by position in the sequence (tenths: first classes ... last), %:")
+    lines += position_table(result["summary"], "omniglot_immediate_by_decile", n_positions,
+                            "Omniglot accuracy on each class's drawings right after that class was learned (before "
+                            "the rest of the sequence; `ImmediateAccuracyPlugin`), by position, %. High here and "
+                            "low above: learned, then forgotten; low here: never learned:")
     curves = [r for r in result["runs"] if r["curve"]]
     if curves:
         curve_lr = s.get("curve_lr", 1e-3)
@@ -455,7 +496,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         **result_header(argv, __file__, root),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("dataset_root", "out")},
-        "scale": (f"{args.meta_iterations} meta-iterations per run (first-order OML, inner SGD lr 0.1 on 20 "
+        "scale": (f"{args.meta_iterations} meta-iterations per run "
+                  f"({'second' if args.second_order else 'first'}-order OML, inner SGD lr 0.1 on 20 "
                   f"drawings + the first again, outer batch 64 + 20, Adam 1e-3), classifier "
                   f"{args.classifier_channels} channels, regulator {args.regulator_channels} channels, "
                   f"{args.n_classes} class outputs; the paper: 112 / 192 channels, 1,000 outputs, 25,000 "
@@ -463,6 +505,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "runs": [], "summary": [], "targets": [],
     }
     result["data_files"] += data_files(root, "omniglot-py/*") + data_files(root, "FashionMNIST/raw/*")
+    if args.append:
+        previous = load_previous(args.out, {k: getattr(args, k) for k in SCALE_SETTINGS},
+                                 defaults={"second_order": False})
+        for run in previous["runs"]:  # runs written before runs named their machine: the file's machine
+            run.setdefault("cpu_model", (previous["machine"] or {}).get("cpu_model"))
+        result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]
     meta = load_omniglot(root, ["images_background_small1"])
     transfers = build_transfers(root, args.transfer_seeds, args.selection_seed, args.transfers,
                                 args.omniglot_classes)
@@ -481,7 +529,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = run_method(method, head, meta_seed, args, meta.images, meta.labels, transfers, progress, recorded)
         if method in ("no_regulation", "scratch"):
             run["head"] = "-"
-        result["runs"].append(run)
+        result["runs"] = [r for r in result["runs"] if _run_key(r) != _run_key(run)] + [run]
         result["summary"] = summarise(result["runs"])
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         write_json(result, args.out)

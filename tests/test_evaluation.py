@@ -157,3 +157,45 @@ def test_stream_accuracy_counts_every_sample_once():
     assert model.training  # its mode is given back
     with pytest.raises(ValueError, match="no samples"):
         stream_accuracy(model, [])
+
+
+def test_immediate_accuracy_is_measured_on_each_experience_right_after_it():
+    from avalanche.core import SupervisedPlugin
+
+    from avalanche_neuromod.benchmarks import SplitMNIST
+    from avalanche_neuromod.evaluation import ImmediateAccuracyPlugin
+
+    # A model that answers one class, set to the experience's first class when that experience starts:
+    # right after experience k its accuracy on k's samples is the share of that class among them; measured
+    # any later (after the answer moved on) it would be another number.
+    class Answer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+            self.answer = 0
+
+        def forward(self, x):
+            out = torch.zeros(len(x), 10)
+            out[:, self.answer] = 1
+            return out + 0 * self.p
+
+    class SetAnswer(SupervisedPlugin):
+        def before_training_exp(self, strategy, **kwargs):
+            strategy.model.answer = int(strategy.experience.classes_in_this_experience[0])
+
+    bm = SplitMNIST(n_experiences=5, dataset="digits")
+    model, immediate = Answer(), ImmediateAccuracyPlugin(batch_size=64)
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                     criterion=torch.nn.CrossEntropyLoss(), train_mb_size=64, train_epochs=1,
+                     plugins=[SetAnswer(), immediate], evaluator=make_evaluator(progress_bar=False))
+    expected = []
+    for exp in list(bm.train_stream)[:3]:
+        strategy.train(exp)
+        targets = torch.as_tensor(exp.dataset.targets)
+        expected.append(float((targets == int(exp.classes_in_this_experience[0])).float().mean()))
+    assert 0.3 < min(expected) and max(expected) < 0.7  # two classes per experience: neither 0 nor 1
+    assert immediate.in_order() == pytest.approx(expected)
+    assert sorted(immediate.immediate) == [0, 1, 2]
+    restored = ImmediateAccuracyPlugin()
+    restored.load_state_dict(immediate.state_dict())
+    assert restored.in_order() == immediate.in_order()

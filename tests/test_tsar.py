@@ -682,7 +682,7 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
         "--meta-seeds", "0", "--transfer-seeds", "0", "1", "--lr-grid", "1e-3", "3e-4",
         "--classifier-channels", "4", "--regulator-channels", "4", "--n-classes", "12",
         "--omniglot-classes", "3", "--methods", "grow", "sculpt", "scratch", "--out", str(out),
-        "--figures", str(tmp_path / "images"), "--no-docs"])
+        "--figures", str(tmp_path / "images"), "--no-docs", "--second-order"])
     assert code == 0
     import json
 
@@ -694,6 +694,9 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
     assert [p["meta_iterations"] for p in runs["grow"]["curve"]] == [1, 2] and runs["scratch"]["curve"] == []
     assert runs["grow"]["lr"] in (1e-3, 3e-4) and set(runs["grow"]["selection_recall"]) == {"0.001", "0.0003"}
     assert len(runs["grow"]["transfers"]["omniglot/0"]["recall_by_position"]) == 3
+    immediate = runs["grow"]["transfers"]["omniglot/0"]["immediate_by_position"]
+    assert len(immediate) == 3 and all(0.0 <= v <= 1.0 for v in immediate)
+    assert "second-order OML" in result["scale"] and result["settings"]["second_order"]
     assert "heldout" in runs["grow"]["transfers"]["mnist/0"]
     above = next(t for t in result["targets"] if t["target"].startswith("Grow above Sculpt"))
     assert above["measured"].endswith("of 2 (meta seed, transfer seed) pairs, 1 meta seed(s)")
@@ -708,6 +711,29 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
     section = tsar_benchmark.markdown_section(result)
     assert "| grow | full |" in section and str(tmp_path) not in section
     assert "Regulation of layer C3 (144 synapses)" in section and "tsar_task_activity" in section
+    assert "right after that class was learned" in section
+    immediate_rows = section.split("right after that class was learned")[1].split("\n\n")[1].splitlines()[2:]
+    assert [line.split(" | ")[0] for line in immediate_rows] == ["| grow", "| sculpt", "| scratch"]
+
+    # --append keeps the file's runs, adds another meta seed and replaces a rerun (method, head, meta seed).
+    common = ["--dataset-root", str(fake_mnist_root), "--meta-iterations", "2", "--curve-every", "0",
+              "--transfer-seeds", "0", "--lr-grid", "1e-3", "--classifier-channels", "4", "--regulator-channels",
+              "4", "--n-classes", "12", "--omniglot-classes", "3", "--transfers", "omniglot", "--out", str(out),
+              "--figures", str(tmp_path / "images"), "--no-docs", "--second-order", "--append"]
+    assert tsar_benchmark.main(common + ["--meta-seeds", "1", "0", "--methods", "grow"]) == 0
+    merged = json.loads(out.read_text())
+    keys = sorted((r["method"], r["meta_seed"]) for r in merged["runs"])
+    assert keys == [("grow", 0), ("grow", 1), ("scratch", 0), ("sculpt", 0)]
+    rerun = next(r for r in merged["runs"] if (r["method"], r["meta_seed"]) == ("grow", 0))
+    assert set(rerun["transfers"]) == {"omniglot/0"}  # the rerun replaced the first invocation's grow run
+    assert len(merged["commands"]) == 2 and all(r["cpu_model"] for r in merged["runs"])
+    with pytest.raises(SystemExit, match="--meta-iterations 2, this invocation 3"):
+        tsar_benchmark.main([*common, "--meta-iterations", "3", "--meta-seeds", "2", "--methods", "grow"])
+    assert tsar_benchmark.machines_line(merged["runs"]) == []
+    mixed = [{"cpu_model": "AMD EPYC"}, {"cpu_model": "Intel Xeon"}, {"cpu_model": "Intel Xeon"}]
+    assert tsar_benchmark.machines_line(mixed) == [
+        "- Runs from more than one machine (AMD EPYC: 1 run(s), Intel Xeon: 2 run(s)); their seconds do not "
+        "compare across machines."]
 
 
 def test_benchmark_checks_each_low_memory_head_against_the_full_one():

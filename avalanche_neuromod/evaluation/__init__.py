@@ -1,6 +1,6 @@
 """Evaluation helpers: a ready evaluator, extra metrics, result tables and the comparison grid."""
 
-from .accuracy import stream_accuracy
+from .accuracy import ImmediateAccuracyPlugin, stream_accuracy
 from .evaluator import make_evaluator
 from .grid import Grid, GridCell, register_method, register_stream, run_grid, summarize, summary_table
 from .params import ParametersPerExperience, count_changed_parameters, parameters_per_experience_metrics
@@ -13,6 +13,7 @@ __all__ = [
     "count_changed_parameters",
     "Grid",
     "GridCell",
+    "ImmediateAccuracyPlugin",
     "make_evaluator",
     "parameters_per_experience_metrics",
     "ParametersPerExperience",

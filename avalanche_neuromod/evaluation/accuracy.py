@@ -1,13 +1,14 @@
-"""Accuracy of a model over a whole test stream, outside Avalanche's evaluator."""
+"""Accuracy of a model over a whole test stream, outside Avalanche's evaluator, and right after each experience."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Dict, Iterable, List
 
 import torch
+from avalanche.core import SupervisedPlugin
 from torch.utils.data import DataLoader
 
-__all__ = ["stream_accuracy"]
+__all__ = ["ImmediateAccuracyPlugin", "stream_accuracy"]
 
 
 @torch.no_grad()
@@ -38,3 +39,42 @@ def stream_accuracy(model: torch.nn.Module, stream: Iterable[Any], *, batch_size
     if total == 0:
         raise ValueError("the stream holds no samples: there is nothing to evaluate.")
     return correct / total
+
+
+class ImmediateAccuracyPlugin(SupervisedPlugin):
+    """Accuracy on each training experience's own samples, right after it is learned.
+
+    Final recall by position says which parts of a sequence are remembered at
+    the end, not why the rest is not: a class that was learned and then
+    overwritten, and a class that was never learned, both end at 0%. This
+    plugin measures, after every training experience, the accuracy of the
+    model on the samples it has just been trained on (model in eval mode, no
+    gradient), so the two can be told apart: ``immediate[k]`` high and the
+    final recall of experience ``k`` low means forgetting; ``immediate[k]``
+    low means the experience was never learned. It works under any
+    Avalanche strategy whose model maps inputs to logits (no task labels).
+
+    :param batch_size: evaluation batch size.
+    """
+
+    def __init__(self, batch_size: int = 512):
+        super().__init__()
+        self.batch_size = int(batch_size)
+        self.immediate: Dict[int, float] = {}
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        experience = strategy.experience
+        self.immediate[int(experience.current_experience)] = stream_accuracy(
+            strategy.model, [experience], batch_size=self.batch_size, device=strategy.device)
+
+    def in_order(self) -> List[float]:
+        """The immediate accuracies by experience index (experiences never trained are left out)."""
+        return [self.immediate[k] for k in sorted(self.immediate)]
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The accuracies so far (saved with a strategy's checkpoint)."""
+        return {"immediate": dict(self.immediate)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.immediate = {int(k): float(v) for k, v in state["immediate"].items()}
