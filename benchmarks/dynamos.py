@@ -72,8 +72,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_model, load_previous,
-                     markdown_table, portable_path, publish, result_header, section_markers, section_opening, target, target_lines,
-                     write_json)
+                     markdown_table, publish, result_header, section_markers, section_opening, target,
+                     target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
 METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",

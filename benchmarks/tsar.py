@@ -46,8 +46,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, cpu_model, data_files, figure_lines,
-                     load_previous, markdown_table, portable_path, publish, result_header, section_markers, section_opening, target,
-                     target_lines, write_json)
+                     load_previous, markdown_table, portable_path, publish, result_header, section_markers,
+                     section_opening, target, target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "tsar.json"
 IMAGES = REPO_ROOT / "docs" / "images"

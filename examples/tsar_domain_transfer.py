@@ -5,7 +5,9 @@ regulation bias (-8: every synapse starts suppressed) and one with Sculpt
 (0: half open), then transfers each to a sequence of classes it never saw,
 one Adam step per image in order, and reports recall (accuracy over the
 learned images after the whole sequence), held-out accuracy, recall of the
-first and last classes of the sequence, and the Scratch baseline (the
+first and last classes of the sequence, the accuracy on each class's images
+right after they were learned (never learned or learned then forgotten?),
+and the Scratch baseline (the
 classifier alone, no meta-learning). It saves the meta-learned models and
 the paper's regulation figures: the complementary CDF of active synapses
 per image (log-log), ranked task-specific against task-agnostic activity,
@@ -34,7 +36,7 @@ import torch
 from avalanche_neuromod.analysis import (RegulationRecorder, plot_regulation_ccdf, plot_task_activity,
                                          plot_total_regulation)
 from avalanche_neuromod.benchmarks import DomainTransfer, load_digits, load_omniglot
-from avalanche_neuromod.evaluation import make_evaluator
+from avalanche_neuromod.evaluation import ImmediateAccuracyPlugin, make_evaluator
 from avalanche_neuromod.models import TSARNet
 from avalanche_neuromod.training import TSAR, TSARMetaLearner, TSARScratch
 
@@ -58,7 +60,8 @@ def transfer(strategy_cls: Any, model: TSARNet, benchmarks, lr: float, recorder:
     recall_bench, heldout_bench = benchmarks
     out: Dict[str, Any] = {}
     for name, bench in (("recall", recall_bench), ("heldout", heldout_bench)):
-        plugins = [recorder] if (recorder is not None and name == "recall") else []
+        immediate = ImmediateAccuracyPlugin()
+        plugins = [immediate] + ([recorder] if (recorder is not None and name == "recall") else [])
         strategy = strategy_cls(model=_copy(model), lr=lr, seed=0,
                                 plugins=plugins, evaluator=make_evaluator(progress_bar=False, forgetting=False,
                                                                           bwt=False, timing=False))
@@ -71,6 +74,7 @@ def transfer(strategy_cls: Any, model: TSARNet, benchmarks, lr: float, recorder:
             out["by_position"] = [results[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{i:03d}"]
                                   for i in range(len(stream))]
             out["model"] = strategy.model
+            out["immediate"] = immediate.in_order()
     return out
 
 
@@ -120,11 +124,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     scratch = TSARNet.build(n_outputs, classifier_channels=args.channels, bias=None)
     results["scratch"] = transfer(TSARScratch, scratch, (recall_bench, heldout_bench), args.lr, None)
 
-    print(f"\n{'method':8} {'recall':>7} {'held-out':>9} {'first 20%':>10} {'last 20%':>9}")
+    print(f"\n{'method':8} {'recall':>7} {'held-out':>9} {'first 20%':>10} {'last 20%':>9} {'just learned':>13}")
     for name, r in results.items():
         k = max(1, len(r["by_position"]) // 5)
         first, last = sum(r["by_position"][:k]) / k, sum(r["by_position"][-k:]) / k
-        print(f"{name:8} {100 * r['recall']:6.1f}% {100 * r['heldout']:8.1f}% {100 * first:9.1f}% {100 * last:8.1f}%")
+        just = sum(r["immediate"]) / len(r["immediate"])
+        print(f"{name:8} {100 * r['recall']:6.1f}% {100 * r['heldout']:8.1f}% {100 * first:9.1f}% {100 * last:8.1f}%"
+              f" {100 * just:12.1f}%")
+    print("(just learned: accuracy on each class's images right after its own steps, before the rest of the "
+          "sequence)")
 
     figures = {
         "regulation_ccdf.png": plot_regulation_ccdf([stats["grow"], stats["sculpt"]], ["Grow", "Sculpt"]),

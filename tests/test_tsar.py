@@ -662,6 +662,8 @@ def test_example_meta_learns_transfers_and_draws_the_figures(tmp_path, capsys):
     assert "digits 0-4 -> digits 5-9" in printed and "scratch" in printed
     assert set(results) == {"grow", "sculpt", "scratch"}
     assert all(len(r["by_position"]) == 5 and 0.0 <= r["recall"] <= 1.0 for r in results.values())
+    assert all(len(r["immediate"]) == 5 and all(0.0 <= v <= 1.0 for v in r["immediate"]) for r in results.values())
+    assert "just learned" in printed
     for name in ("regulation_ccdf", "task_activity_grow", "total_regulation_grow"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
     assert load_tsar_model(tmp_path / "grow.pt", expect={"regulated": True}).regulator is not None
