@@ -13,6 +13,12 @@ it transfers to every sequence of ``--transfer-seeds``:
   accuracy (first transfer seed only, to save time);
 - MNIST and Fashion-MNIST, 10 classes x 30 images (+10 held out per class).
 
+Every transfer also records the accuracy on each class's images right after
+that class was learned (``ImmediateAccuracyPlugin``), which tells classes
+never learned from classes learned and then forgotten. ``--second-order``
+meta-learns through the inner loop; ``--append`` adds runs (another meta
+seed) to an earlier result file of the same scale.
+
 During the first reported Omniglot transfer of every regulated run the
 regulator's C3 masks are recorded as each image is learned; the paper's
 regulation figures are drawn from them into ``--figures``
