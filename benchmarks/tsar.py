@@ -140,21 +140,28 @@ def build_transfers(root: Path, seeds: Sequence[int], selection_seed: int, wante
     return streams
 
 
-def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequence[Any] = ()) -> Dict[str, Any]:
-    """One transfer sequence; recall overall and by position, held-out accuracy, seconds."""
+def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequence[Any] = (),
+             immediate: bool = False) -> Dict[str, Any]:
+    """One transfer sequence; recall overall and by position, held-out accuracy, seconds.
+
+    ``immediate``: also the accuracy on each class right after it was learned (reported sequences only:
+    the learning-rate choice and the curve points need recall alone).
+    """
     import torch
 
     from avalanche_neuromod.evaluation import ImmediateAccuracyPlugin, make_evaluator
 
     torch.manual_seed(seed)
-    immediate = ImmediateAccuracyPlugin()
-    strategy = strategy_cls(model=copy.deepcopy(model), lr=lr, seed=seed, plugins=[*plugins, immediate],
+    recorder = ImmediateAccuracyPlugin() if immediate else None
+    strategy = strategy_cls(model=copy.deepcopy(model), lr=lr, seed=seed,
+                            plugins=[*plugins, *([recorder] if recorder else [])],
                             evaluator=make_evaluator(forgetting=False, bwt=False, timing=False, progress_bar=False))
     start = time.perf_counter()
     strategy.train(benchmark.train_stream)
     seconds = time.perf_counter() - start
-    out: Dict[str, Any] = {"train_seconds": seconds, "steps": sum(len(e.dataset) for e in benchmark.train_stream),
-                           "immediate_by_position": immediate.in_order()}
+    out: Dict[str, Any] = {"train_seconds": seconds, "steps": sum(len(e.dataset) for e in benchmark.train_stream)}
+    if recorder is not None:
+        out["immediate_by_position"] = recorder.in_order()
     for name in ("test", "heldout"):
         stream = getattr(benchmark, f"{name}_stream", None)
         if stream is None:
@@ -241,7 +248,8 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
         if recorded is not None and method in REGULATED and (name, seed) == ("omniglot", args.transfer_seeds[0]):
             recorder = RegulationRecorder("C3", thresholds=(0.5, 0.9))
             recorded[f"{method}/{head}, meta seed {meta_seed}"] = recorder.statistics
-        outcome = transfer(strategy_for(method), model, bench, run["lr"], seed, [recorder] if recorder else [])
+        outcome = transfer(strategy_for(method), model, bench, run["lr"], seed, [recorder] if recorder else [],
+                           immediate=True)
         if recorder is not None:
             run["regulation_c3"] = regulation_summary(recorder.statistics)
         run["transfers"][f"{name}/{seed}"] = outcome
