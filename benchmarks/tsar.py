@@ -93,6 +93,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="second-order OML: differentiate through the inner loop (default: first-order).")
     parser.add_argument("--rank", type=int, default=4, help="rank of the low-rank regulation heads.")
     parser.add_argument("--code", type=int, default=24, help="code size of the factored regulation heads.")
+    parser.add_argument("--gain", type=float, default=1.0,
+                        help="read-out gain of the factored regulation heads (FactoredHead's gain; a run with a "
+                             "gain other than 1 is the head 'factored-gG').")
     parser.add_argument("--transfers", nargs="+", choices=TRANSFERS, default=list(TRANSFERS))
     parser.add_argument("--classifier-channels", type=int, default=32)
     parser.add_argument("--regulator-channels", type=int, default=32)
@@ -192,7 +195,20 @@ def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
     bias = {"grow": "grow", "sculpt": "sculpt", "reservoir": "sculpt"}.get(method)
     return TSARNet.build(args.n_classes, classifier_channels=args.classifier_channels,
                          regulator_channels=args.regulator_channels, bias=bias, head=head, rank=args.rank,
-                         code=args.code)
+                         code=args.code, gain=args.gain)
+
+
+def head_label(head: str, args: argparse.Namespace) -> str:
+    """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8."""
+    return f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
+
+
+def head_name(head: str, settings: Dict[str, Any]) -> str:
+    """A low-memory head's description for the targets (``head`` as :func:`head_label` names it)."""
+    if head == "low_rank":
+        return f"low-rank heads (rank {settings['rank']})"
+    gain = head.partition("-g")[2]
+    return f"factored heads (code {settings.get('code', 24)}" + (f", gain {gain})" if gain else ")")
 
 
 def choose_lr(method: str, model, selection, grid: Sequence[float]) -> Dict[str, Any]:
@@ -212,6 +228,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     from avalanche_neuromod.training import TSARMetaLearner
 
     model = fresh_model(method, head, args, meta_seed)
+    head = head_label(head, args)
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
     curve_seconds = [0.0]
@@ -369,11 +386,9 @@ def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]],
         mean = scratch["omniglot"]["recall_mean"]
         checked.append(target("Scratch recall below 5%", mean < 5, f"{mean:.1f}%"))
     full = by.get(("grow", "full"))
-    names = {"low_rank": f"low-rank heads (rank {settings['rank']})",
-             "factored": f"factored heads (code {settings.get('code', 24)})"}
-    for head, name in names.items():
-        light = by.get(("grow", head))
-        if light and full and "omniglot" in light and "omniglot" in full:
+    for head in sorted(h for m, h in by if m == "grow" and h.startswith(("low_rank", "factored"))):
+        light, name = by[("grow", head)], head_name(head, settings)
+        if full and "omniglot" in light and "omniglot" in full:
             ratio = full["regulator_bytes"]["parameters"] / max(light["regulator_bytes"]["parameters"], 1)
             lost = full["omniglot"]["recall_mean"] - light["omniglot"]["recall_mean"]
             checked.append(target(f"{name}: at least 10x less regulator memory, at most 2 points of Grow recall "

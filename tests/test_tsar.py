@@ -312,6 +312,29 @@ def test_factored_head_formula_parameter_count_and_initial_spread():
         FactoredHead(10, (3, 3), bias=0.0, code=0)
 
 
+def test_factored_head_gain_same_start_faster_read_out():
+    features = torch.randn(3, 10)
+    torch.manual_seed(1)
+    plain = FactoredHead(10, (6, 2, 3, 3), bias=-1.0, code=4)
+    torch.manual_seed(1)
+    fast = FactoredHead(10, (6, 2, 3, 3), bias=-1.0, code=4, gain=8.0)
+    # The formula: sigmoid(g A (P f) + b), with A started g times smaller, so the same logits at first.
+    expected = (8.0 * (features @ fast.encode.weight.T @ fast.decode.weight.T) - 1.0).view(3, 6, 2, 3, 3)
+    torch.testing.assert_close(fast.logits(features), expected)
+    torch.testing.assert_close(fast.logits(features), plain.logits(features))
+    torch.testing.assert_close(fast.decode.weight * 8.0, plain.decode.weight)
+    fast.reset(-3.0)  # the reset rule keeps the gain
+    assert torch.all(fast.decode.bias == -3.0) and fast.gain == 8.0
+    assert 0.5 < float(fast.decode.weight.std() * 8.0 / plain.decode.weight.std()) < 2.0
+    net = TSARNet.build(7, head="factored", code=3, gain=4.0, **SMALL)
+    again = TSARNet.from_config(net.config)
+    assert all(h.gain == 4.0 for h in again.regulator.heads)
+    assert "gain" not in TSARNet.build(7, head="factored", code=3, **SMALL).config["regulator"]
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="gain"):
+            FactoredHead(10, (3, 3), bias=0.0, code=2, gain=bad)
+
+
 def test_factored_heads_build_round_trip_and_memory():
     net = TSARNet.build(7, head="factored", code=3, **SMALL)
     assert all(isinstance(h, FactoredHead) and h.code == 3 for h in net.regulator.heads)

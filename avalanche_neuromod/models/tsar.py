@@ -315,18 +315,31 @@ class FactoredHead(_RegulationHead):
     ``A`` normal with variance ``1 / code`` (the code is not rectified), so
     the logits have a full head's variance at initialisation.
 
+    ``gain`` (``g``) computes ``sigmoid(g A (P f) + b)`` with ``A`` started
+    ``g`` times smaller: the same function at initialisation, but under Adam,
+    which moves every parameter by about the learning rate per step, each
+    entry's input-dependent logit moves ``g`` times faster. A full head moves
+    an entry's logit through ``features`` weights per step, a factored one
+    through ``code``; a gain near ``features / code`` gives both about the
+    same pace, while with ``g = 1`` the per-entry biases (which move as fast
+    as a full head's) can do most of the learning.
+
     :param features: regulator features.
     :param shape: shape of the regulated weight.
     :param bias: the regulation bias every entry starts at.
     :param code: size of the code.
+    :param gain: ``g`` above (positive).
     """
 
-    def __init__(self, features: int, shape: Sequence[int], bias: float, code: int = 32):
+    def __init__(self, features: int, shape: Sequence[int], bias: float, code: int = 32, gain: float = 1.0):
         super().__init__()
         if code < 1:
             raise ValueError(f"code (the factored head's code size) must be at least 1, got {code}.")
+        if not (isinstance(gain, (int, float)) and math.isfinite(gain) and gain > 0):
+            raise ValueError(f"gain (the factored head's read-out gain) must be a positive number, got {gain!r}.")
         self.shape = tuple(shape)
         self.code = code
+        self.gain = float(gain)
         self.encode = nn.Linear(features, code, bias=False)
         self.decode = nn.Linear(code, math.prod(self.shape))
         self.reset(bias)
@@ -340,14 +353,16 @@ class FactoredHead(_RegulationHead):
     def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
         super().reset(bias, generator)
         with torch.no_grad():
-            self.decode.weight.mul_(math.sqrt(0.5))  # kaiming's gain 2 is for a rectified input; the code is linear
+            # kaiming's gain 2 is for a rectified input (the code is linear); the read-out gain is undone at first
+            self.decode.weight.mul_(math.sqrt(0.5) / self.gain)
 
     def logits(self, f: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid regulation ``(B, *shape)``.
 
         :param f: features ``(B, features)``.
         """
-        return self.decode(self.encode(f)).view(f.shape[0], *self.shape)
+        logits = torch.addmm(self.decode.bias, self.encode(f), self.decode.weight.t(), alpha=self.gain)
+        return logits.view(f.shape[0], *self.shape)
 
 
 class LowRankHead(_RegulationHead):
@@ -416,11 +431,12 @@ class Regulator(nn.Module):
     :param head: ``"full"``, ``"factored"`` or ``"low_rank"``.
     :param rank: rank of the low-rank heads.
     :param code: code size of the factored heads.
+    :param gain: read-out gain of the factored heads (:class:`FactoredHead`).
     """
 
     def __init__(self, regulated_shapes: Sequence[Sequence[int]], *, in_channels: int = 3, channels: int = 192,
                  input_size: int = 28, bias: Union[str, float] = "grow", head: str = "full", rank: int = 4,
-                 code: int = 32):
+                 code: int = 32, gain: float = 1.0):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {head!r}.")
@@ -430,6 +446,8 @@ class Regulator(nn.Module):
         self.config = {"regulated_shapes": [list(s) for s in regulated_shapes], "in_channels": in_channels,
                        "channels": channels, "input_size": input_size, "bias": value, "head": head, "rank": rank,
                        "code": code}
+        if gain != 1.0:  # only then: configs (and checkpoints) of gain 1 stay as they were before the option
+            self.config["gain"] = gain
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
                                     nn.Conv2d(channels, channels, 3)])
         self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
@@ -438,7 +456,7 @@ class Regulator(nn.Module):
             nn.init.zeros_(conv.bias)
         self.features = channels * _conv_out(input_size, 3, 2) ** 2
         make = {"full": lambda s: FullHead(self.features, s, value),
-                "factored": lambda s: FactoredHead(self.features, s, value, code),
+                "factored": lambda s: FactoredHead(self.features, s, value, code, gain),
                 "low_rank": lambda s: LowRankHead(self.features, s, value, rank)}[head]
         self.heads = nn.ModuleList([make(s) for s in regulated_shapes])
 
@@ -496,7 +514,7 @@ class TSARNet(nn.Module):
     def build(cls, n_classes: int = 1000, *, in_channels: int = 3, input_size: int = 28,
               classifier_channels: int = 112, regulator_channels: int = 192,
               bias: Union[str, float, None] = "grow", head: str = "full", rank: int = 4, code: int = 32,
-              pool_before_norm: bool = False) -> "TSARNet":
+              gain: float = 1.0, pool_before_norm: bool = False) -> "TSARNet":
         """Both networks at the given sizes (the defaults are the paper's).
 
         :param n_classes: class prediction outputs.
@@ -509,6 +527,7 @@ class TSARNet(nn.Module):
         :param head: ``"full"``, ``"factored"`` or ``"low_rank"`` regulation heads.
         :param rank: rank of low-rank heads.
         :param code: code size of factored heads.
+        :param gain: read-out gain of factored heads (:class:`FactoredHead`).
         :param pool_before_norm: the paper's block order in the classifier.
         """
         classifier = RegulatedClassifier(n_classes, in_channels=in_channels, channels=classifier_channels,
@@ -517,7 +536,7 @@ class TSARNet(nn.Module):
         if bias is not None:
             regulator = Regulator(classifier.regulated_shapes, in_channels=in_channels,
                                   channels=regulator_channels, input_size=input_size, bias=bias, head=head,
-                                  rank=rank, code=code)
+                                  rank=rank, code=code, gain=gain)
         return cls(classifier, regulator)
 
     @property
