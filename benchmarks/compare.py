@@ -137,6 +137,15 @@ def _row(rows: List[Dict[str, Any]], stream: str, method: str) -> Optional[Dict[
     return next((r for r in rows if r["stream"] == stream and r["method"] == method), None)
 
 
+def paired_wins(first: Dict[str, Any], second: Dict[str, Any]) -> str:
+    """``"; A above on k of n seeds"`` over the seeds both rows have, when there are at least two; else ``""``."""
+    theirs = dict(zip(second["seeds"], second.get("avg_accuracy_by_seed", [])))
+    pairs = [(a, theirs[s]) for s, a in zip(first["seeds"], first.get("avg_accuracy_by_seed", [])) if s in theirs]
+    if len(pairs) < 2:
+        return ""
+    return f"; {first['method']} above on {sum(a > b for a, b in pairs)} of {len(pairs)} seeds"
+
+
 def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The four targets of the module docstring, for every stream they can be checked on."""
     targets = []
@@ -158,7 +167,8 @@ def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                                   ref["avg_accuracy"] > batche["avg_accuracy"]
                                   and ref["params_per_task"] < batche["params_per_task"],
                                   f"{100 * ref['avg_accuracy']:.2f}% ({ref['params_per_task']:,}) vs "
-                                  f"{100 * batche['avg_accuracy']:.2f}% ({batche['params_per_task']:,})", stream=stream))
+                                  f"{100 * batche['avg_accuracy']:.2f}% ({batche['params_per_task']:,})"
+                                  + paired_wins(ref, batche), stream=stream))
         supsup = _row(rows, stream, "SupSup-FC1024")
         ours = [r for r in (_row(rows, stream, name) for name in CRWN_CONTENDERS) if r]
         if supsup and ours:

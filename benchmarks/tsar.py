@@ -111,8 +111,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="keep the runs of --out (same scale settings) and add or replace this invocation's.")
     parser.add_argument("--label", default="",
                         help="a name for this grid: its own section of docs/results.md (tsar:LABEL) beside the "
-                             "others; use it with its own --out.")
-    return parser.parse_args(argv)
+                             "others, and its own result file (default --out: tsar_LABEL.json, '-' written '_').")
+    args = parser.parse_args(argv)
+    if args.label and args.out == DEFAULT_OUT:
+        args.out = DEFAULT_OUT.with_name(f"tsar_{args.label.replace('-', '_')}.json")
+    return args
 
 
 def regulator_bytes(model) -> Dict[str, int]:

@@ -222,3 +222,21 @@ def test_compare_target_weighs_the_best_crwn_row_against_supsup():
     assert reach["met"] and reach["measured"] == "NeuroModNet-FC4096 96.60% vs SupSup 97.00%"
     rows.append(row("FlyNet-40d", 0.9649, stream="rotated"))
     assert all(t["stream"] == "permuted" for t in compare.check_targets(rows))
+
+
+def test_compare_batche_target_counts_the_seeds_each_method_wins():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import compare
+
+    def row(method, params, by_seed, seeds=(0, 1, 2)):
+        return {"stream": "rotated", "method": method, "avg_accuracy": sum(by_seed) / len(by_seed),
+                "params_per_task": params, "seconds_per_task": 1.0, "final_accuracies": [0.9],
+                "seeds": list(seeds), "avg_accuracy_by_seed": list(by_seed)}
+
+    rows = [row("NeuroModNet-FC256", 1299, [0.906, 0.910, 0.905]), row("BatchE-FC256", 2340, [0.907, 0.900, 0.901])]
+    (batche,) = compare.check_targets(rows)
+    assert batche["met"] and batche["measured"] == ("90.70% (1,299) vs 90.27% (2,340); NeuroModNet-FC256 above on "
+                                                    "2 of 3 seeds")
+    # Only the seeds both rows have are paired; one seed alone says nothing more than the means.
+    rows[1] = row("BatchE-FC256", 2340, [0.907, 0.900], seeds=(0, 5))
+    assert compare.check_targets(rows)[0]["measured"].endswith("(2,340)")

@@ -775,3 +775,22 @@ def test_benchmark_checks_each_low_memory_head_against_the_full_one():
     assert checked["factored heads (code 24)"]["met"]
     assert checked["factored heads (code 24)"]["measured"] == "11.0x smaller, +1.5 points lost"
     assert not checked["low-rank heads (rank 2)"]["met"]  # 5.5x smaller and 10 points lost
+    # A factored head of another gain is its own row and target, named with its gain.
+    summary.append(row("factored-g8", 100, 25.0))
+    checked = {t["target"].split(":")[0]: t for t in
+               tsar_benchmark.targets(summary, [], {"rank": 2, "code": 24})}
+    assert checked["factored heads (code 24, gain 8)"]["measured"] == "11.0x smaller, +5.0 points lost"
+    assert checked["factored heads (code 24)"]["met"] and sum("heads" in name for name in checked) == 3
+
+
+def test_benchmark_head_labels_and_labelled_result_files():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tsar as tsar_benchmark
+
+    args = tsar_benchmark.parse_args(["--heads", "full", "factored", "--gain", "8", "--label", "budget-x"])
+    assert [tsar_benchmark.head_label(h, args) for h in args.heads] == ["full", "factored-g8"]
+    assert args.out.name == "tsar_budget_x.json"  # a labelled grid never writes over the main tsar.json
+    plain = tsar_benchmark.parse_args([])
+    assert tsar_benchmark.head_label("factored", plain) == "factored" and plain.out.name == "tsar.json"
+    model = tsar_benchmark.fresh_model("grow", "factored", args, seed=0)
+    assert all(head.gain == 8.0 for head in model.regulator.heads)

@@ -598,6 +598,9 @@ def _mean_std(values: Iterable[Optional[float]]) -> Tuple[Optional[float], Optio
 def summarize(results: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """One row per (stream, method), over its seeds: means (and std) of the cell figures.
 
+    Each row also keeps ``avg_accuracy_by_seed``, one mean final accuracy per
+    seed, in the order of ``seeds`` (for paired comparisons between methods).
+
     :param results: cell results from :func:`run_grid`.
     """
     groups: Dict[Tuple[str, str], List[Mapping[str, Any]]] = {}
@@ -610,6 +613,7 @@ def summarize(results: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
         rows.append({
             "stream": stream, "method": method, "kind": cells[0]["kind"], "seeds": [c["seed"] for c in cells],
             "avg_accuracy": acc, "avg_accuracy_std": acc_std,
+            "avg_accuracy_by_seed": [c["avg_accuracy"] for c in cells],
             "avg_forgetting": _mean_std(c["avg_forgetting"] for c in cells)[0],
             "bwt": _mean_std(c["bwt"] for c in cells)[0],
             "params_per_task": cells[0]["params_per_task"],
