@@ -1,11 +1,12 @@
 """TSAR: meta-learn on Omniglot small1, then domain transfer one image at a time.
 
 For every meta-learning seed and every regulated method (Grow, Sculpt,
-with full or low-rank regulation heads) and for No Regulation, the script
-meta-learns for ``--meta-iterations`` with the OML protocol and evaluates
-transfer along the way (every ``--curve-every`` meta-iterations, on the
-first reported Omniglot sequence) to draw the learning curve. At the budget
-it transfers to every sequence of ``--transfer-seeds``:
+with full or low-memory regulation heads: factored, low-rank, hashed) and
+for No Regulation, the script meta-learns for ``--meta-iterations`` with
+the OML protocol and evaluates transfer along the way (every
+``--curve-every`` meta-iterations, on the first reported Omniglot sequence)
+to draw the learning curve. At the budget it transfers to every sequence of
+``--transfer-seeds``:
 
 - 100 unseen Omniglot classes (small2's Japanese, Sanskrit, Tagalog) x 20
   drawings: recall after the sequence, recall by position in the sequence;
@@ -24,7 +25,9 @@ regulator's C3 masks are recorded as each image is learned; the paper's
 regulation figures are drawn from them into ``--figures``
 (``tsar[_LABEL]_regulation_ccdf.png``: active synapses per image, all
 regulated runs; ``tsar[_LABEL]_task_activity.png`` and
-``tsar[_LABEL]_total_regulation.png``: the first Grow run).
+``tsar[_LABEL]_total_regulation.png``: the first Grow run). An invocation
+with ``--append`` draws its own runs' figures beside the earlier ones
+(``tsar[_LABEL]_N_*.png``, N the invocation's number).
 
 Scratch and Reservoir need no meta-learning and run on the same sequences.
 The transfer learning rate of each method is chosen on an Omniglot
@@ -88,7 +91,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--curve-lr", type=float, default=1e-4,
                         help="transfer learning rate of the curve points before the budget.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--heads", nargs="+", choices=("full", "factored", "low_rank"), default=["full"])
+    parser.add_argument("--heads", nargs="+", choices=("full", "factored", "low_rank", "hashed"),
+                        default=["full"])
     parser.add_argument("--second-order", action="store_true",
                         help="second-order OML: differentiate through the inner loop (default: first-order).")
     parser.add_argument("--rank", type=int, default=4, help="rank of the low-rank regulation heads.")
@@ -96,6 +100,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gain", type=float, default=1.0,
                         help="read-out gain of the factored regulation heads (FactoredHead's gain; a run with a "
                              "gain other than 1 is the head 'factored-gG').")
+    parser.add_argument("--pool", type=int, default=512,
+                        help="shared read-outs of each hashed regulation head (HashedHead; the head 'hashed-pP').")
     parser.add_argument("--transfers", nargs="+", choices=TRANSFERS, default=list(TRANSFERS))
     parser.add_argument("--classifier-channels", type=int, default=32)
     parser.add_argument("--regulator-channels", type=int, default=32)
@@ -119,11 +125,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def regulator_bytes(model) -> Dict[str, int]:
-    """Bytes of the regulator's parameters, and with Adam's two moments (what training holds)."""
+    """Bytes of the regulator's parameters (and buffers: a hashed head's assignment), and with Adam's two moments
+    of the parameters (what training holds)."""
     if model.regulator is None:
         return {"parameters": 0, "with_adam": 0}
     n = sum(p.numel() * p.element_size() for p in model.regulator.parameters())
-    return {"parameters": n, "with_adam": 3 * n}
+    buffers = sum(b.numel() * b.element_size() for b in model.regulator.buffers())
+    return {"parameters": n + buffers, "with_adam": 3 * n + buffers}
 
 
 def build_transfers(root: Path, seeds: Sequence[int], selection_seed: int, wanted: Sequence[str],
@@ -198,11 +206,13 @@ def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
     bias = {"grow": "grow", "sculpt": "sculpt", "reservoir": "sculpt"}.get(method)
     return TSARNet.build(args.n_classes, classifier_channels=args.classifier_channels,
                          regulator_channels=args.regulator_channels, bias=bias, head=head, rank=args.rank,
-                         code=args.code, gain=args.gain)
+                         code=args.code, gain=args.gain, pool=args.pool)
 
 
 def head_label(head: str, args: argparse.Namespace) -> str:
-    """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8."""
+    """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``."""
+    if head == "hashed":
+        return f"hashed-p{args.pool}"
     return f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
 
 
@@ -210,6 +220,8 @@ def head_name(head: str, settings: Dict[str, Any]) -> str:
     """A low-memory head's description for the targets (``head`` as :func:`head_label` names it)."""
     if head == "low_rank":
         return f"low-rank heads (rank {settings['rank']})"
+    if head.startswith("hashed"):
+        return f"hashed heads (pool {head.partition('-p')[2]})"
     gain = head.partition("-g")[2]
     return f"factored heads (code {settings.get('code', 24)}" + (f", gain {gain})" if gain else ")")
 
@@ -292,8 +304,13 @@ def regulation_summary(stats) -> Dict[str, Any]:
             "total_mean": float(np.mean(stats.total)), "total_max": float(np.max(stats.total))}
 
 
-def draw_regulation(recorded: Dict[str, Any], folder: Path, label: str) -> List[str]:
-    """The paper's regulation figures from the recorded statistics; their portable paths."""
+def draw_regulation(recorded: Dict[str, Any], folder: Path, label: str, part: Optional[int] = None) -> List[str]:
+    """The paper's regulation figures from the recorded statistics; their portable paths.
+
+    ``part`` (the invocation's number under ``--append``) goes into the file
+    names, so that an appended invocation adds its figures beside the earlier
+    ones instead of drawing over them.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -303,7 +320,7 @@ def draw_regulation(recorded: Dict[str, Any], folder: Path, label: str) -> List[
     if not recorded:
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    prefix = "tsar" + (f"_{label.replace('-', '_')}" if label else "")
+    prefix = "tsar" + (f"_{label.replace('-', '_')}" if label else "") + (f"_{part}" if part else "")
     first_grow = next((k for k in recorded if k.startswith("grow/")), next(iter(recorded)))
     figures = {"regulation_ccdf": plot_regulation_ccdf(list(recorded.values()), list(recorded)),
                "task_activity": plot_task_activity(recorded[first_grow]),
@@ -389,7 +406,7 @@ def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]],
         mean = scratch["omniglot"]["recall_mean"]
         checked.append(target("Scratch recall below 5%", mean < 5, f"{mean:.1f}%"))
     full = by.get(("grow", "full"))
-    for head in sorted(h for m, h in by if m == "grow" and h.startswith(("low_rank", "factored"))):
+    for head in sorted(h for m, h in by if m == "grow" and h.startswith(("low_rank", "factored", "hashed"))):
         light, name = by[("grow", head)], head_name(head, settings)
         if full and "omniglot" in light and "omniglot" in full:
             ratio = full["regulator_bytes"]["parameters"] / max(light["regulator_bytes"]["parameters"], 1)
@@ -537,12 +554,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "runs": [], "summary": [], "targets": [],
     }
     result["data_files"] += data_files(root, "omniglot-py/*") + data_files(root, "FashionMNIST/raw/*")
+    earlier_figures: List[str] = []
     if args.append:
         previous = load_previous(args.out, {k: getattr(args, k) for k in SCALE_SETTINGS},
                                  defaults={"second_order": False})
         for run in previous["runs"]:  # runs written before runs named their machine: the file's machine
             run.setdefault("cpu_model", (previous["machine"] or {}).get("cpu_model"))
         result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]
+        if args.out.exists():
+            import json
+
+            earlier_figures = json.loads(args.out.read_text()).get("figures", [])
     meta = load_omniglot(root, ["images_background_small1"])
     transfers = build_transfers(root, args.transfer_seeds, args.selection_seed, args.transfers,
                                 args.omniglot_classes)
@@ -566,7 +588,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         write_json(result, args.out)
     result["targets"] = targets(result["summary"], result["runs"], result["settings"])
-    result["figures"] = draw_regulation(recorded, args.figures, args.label)
+    invocations = len(result.get("commands", []))  # more than one: appended to an earlier file
+    part = invocations if invocations > 1 else None
+    result["figures"] = earlier_figures + draw_regulation(recorded, args.figures, args.label, part)
     print("\n".join(target_lines(result["targets"], markdown=False)))
     publish(result, args.out, None if args.no_docs else markdown_section(result), *section_markers("tsar", args.label))
     return 0

@@ -31,6 +31,7 @@ from avalanche_neuromod.benchmarks.omniglot import OMNIGLOT_UNSEEN_ALPHABETS
 from avalanche_neuromod.evaluation import make_evaluator
 from avalanche_neuromod.models import (
     FactoredHead,
+    HashedHead,
     FullHead,
     LowRankHead,
     RegulatedClassifier,
@@ -333,6 +334,53 @@ def test_factored_head_gain_same_start_faster_read_out():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="gain"):
             FactoredHead(10, (3, 3), bias=0.0, code=2, gain=bad)
+
+
+def test_hashed_head_formula_assignment_parameter_count_and_initial_spread():
+    torch.manual_seed(0)
+    head = HashedHead(10, (6, 2, 3, 3), bias=-1.0, pool=5)
+    f = torch.randn(2, 10)
+    # The formula: b + a * (R f)[h], one shared read-out per entry through its own scale and bias.
+    shared = f @ head.readouts.weight.T
+    expected = (-1.0 + head.scale * shared[:, head.assignment]).view(2, 6, 2, 3, 3)
+    torch.testing.assert_close(head.logits(f), expected)
+    # Balanced: every read-out serves 108 / 5 entries, rounded; scales start at +-1.
+    assert sorted(torch.bincount(head.assignment, minlength=5).tolist()) == [21, 21, 22, 22, 22]
+    assert set(head.scale.tolist()) == {-1.0, 1.0}
+    assert sum(p.numel() for p in head.parameters()) == 5 * 10 + 2 * 108
+    assert HashedHead(10, (2, 3), bias=0.0, pool=50).pool == 6  # never more read-outs than entries
+    # The logits spread as a full head's at initialisation.
+    features = torch.relu(torch.randn(64, 300))
+    full_std = torch.stack([FullHead(300, (2000,), 0.0).logits(features).std() for _ in range(5)]).mean()
+    hashed_std = torch.stack([HashedHead(300, (2000,), 0.0, pool=64).logits(features).std()
+                              for _ in range(5)]).mean()
+    assert 0.85 < float(hashed_std / full_std) < 1.15
+    # The reset rule redraws read-outs and signs and keeps the assignment; the assignment is saved.
+    assignment = head.assignment.clone()
+    head.reset(-2.0, generator=torch.Generator().manual_seed(3))
+    assert torch.all(head.bias == -2.0) and torch.equal(head.assignment, assignment)
+    other = HashedHead(10, (6, 2, 3, 3), bias=0.0, pool=5)
+    assert not torch.equal(other.assignment, assignment)
+    other.load_state_dict(head.state_dict())
+    torch.testing.assert_close(other.logits(f), head.logits(f))
+    with pytest.raises(ValueError, match="pool"):
+        HashedHead(10, (3, 3), bias=0.0, pool=0)
+
+
+def test_hashed_heads_build_round_trip_and_memory():
+    net = TSARNet.build(7, head="hashed", pool=4, **SMALL)
+    assert all(isinstance(h, HashedHead) and h.pool == 4 for h in net.regulator.heads)
+    again = TSARNet.from_config(net.config)
+    again.load_state_dict(net.state_dict())
+    x = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(again(x), net(x))
+    with torch.device("meta"):
+        full = TSARNet.build(1000)
+        hashed = TSARNet.build(1000, head="hashed", pool=512)
+    n_full = sum(p.numel() for p in full.regulator.heads.parameters())
+    n_hashed = sum(p.numel() for p in hashed.regulator.heads.parameters())
+    entries = sum(math.prod(s) for s in full.classifier.regulated_shapes)
+    assert n_hashed == 4 * 512 * 1728 + 2 * entries and n_hashed * 100 < n_full
 
 
 def test_factored_heads_build_round_trip_and_memory():
@@ -752,6 +800,11 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
     rerun = next(r for r in merged["runs"] if (r["method"], r["meta_seed"]) == ("grow", 0))
     assert set(rerun["transfers"]) == {"omniglot/0"}  # the rerun replaced the first invocation's grow run
     assert len(merged["commands"]) == 2 and all(r["cpu_model"] for r in merged["runs"])
+    # The appended invocation drew its runs' figures beside the first invocation's, not over them.
+    assert [Path(f).name for f in merged["figures"]] == [
+        "tsar_regulation_ccdf.png", "tsar_task_activity.png", "tsar_total_regulation.png",
+        "tsar_2_regulation_ccdf.png", "tsar_2_task_activity.png", "tsar_2_total_regulation.png"]
+    assert (tmp_path / "images" / "tsar_2_regulation_ccdf.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="--meta-iterations 2, this invocation 3"):
         tsar_benchmark.main([*common, "--meta-iterations", "3", "--meta-seeds", "2", "--methods", "grow"])
     assert tsar_benchmark.machines_line(merged["runs"]) == []
@@ -781,6 +834,10 @@ def test_benchmark_checks_each_low_memory_head_against_the_full_one():
                tsar_benchmark.targets(summary, [], {"rank": 2, "code": 24})}
     assert checked["factored heads (code 24, gain 8)"]["measured"] == "11.0x smaller, +5.0 points lost"
     assert checked["factored heads (code 24)"]["met"] and sum("heads" in name for name in checked) == 3
+    summary.append(row("hashed-p512", 90, 29.0))
+    checked = {t["target"].split(":")[0]: t for t in
+               tsar_benchmark.targets(summary, [], {"rank": 2, "code": 24})}
+    assert checked["hashed heads (pool 512)"]["met"]
 
 
 def test_benchmark_head_labels_and_labelled_result_files():
@@ -794,3 +851,11 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert tsar_benchmark.head_label("factored", plain) == "factored" and plain.out.name == "tsar.json"
     model = tsar_benchmark.fresh_model("grow", "factored", args, seed=0)
     assert all(head.gain == 8.0 for head in model.regulator.heads)
+    hashed = tsar_benchmark.parse_args(["--heads", "hashed", "--pool", "64"])
+    assert tsar_benchmark.head_label("hashed", hashed) == "hashed-p64"
+    model = tsar_benchmark.fresh_model("grow", "hashed", hashed, seed=0)
+    assignment_bytes = sum(b.numel() * b.element_size() for b in model.regulator.buffers())
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.regulator.parameters())
+    assert assignment_bytes > 0  # the regulator's memory counts the hashed heads' assignments
+    assert tsar_benchmark.regulator_bytes(model) == {"parameters": parameter_bytes + assignment_bytes,
+                                                     "with_adam": 3 * parameter_bytes + assignment_bytes}

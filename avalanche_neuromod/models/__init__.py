@@ -4,7 +4,7 @@ TSAR's regulator and regulated classifier, and the task-incremental baselines (P
 from .batch_ensemble import BatchELayer, BatchENet, BatchEResNet18, RankOneFactors
 from .crwn import CRWNModule, FlyNet, NeuroModNet, NeuroModResNet18, SparseFlyEncoder
 from .dynamos import AgentDecision, ChannelAgent, DynamosResNet18, GateRecord, require_agents
-from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, LowRankHead, RegulatedClassifier, Regulator,
+from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, RegulatedClassifier, Regulator,
                    SingleImageNorm, TSARNet, regulated_conv2d, regulated_linear, regulation_bias)
 from .psp import PSP_CONTEXTS, PSPContexts, PSPLayer, PSPNet, PSPResNet18, random_orthogonal
 from .reference import IndependentLayer, MTLNet, MTLResNet18, SharedLayer, STLNet, STLResNet18, TaskWeights
@@ -26,6 +26,7 @@ __all__ = [
     "FactoredHead",
     "FullHead",
     "GateRecord",
+    "HashedHead",
     "IndependentLayer",
     "kaiming_normal",
     "LowRankHead",

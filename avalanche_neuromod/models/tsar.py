@@ -16,12 +16,13 @@ Sizes follow the paper (classifier: three 112-channel 3x3 convolutions and a
 class prediction layer; regulator: three 192-channel convolutions and one
 head per classifier weight) and every one is a parameter. A full head is a
 linear map from the features to every mask entry: with 1,000 classes the
-four heads hold ~589M parameters. Two low-memory options:
+four heads hold ~589M parameters. Three low-memory options:
 :class:`FactoredHead` factors the head's map through a small code,
 ``sigmoid(A (P f) + b)`` (every mask entry keeps its own read-out and bias);
 :class:`LowRankHead` makes each mask matrix rank ``r`` around a static bias,
 ``b_l + (U(f) V(f)^T) / sqrt(r)`` with ``U(f)`` and ``V(f)`` computed by two
-small linear maps.
+small linear maps; :class:`HashedHead` shares ``pool`` full-size read-outs
+among the entries, each entry keeping its own scale and bias.
 
 Normalisation is the original's "instance norm" (batch norm in training mode
 applied to one image): :class:`SingleImageNorm`.
@@ -42,6 +43,7 @@ __all__ = [
     "REGULATION_BIAS",
     "FactoredHead",
     "FullHead",
+    "HashedHead",
     "LowRankHead",
     "RegulatedClassifier",
     "Regulator",
@@ -52,7 +54,7 @@ __all__ = [
     "regulation_bias",
 ]
 
-HEADS = ("full", "factored", "low_rank")
+HEADS = ("full", "factored", "low_rank", "hashed")
 """The regulation head kinds: the original, and two low-memory ones."""
 
 REGULATION_BIAS: Dict[str, float] = {"grow": -8.0, "sculpt": 0.0}
@@ -412,6 +414,72 @@ class LowRankHead(_RegulationHead):
         return self.bias + product.view(f.shape[0], *self.shape)
 
 
+class HashedHead(_RegulationHead):
+    """A low-memory regulation head that shares full read-outs: ``sigmoid(b + a * (R f)[h])``.
+
+    ``R`` (``pool x features``) holds ``pool`` read-outs of the features, each
+    as long as a full head's; every mask entry ``e`` reads one of them,
+    ``h(e)``, fixed at construction (a seeded random balanced assignment:
+    each read-out serves ``entries / pool`` entries, rounded), through its
+    own scale ``a_e`` and bias ``b_e``. Entries that share a read-out open
+    for the same images, but each at its own threshold; an image that
+    drives few read-outs up opens few synapses, as a full head's sparse
+    masks do. ``R`` starts kaiming-normal and every ``a_e`` at +-1 (random
+    signs), so the logits spread as a full head's; under Adam each read-out
+    moves as fast as one full-head row. Parameters:
+    ``pool * features + 2 * entries`` instead of ``(features + 1) * entries``,
+    plus the assignment (one index per entry, a buffer).
+
+    :param features: regulator features.
+    :param shape: shape of the regulated weight.
+    :param bias: the regulation bias every entry starts at.
+    :param pool: shared read-outs (at most the number of entries; fewer are used when the weight is smaller).
+    :param generator: random source of the assignment (default: torch's global one).
+    """
+
+    def __init__(self, features: int, shape: Sequence[int], bias: float, pool: int = 512,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__()
+        if pool < 1:
+            raise ValueError(f"pool (the hashed head's shared read-outs) must be at least 1, got {pool}.")
+        self.shape = tuple(shape)
+        entries = math.prod(self.shape)
+        self.pool = min(pool, entries)
+        self.readouts = nn.Linear(features, self.pool, bias=False)
+        self.scale = nn.Parameter(torch.empty(entries))
+        self.bias = nn.Parameter(torch.empty(entries))
+        order = torch.randperm(entries, generator=generator)
+        assignment = torch.empty(entries, dtype=torch.long)
+        assignment[order] = torch.arange(entries) % self.pool
+        self.register_buffer("assignment", assignment)
+        self.reset(bias, generator)
+
+    def _maps(self) -> List[torch.Tensor]:
+        return [self.readouts.weight]
+
+    def _bias(self) -> torch.Tensor:
+        return self.bias
+
+    def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
+        """Kaiming-normal read-outs, scales at random signs, every bias at ``bias`` (the assignment stays).
+
+        :param bias: the regulation bias.
+        :param generator: random source of the read-outs and signs.
+        """
+        super().reset(bias, generator)
+        with torch.no_grad():
+            signs = torch.randint(0, 2, self.scale.shape, generator=generator, dtype=self.scale.dtype)
+            self.scale.copy_(2 * signs - 1)
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid regulation ``(B, *shape)``.
+
+        :param f: features ``(B, features)``.
+        """
+        shared = self.readouts(f).index_select(1, self.assignment)
+        return torch.addcmul(self.bias, self.scale, shared).view(f.shape[0], *self.shape)
+
+
 class Regulator(nn.Module):
     """TSAR's regulator: a convolutional trunk and one sigmoid head per regulated weight.
 
@@ -419,8 +487,8 @@ class Regulator(nn.Module):
     norm -> ReLU -> maxpool2``, ``conv(C -> C) -> norm -> ReLU``, flatten
     (1,728 features for 192 channels and 28x28 images). Heads:
     :class:`FullHead` (``head="full"``, the original), or a low-memory
-    :class:`FactoredHead` (``head="factored"``) or :class:`LowRankHead`
-    (``head="low_rank"``).
+    :class:`FactoredHead` (``head="factored"``), :class:`LowRankHead`
+    (``head="low_rank"``) or :class:`HashedHead` (``head="hashed"``).
 
     :param regulated_shapes: shapes of the classifier's regulated weights
         (:attr:`RegulatedClassifier.regulated_shapes`).
@@ -428,15 +496,16 @@ class Regulator(nn.Module):
     :param channels: channels of the trunk (paper: 192).
     :param input_size: image side length.
     :param bias: regulation bias of every head: ``"grow"`` (-8), ``"sculpt"`` (0) or a float.
-    :param head: ``"full"``, ``"factored"`` or ``"low_rank"``.
+    :param head: ``"full"``, ``"factored"``, ``"low_rank"`` or ``"hashed"``.
     :param rank: rank of the low-rank heads.
     :param code: code size of the factored heads.
     :param gain: read-out gain of the factored heads (:class:`FactoredHead`).
+    :param pool: shared read-outs of each hashed head (:class:`HashedHead`).
     """
 
     def __init__(self, regulated_shapes: Sequence[Sequence[int]], *, in_channels: int = 3, channels: int = 192,
                  input_size: int = 28, bias: Union[str, float] = "grow", head: str = "full", rank: int = 4,
-                 code: int = 32, gain: float = 1.0):
+                 code: int = 32, gain: float = 1.0, pool: int = 512):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {head!r}.")
@@ -448,6 +517,8 @@ class Regulator(nn.Module):
                        "code": code}
         if gain != 1.0:  # only then: configs (and checkpoints) of gain 1 stay as they were before the option
             self.config["gain"] = gain
+        if head == "hashed":
+            self.config["pool"] = pool
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
                                     nn.Conv2d(channels, channels, 3)])
         self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
@@ -457,7 +528,8 @@ class Regulator(nn.Module):
         self.features = channels * _conv_out(input_size, 3, 2) ** 2
         make = {"full": lambda s: FullHead(self.features, s, value),
                 "factored": lambda s: FactoredHead(self.features, s, value, code, gain),
-                "low_rank": lambda s: LowRankHead(self.features, s, value, rank)}[head]
+                "low_rank": lambda s: LowRankHead(self.features, s, value, rank),
+                "hashed": lambda s: HashedHead(self.features, s, value, pool)}[head]
         self.heads = nn.ModuleList([make(s) for s in regulated_shapes])
 
     def trunk_parameters(self) -> List[nn.Parameter]:
@@ -514,7 +586,7 @@ class TSARNet(nn.Module):
     def build(cls, n_classes: int = 1000, *, in_channels: int = 3, input_size: int = 28,
               classifier_channels: int = 112, regulator_channels: int = 192,
               bias: Union[str, float, None] = "grow", head: str = "full", rank: int = 4, code: int = 32,
-              gain: float = 1.0, pool_before_norm: bool = False) -> "TSARNet":
+              gain: float = 1.0, pool: int = 512, pool_before_norm: bool = False) -> "TSARNet":
         """Both networks at the given sizes (the defaults are the paper's).
 
         :param n_classes: class prediction outputs.
@@ -524,10 +596,11 @@ class TSARNet(nn.Module):
         :param regulator_channels: channels of the regulator's trunk.
         :param bias: regulation bias (``"grow"``, ``"sculpt"``, a float), or
             None for a classifier without regulator.
-        :param head: ``"full"``, ``"factored"`` or ``"low_rank"`` regulation heads.
+        :param head: ``"full"``, ``"factored"``, ``"low_rank"`` or ``"hashed"`` regulation heads.
         :param rank: rank of low-rank heads.
         :param code: code size of factored heads.
         :param gain: read-out gain of factored heads (:class:`FactoredHead`).
+        :param pool: shared read-outs of each hashed head (:class:`HashedHead`).
         :param pool_before_norm: the paper's block order in the classifier.
         """
         classifier = RegulatedClassifier(n_classes, in_channels=in_channels, channels=classifier_channels,
@@ -536,7 +609,7 @@ class TSARNet(nn.Module):
         if bias is not None:
             regulator = Regulator(classifier.regulated_shapes, in_channels=in_channels,
                                   channels=regulator_channels, input_size=input_size, bias=bias, head=head,
-                                  rank=rank, code=code, gain=gain)
+                                  rank=rank, code=code, gain=gain, pool=pool)
         return cls(classifier, regulator)
 
     @property
