@@ -367,6 +367,15 @@ def test_hashed_head_formula_assignment_parameter_count_and_initial_spread():
         HashedHead(10, (3, 3), bias=0.0, pool=0)
 
 
+def _head_parameters_at_paper_size(**head):
+    """Parameters of the full heads and of the given heads at the paper's sizes, and the mask entries (no memory)."""
+    with torch.device("meta"):
+        full = TSARNet.build(1000)
+        light = TSARNet.build(1000, **head)
+    full_count, light_count = (sum(p.numel() for p in net.regulator.heads.parameters()) for net in (full, light))
+    return full_count, light_count, sum(math.prod(s) for s in full.classifier.regulated_shapes)
+
+
 def test_hashed_heads_build_round_trip_and_memory():
     net = TSARNet.build(7, head="hashed", pool=4, **SMALL)
     assert all(isinstance(h, HashedHead) and h.pool == 4 for h in net.regulator.heads)
@@ -374,12 +383,7 @@ def test_hashed_heads_build_round_trip_and_memory():
     again.load_state_dict(net.state_dict())
     x = torch.randn(2, 3, 28, 28)
     torch.testing.assert_close(again(x), net(x))
-    with torch.device("meta"):
-        full = TSARNet.build(1000)
-        hashed = TSARNet.build(1000, head="hashed", pool=512)
-    n_full = sum(p.numel() for p in full.regulator.heads.parameters())
-    n_hashed = sum(p.numel() for p in hashed.regulator.heads.parameters())
-    entries = sum(math.prod(s) for s in full.classifier.regulated_shapes)
+    n_full, n_hashed, entries = _head_parameters_at_paper_size(head="hashed", pool=512)
     assert n_hashed == 4 * 512 * 1728 + 2 * entries and n_hashed * 100 < n_full
 
 
@@ -388,12 +392,7 @@ def test_factored_heads_build_round_trip_and_memory():
     assert all(isinstance(h, FactoredHead) and h.code == 3 for h in net.regulator.heads)
     again = TSARNet.from_config(net.config)
     assert all(isinstance(h, FactoredHead) and h.code == 3 for h in again.regulator.heads)
-    with torch.device("meta"):
-        full = TSARNet.build(1000)
-        factored = TSARNet.build(1000, head="factored", code=32)
-    n_full = sum(p.numel() for p in full.regulator.heads.parameters())
-    n_factored = sum(p.numel() for p in factored.regulator.heads.parameters())
-    entries = sum(math.prod(s) for s in full.classifier.regulated_shapes)
+    n_full, n_factored, entries = _head_parameters_at_paper_size(head="factored", code=32)
     assert n_factored == 32 * (4 * 1728 + entries) + entries and n_factored * 50 < n_full
     with pytest.raises(ValueError, match="'factored'"):
         TSARNet.build(7, head="tiny", **SMALL)
