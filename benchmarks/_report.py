@@ -336,14 +336,14 @@ def write_json(result: Dict[str, Any], path: Path) -> None:
 
 
 def load_previous(path: Path, settings: Dict[str, Any], defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The runs, commands and machine of an earlier result file, for ``--append`` (none if there is no file).
+    """The runs, commands, machine and figures of an earlier result file, for ``--append`` (none if there is no file).
 
     :param path: the result file.
     :param settings: this invocation's settings that decide the scale; the file's must be the same.
     :param defaults: the value of a setting in files written before it existed.
     """
     if not path.exists():
-        return {"runs": [], "commands": [], "machine": None}
+        return {"runs": [], "commands": [], "machine": None, "figures": []}
     previous = json.loads(path.read_text())
     for name, value in settings.items():
         theirs = previous["settings"].get(name, (defaults or {}).get(name))
@@ -353,7 +353,7 @@ def load_previous(path: Path, settings: Dict[str, Any], defaults: Optional[Dict[
                              f"invocation {value}; runs of different streams or scales cannot be summarised "
                              f"together. Write to another --out.")
     return {"runs": previous["runs"], "commands": previous.get("commands", [previous["command"]]),
-            "machine": previous.get("machine")}
+            "machine": previous.get("machine"), "figures": previous.get("figures", [])}
 
 
 # Reporting -------------------------------------------------------------------------------------

@@ -465,7 +465,8 @@ def markdown_section(result: Dict[str, Any]) -> str:
     rows = []
     for row in result["summary"]:
         mb = row["regulator_bytes"]
-        rows.append([row["method"], row["head"], ", ".join(map(str, row["meta_seeds"])), ", ".join(map(str, row["lrs"])),
+        rows.append([row["method"], row["head"], ", ".join(map(str, row["meta_seeds"])),
+                     ", ".join(map(str, row["lrs"])),
                      f"{mb['parameters'] / 2**20:.1f} / {mb['with_adam'] / 2**20:.1f}", cell(row, "omniglot"),
                      cell(row, "omniglot_heldout", "heldout_mean"),
                      f"{cell(row, 'mnist')} / {cell(row, 'mnist', 'heldout_mean')}",
@@ -561,10 +562,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for run in previous["runs"]:  # runs written before runs named their machine: the file's machine
             run.setdefault("cpu_model", (previous["machine"] or {}).get("cpu_model"))
         result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]
-        if args.out.exists():
-            import json
-
-            earlier_figures = json.loads(args.out.read_text()).get("figures", [])
+        earlier_figures = previous["figures"]
     meta = load_omniglot(root, ["images_background_small1"])
     transfers = build_transfers(root, args.transfer_seeds, args.selection_seed, args.transfers,
                                 args.omniglot_classes)

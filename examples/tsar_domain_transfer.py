@@ -7,8 +7,7 @@ one Adam step per image in order, and reports recall (accuracy over the
 learned images after the whole sequence), held-out accuracy, recall of the
 first and last classes of the sequence, the accuracy on each class's images
 right after they were learned (never learned or learned then forgotten?),
-and the Scratch baseline (the
-classifier alone, no meta-learning). It saves the meta-learned models and
+and the Scratch baseline (the classifier alone, no meta-learning). It saves the meta-learned models and
 the paper's regulation figures: the complementary CDF of active synapses
 per image (log-log), ranked task-specific against task-agnostic activity,
 and the per-image total regulation over the sequence.
@@ -60,8 +59,9 @@ def transfer(strategy_cls: Any, model: TSARNet, benchmarks, lr: float, recorder:
     recall_bench, heldout_bench = benchmarks
     out: Dict[str, Any] = {}
     for name, bench in (("recall", recall_bench), ("heldout", heldout_bench)):
-        immediate = ImmediateAccuracyPlugin()
-        plugins = [immediate] + ([recorder] if (recorder is not None and name == "recall") else [])
+        # Regulation and immediate accuracy are read on the recall sequence only.
+        immediate = ImmediateAccuracyPlugin() if name == "recall" else None
+        plugins = [p for p in (immediate, recorder if name == "recall" else None) if p is not None]
         strategy = strategy_cls(model=_copy(model), lr=lr, seed=0,
                                 plugins=plugins, evaluator=make_evaluator(progress_bar=False, forgetting=False,
                                                                           bwt=False, timing=False))
