@@ -124,6 +124,39 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def cpu_details() -> Dict[str, Any]:
+    """Family, model and the vector extensions that decide CPU speed here (two "AMD EPYC" can differ 1.3x).
+
+    Empty where ``/proc/cpuinfo`` is missing.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return {}
+    fields: Dict[str, str] = {}
+    for line in cpuinfo.read_text().splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        name, _, value = line.partition(":")
+        fields[name.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    details: Dict[str, Any] = {k.replace(" ", "_"): int(fields[k]) for k in ("cpu family", "model")
+                               if fields.get(k, "").isdigit()}
+    details.update({flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")})
+    return details
+
+
+def cpu_details_text(details: Optional[Dict[str, Any]]) -> str:
+    """``", family 25 model 17, AVX-512 with BF16"`` from :func:`cpu_details`' record; ``""`` without one."""
+    if not details:
+        return ""
+    parts = [f"family {details['cpu_family']} model {details['model']}"] if "cpu_family" in details else []
+    if details.get("avx512f"):
+        parts.append("AVX-512" + (" with BF16" if details.get("avx512_bf16") else ""))
+    elif details.get("avx2"):
+        parts.append("AVX2, no AVX-512")
+    return "".join(", " + p for p in parts)
+
+
 def machine_info() -> Dict[str, Any]:
     """CPU, memory, library versions, load and code version of this run."""
     import avalanche
@@ -136,6 +169,7 @@ def machine_info() -> Dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_model": cpu_model(),
+        "cpu_details": cpu_details(),
         "memory_total_bytes": psutil.virtual_memory().total,
         "cuda_available": torch.cuda.is_available(),
         "torch_threads": torch.get_num_threads(),
@@ -367,7 +401,8 @@ def machine_line(machine: Dict[str, Any], threads: Optional[int] = None) -> str:
     """
     gpu = "a CUDA GPU available" if machine.get("cuda_available") else "no GPU"
     threads = machine.get("torch_threads") if threads is None else threads
-    return (f"- Machine: {machine['cpu_count']} CPU cores ({machine['cpu_model']}), {gpu}, torch {machine['torch']} "
+    cpu = machine["cpu_model"] + cpu_details_text(machine.get("cpu_details"))
+    return (f"- Machine: {machine['cpu_count']} CPU cores ({cpu}), {gpu}, torch {machine['torch']} "
             f"with {threads} threads, avalanche-lib {machine['avalanche']}.")
 
 

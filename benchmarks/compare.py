@@ -146,6 +146,30 @@ def paired_wins(first: Dict[str, Any], second: Dict[str, Any]) -> str:
     return f"; {first['method']} above on {sum(a > b for a, b in pairs)} of {len(pairs)} seeds"
 
 
+def _ranges(indices: Sequence[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    spans: List[List[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def task_wins(first: Dict[str, Any], second: Dict[str, Any]) -> str:
+    """``"; A above on k of T tasks (B on tasks ...)"`` from the rows' final per-task accuracies (seed means).
+
+    Says where a difference of means comes from: a few tasks or all of them. Empty with fewer than two tasks.
+    """
+    pairs = list(zip(first["final_accuracies"], second["final_accuracies"]))
+    if len(pairs) < 2:
+        return ""
+    theirs = [t for t, (a, b) in enumerate(pairs) if b > a]
+    text = f"; {first['method']} above on {sum(a > b for a, b in pairs)} of {len(pairs)} tasks"
+    return text + (f" ({second['method']} on tasks {_ranges(theirs)})" if theirs else "")
+
+
 def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The four targets of the module docstring, for every stream they can be checked on."""
     targets = []
@@ -168,7 +192,7 @@ def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                                   and ref["params_per_task"] < batche["params_per_task"],
                                   f"{100 * ref['avg_accuracy']:.2f}% ({ref['params_per_task']:,}) vs "
                                   f"{100 * batche['avg_accuracy']:.2f}% ({batche['params_per_task']:,})"
-                                  + paired_wins(ref, batche), stream=stream))
+                                  + paired_wins(ref, batche) + task_wins(ref, batche), stream=stream))
         supsup = _row(rows, stream, "SupSup-FC1024")
         ours = [r for r in (_row(rows, stream, name) for name in CRWN_CONTENDERS) if r]
         if supsup and ours:

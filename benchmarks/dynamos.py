@@ -71,8 +71,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_model, load_previous,
-                     markdown_table, publish, result_header, section_markers, section_opening, target,
+from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_details, cpu_model,
+                     load_previous, markdown_table, publish, result_header, section_markers, section_opening, target,
                      target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
@@ -118,6 +118,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--replacement", action="store_true",
                         help="MNIST-360 drawn with replacement inside each chunk, as the authors' code does "
                              "(default: without, the spec's choice).")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="every method's network with DynamosResNet18(mixed_precision=True): bfloat16 "
+                             "convolutions under autocast (default: float32).")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
     parser.add_argument("--report", action="store_true",
@@ -165,7 +168,8 @@ def _torch_logprob_agent() -> type:
     return TorchLogProbAgent
 
 
-def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_channels: int) -> Any:
+def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_channels: int,
+                  mixed_precision: bool = False) -> Any:
     import torch
     from avalanche.training import DER, ER_ACE, Naive
     from avalanche.training.plugins import ReplayPlugin
@@ -176,7 +180,8 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
 
     quiet = dict(evaluator=None)
     if method.startswith("dynamos"):
-        model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=method == "dynamos_detached")
+        model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=method == "dynamos_detached",
+                                mixed_precision=mixed_precision)
         if method == "dynamos_torch_logprob":
             for agent in model.agents:
                 agent.__class__ = _torch_logprob_agent()
@@ -186,7 +191,7 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
         if method == "dynamos_separate_passes":
             overrides["separate_replay_pass"] = True
         return Dynamos.preset(stream, buffer, model, **quiet, **overrides)
-    model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False)
+    model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False, mixed_precision=mixed_precision)
     if method.startswith("consistency"):
         return ConsistencyReplay.preset(stream, buffer, model, **quiet,
                                         separate_replay_pass=method == "consistency_separate_passes")
@@ -225,7 +230,8 @@ def planned_runs(buffers: Sequence[int], seeds: Sequence[int], methods: Sequence
     return planned
 
 
-def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, max_batches: Optional[int]) -> Dict[str, Any]:
+def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, max_batches: Optional[int],
+            mixed_precision: bool = False) -> Dict[str, Any]:
     import torch
 
     from avalanche_neuromod.analysis import collect_gates, keep_ratios
@@ -236,7 +242,7 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     in_channels = 1 if stream == "mnist360" else 3
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
-        strategy = make_strategy(method, stream, buffer, benchmark.n_classes, in_channels)
+        strategy = make_strategy(method, stream, buffer, benchmark.n_classes, in_channels, mixed_precision)
     experiences = training_experiences(benchmark, stream, max_batches)
     started = time.perf_counter()
     train_online(strategy, experiences, chunk_size=TRAIN_CHUNK, desc=f"{stream} {method} buffer {buffer} seed {seed}")
@@ -245,7 +251,7 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
         "stream": stream, "method": method, "buffer": buffer, "seed": seed,
         "training_experiences": len(experiences), "train_seconds": train_s,
         # Seconds compare only within one machine: runs of a result file may come from several.
-        "cpu_model": cpu_model(), "load_average_after": list(os.getloadavg()),
+        "cpu_model": cpu_model(), "cpu_details": cpu_details(), "load_average_after": list(os.getloadavg()),
         "accuracy": stream_accuracy(strategy.model, benchmark.test_stream),
         # A run whose weights became NaN predicts one class: its accuracy is a divergence, not a result.
         "weights_finite": all(bool(torch.isfinite(p).all()) for p in strategy.model.parameters()),
@@ -462,17 +468,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         **result_header(argv, __file__, args.dataset_root),
         "settings": {"streams": args.streams, "buffers": buffers, "seeds": args.seeds, "methods": args.methods,
                      "max_batches": args.max_batches, "replacement": args.replacement, "lr": LR,
-                     "label": args.label},
+                     "mixed_precision": args.mixed_precision, "label": args.label},
         "scale": ("full streams" if full else
                   f"REDUCED: MNIST-360 stopped after its first {args.max_batches} of 3,387 online mini-batches; "
                   f"accuracies are not comparable with the paper's")
                  + ("; MNIST-360 drawn with replacement inside each chunk (the authors' code)" if args.replacement
+                    else "")
+                 + ("; mixed precision: bfloat16 convolutions under autocast in every network" if args.mixed_precision
                     else ""),
         "runs": [], "summary": [],
     }
     if args.append:
-        previous = load_previous(args.out, {"max_batches": args.max_batches, "replacement": args.replacement},
-                                 defaults={"replacement": False})
+        previous = load_previous(args.out, {"max_batches": args.max_batches, "replacement": args.replacement,
+                                            "mixed_precision": args.mixed_precision},
+                                 defaults={"replacement": False, "mixed_precision": False})
         result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]
         result["summary"] = summarise(result["runs"])
     else:
@@ -480,7 +489,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for stream in args.streams:
         benchmark = build_stream(stream, args.dataset_root, args.replacement)
         for buffer, seed, method in planned_runs(buffers[stream], args.seeds, args.methods):
-            run = run_one(benchmark, stream, method, buffer, seed, args.max_batches if stream == "mnist360" else None)
+            run = run_one(benchmark, stream, method, buffer, seed, args.max_batches if stream == "mnist360" else None,
+                          args.mixed_precision)
             result["runs"] = [r for r in result["runs"] if _run_key(r) != _run_key(run)] + [run]
             print(f"{stream} buffer {buffer} seed {seed} {method}: accuracy {100 * run['accuracy']:.2f}%, "
                   f"{run['train_seconds']:.0f} s" + (f", keep ratios {run['keep_ratio_per_layer']}"

@@ -102,6 +102,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "gain other than 1 is the head 'factored-gG').")
     parser.add_argument("--pool", type=int, default=512,
                         help="shared read-outs of each hashed regulation head (HashedHead; the head 'hashed-pP').")
+    parser.add_argument("--pool-total", type=int, default=None,
+                        help="instead of --pool: this many read-outs over all hashed heads, split in proportion "
+                             "to each regulated weight's entries (proportional_pools; the head 'hashed-tT').")
     parser.add_argument("--transfers", nargs="+", choices=TRANSFERS, default=list(TRANSFERS))
     parser.add_argument("--classifier-channels", type=int, default=32)
     parser.add_argument("--regulator-channels", type=int, default=32)
@@ -199,20 +202,25 @@ def strategy_for(method: str):
 def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
     import torch
 
-    from avalanche_neuromod.models import TSARNet
+    from avalanche_neuromod.models import TSARNet, proportional_pools
 
+    pool = args.pool
+    if args.pool_total is not None:  # before the seed: the shapes come from a classifier built for them only
+        shapes = TSARNet.build(args.n_classes, classifier_channels=args.classifier_channels, bias=None)
+        pool = proportional_pools(shapes.classifier.regulated_shapes, args.pool_total)
     torch.manual_seed(seed)
     # Reservoir: random masks around one half (a Grow-biased random regulator would mask everything)
     bias = {"grow": "grow", "sculpt": "sculpt", "reservoir": "sculpt"}.get(method)
     return TSARNet.build(args.n_classes, classifier_channels=args.classifier_channels,
                          regulator_channels=args.regulator_channels, bias=bias, head=head, rank=args.rank,
-                         code=args.code, gain=args.gain, pool=args.pool)
+                         code=args.code, gain=args.gain, pool=pool)
 
 
 def head_label(head: str, args: argparse.Namespace) -> str:
-    """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``."""
+    """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
+    (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers)."""
     if head == "hashed":
-        return f"hashed-p{args.pool}"
+        return f"hashed-p{args.pool}" if args.pool_total is None else f"hashed-t{args.pool_total}"
     return f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
 
 
@@ -220,6 +228,8 @@ def head_name(head: str, settings: Dict[str, Any]) -> str:
     """A low-memory head's description for the targets (``head`` as :func:`head_label` names it)."""
     if head == "low_rank":
         return f"low-rank heads (rank {settings['rank']})"
+    if head.startswith("hashed-t"):
+        return f"hashed heads ({head.partition('-t')[2]} read-outs split in proportion to the layers)"
     if head.startswith("hashed"):
         return f"hashed heads (pool {head.partition('-p')[2]})"
     gain = head.partition("-g")[2]

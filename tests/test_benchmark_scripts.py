@@ -364,3 +364,16 @@ def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
     assert labelled.out.name == "dynamos_reward-study.json"
     with pytest.raises(SystemExit):
         dynamos_benchmark.parse_args(root + ["--label", "a b"])
+
+
+def test_machine_line_names_the_processor_family_and_vector_extensions():
+    zen4 = {"cpu_family": 25, "model": 17, "avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": False}
+    older = {"cpu_family": 23, "model": 49, "avx2": True, "avx512f": False, "avx512_bf16": False}
+    assert _report.cpu_details_text(zen4) == ", family 25 model 17, AVX-512 with BF16"
+    assert _report.cpu_details_text(older) == ", family 23 model 49, AVX2, no AVX-512"
+    assert _report.cpu_details_text(None) == "" and _report.cpu_details_text({}) == ""
+    machine = {"cpu_count": 2, "cpu_model": "AMD EPYC", "torch": "2", "avalanche": "0.6", "torch_threads": 2,
+               "cpu_details": zen4}
+    assert "(AMD EPYC, family 25 model 17, AVX-512 with BF16)" in _report.machine_line(machine)
+    details = _report.cpu_details()  # this machine: whatever it is, the record has the fields the text reads
+    assert details == {} or {"avx2", "avx512f", "avx512_bf16"} <= set(details)

@@ -240,3 +240,18 @@ def test_compare_batche_target_counts_the_seeds_each_method_wins():
     # Only the seeds both rows have are paired; one seed alone says nothing more than the means.
     rows[1] = row("BatchE-FC256", 2340, [0.907, 0.900], seeds=(0, 5))
     assert compare.check_targets(rows)[0]["measured"].endswith("(2,340)")
+
+
+def test_compare_batche_target_says_on_which_tasks_each_method_wins():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import compare
+
+    ours = {"stream": "rotated", "method": "NeuroModNet-FC256", "avg_accuracy": 0.905, "params_per_task": 1299,
+            "seconds_per_task": 1.0, "seeds": [0], "final_accuracies": [0.90, 0.91, 0.90, 0.91, 0.90, 0.90]}
+    batche = dict(ours, method="BatchE-FC256", avg_accuracy=0.906, params_per_task=2340,
+                  final_accuracies=[0.95, 0.93, 0.89, 0.90, 0.89, 0.92])
+    (checked,) = compare.check_targets([ours, batche])
+    assert not checked["met"]
+    assert checked["measured"].endswith("; NeuroModNet-FC256 above on 3 of 6 tasks (BatchE-FC256 on tasks 0-1, 5)")
+    assert compare._ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert compare.task_wins(dict(ours, final_accuracies=[0.9]), dict(batche, final_accuracies=[0.8])) == ""

@@ -132,6 +132,28 @@ def test_channels_last_is_only_a_layout():
         assert torch.allclose(p.grad, q.grad, atol=1e-4)
 
 
+def test_mixed_precision_runs_the_convolutions_in_bfloat16_and_the_rest_in_float32():
+    torch.manual_seed(0)
+    exact = DynamosResNet18(n_classes=5)
+    mixed = DynamosResNet18(n_classes=5, mixed_precision=True)
+    mixed.load_state_dict(exact.state_dict())  # the same parameters: checkpoints move between the two
+    seen = {}
+    mixed.stem[0].register_forward_hook(lambda m, i, o: seen.update(conv=o.dtype))  # returns None: output kept
+    x = torch.rand(6, 1, 28, 28)
+    exact.eval(), mixed.eval()
+    logits = mixed(x)
+    assert seen["conv"] == torch.bfloat16
+    assert logits.dtype == torch.float32 and mixed.last_gates.attention.dtype == torch.float32
+    reference = exact(x)
+    assert not torch.equal(logits, reference)  # bfloat16 rounding is there...
+    assert torch.allclose(logits, reference, atol=0.1 * reference.abs().max().item())  # ...and small
+    torch.manual_seed(1)
+    logits = mixed.train()(x)
+    (logits.sum() + mixed.last_gates.attention.sum() + mixed.last_gates.log_probs.sum()).backward()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in mixed.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in mixed.parameters())
+
+
 def test_detached_agent_inputs_keep_agent_gradients_out_of_the_backbone():
     torch.manual_seed(0)
     x = torch.rand(4, 1, 28, 28)
@@ -558,6 +580,32 @@ def test_same_seed_same_numbers(mnist360):
         return torch.cat([p.detach().flatten() for p in strategy.model.parameters()])
 
     assert torch.equal(run(), run())
+
+
+def test_mixed_precision_training_is_reproducible(mnist360):
+    def run(mixed_precision):
+        torch.manual_seed(7)
+        strategy = _dynamos(model=DynamosResNet18(n_classes=10, mixed_precision=mixed_precision))
+        strategy.train(list(itertools.islice(mnist360.online_train_stream, 5)))
+        return torch.cat([p.detach().flatten() for p in strategy.model.parameters()])
+
+    mixed = run(True)
+    assert torch.equal(mixed, run(True))  # same seed, same numbers
+    assert not torch.equal(mixed, run(False))
+
+
+def test_mixed_precision_gradients_point_where_float32_ones_do():
+    torch.manual_seed(0)
+    exact = DynamosResNet18(n_classes=10, agents=False)  # no sampling: the same function up to rounding
+    mixed = DynamosResNet18(n_classes=10, agents=False, mixed_precision=True)
+    mixed.load_state_dict(exact.state_dict())
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    grads = []
+    for model in (exact, mixed):
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert nn.functional.cosine_similarity(*grads, dim=0) > 0.99
+    assert not torch.equal(*grads)
 
 
 def test_train_online_in_chunks_equals_one_experience_per_call(mnist360):

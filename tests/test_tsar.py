@@ -38,6 +38,7 @@ from avalanche_neuromod.models import (
     Regulator,
     SingleImageNorm,
     TSARNet,
+    proportional_pools,
     regulated_conv2d,
     regulated_linear,
 )
@@ -385,6 +386,30 @@ def test_hashed_heads_build_round_trip_and_memory():
     torch.testing.assert_close(again(x), net(x))
     n_full, n_hashed, entries = _head_parameters_at_paper_size(head="hashed", pool=512)
     assert n_hashed == 4 * 512 * 1728 + 2 * entries and n_hashed * 100 < n_full
+
+
+def test_proportional_pools_split_the_read_outs_by_entries():
+    shapes = [(32, 3, 3, 3), (32, 32, 3, 3), (32, 32, 3, 3), (200, 32)]  # 864, 9216, 9216, 6400 entries
+    pools = proportional_pools(shapes, 2048)
+    assert pools == [69, 735, 734, 510] and sum(pools) == 2048  # 2048 * 864 / 25696 = 68.9, ...
+    assert proportional_pools(shapes, 4) == [1, 1, 1, 1]  # at least one read-out each
+    assert proportional_pools([(2,), (1000,)], 3) == [1, 2]
+    assert proportional_pools([(2,), (3,)], 100) == [2, 3]  # never more than one per entry
+    with pytest.raises(ValueError, match="at least 4"):
+        proportional_pools(shapes, 3)
+
+
+def test_hashed_heads_take_one_pool_per_regulated_weight():
+    net = TSARNet.build(7, head="hashed", pool=[1, 2, 3, 4], **SMALL)
+    assert [h.pool for h in net.regulator.heads] == [1, 2, 3, 4]
+    assert net.config["regulator"]["pool"] == [1, 2, 3, 4]
+    again = TSARNet.from_config(net.config)
+    assert [h.pool for h in again.regulator.heads] == [1, 2, 3, 4]
+    again.load_state_dict(net.state_dict())
+    x = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(again(x), net(x))
+    with pytest.raises(ValueError, match="one per weight"):
+        TSARNet.build(7, head="hashed", pool=[1, 2], **SMALL)
 
 
 def test_factored_heads_build_round_trip_and_memory():
@@ -852,6 +877,12 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert all(head.gain == 8.0 for head in model.regulator.heads)
     hashed = tsar_benchmark.parse_args(["--heads", "hashed", "--pool", "64"])
     assert tsar_benchmark.head_label("hashed", hashed) == "hashed-p64"
+    split = tsar_benchmark.parse_args(["--heads", "hashed", "--pool-total", "2048"])
+    assert tsar_benchmark.head_label("hashed", split) == "hashed-t2048"
+    assert [h.pool for h in tsar_benchmark.fresh_model("grow", "hashed", split, seed=0).regulator.heads] == [
+        69, 735, 734, 510]  # the default sizes: 32 channels, 200 outputs
+    assert tsar_benchmark.head_name("hashed-t2048", {}) == (
+        "hashed heads (2048 read-outs split in proportion to the layers)")
     model = tsar_benchmark.fresh_model("grow", "hashed", hashed, seed=0)
     assignment_bytes = sum(b.numel() * b.element_size() for b in model.regulator.buffers())
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.regulator.parameters())

@@ -5,7 +5,8 @@ from .batch_ensemble import BatchELayer, BatchENet, BatchEResNet18, RankOneFacto
 from .crwn import CRWNModule, FlyNet, NeuroModNet, NeuroModResNet18, SparseFlyEncoder
 from .dynamos import AgentDecision, ChannelAgent, DynamosResNet18, GateRecord, require_agents
 from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, RegulatedClassifier, Regulator,
-                   SingleImageNorm, TSARNet, regulated_conv2d, regulated_linear, regulation_bias)
+                   SingleImageNorm, TSARNet, proportional_pools, regulated_conv2d, regulated_linear,
+                   regulation_bias)
 from .psp import PSP_CONTEXTS, PSPContexts, PSPLayer, PSPNet, PSPResNet18, random_orthogonal
 from .reference import IndependentLayer, MTLNet, MTLResNet18, SharedLayer, STLNet, STLResNet18, TaskWeights
 from .supsup import SupermaskScores, SupSupLayer, SupSupNet, SupSupResNet18, topk_mask
@@ -36,6 +37,7 @@ __all__ = [
     "MTLResNet18",
     "NeuroModNet",
     "NeuroModResNet18",
+    "proportional_pools",
     "PSP_CONTEXTS",
     "PSPContexts",
     "PSPLayer",

@@ -480,6 +480,36 @@ class HashedHead(_RegulationHead):
         return torch.addcmul(self.bias, self.scale, shared).view(f.shape[0], *self.shape)
 
 
+def proportional_pools(regulated_shapes: Sequence[Sequence[int]], total: int) -> List[int]:
+    """Split ``total`` shared read-outs among hashed heads in proportion to their weights' entries.
+
+    Every head gets at least one read-out and at most one per entry; the
+    shares are rounded by largest remainder, so they sum to ``total`` (or to
+    the number of entries, if smaller). Each read-out then serves about the
+    same number of entries in every layer, where one ``pool`` for all heads
+    gives a small layer as many read-outs as a large one.
+
+    :param regulated_shapes: shapes of the regulated weights
+        (:attr:`RegulatedClassifier.regulated_shapes`).
+    :param total: read-outs over all heads (at least one per head).
+    :returns: one pool per regulated weight, for ``Regulator(pool=...)``.
+    """
+    entries = [math.prod(s) for s in regulated_shapes]
+    if total < len(entries):
+        raise ValueError(f"total={total} read-outs cannot give each of the {len(entries)} regulated weights one; "
+                         f"use at least {len(entries)}.")
+    total = min(total, sum(entries))
+    exact = [total * e / sum(entries) for e in entries]
+    pools = [min(e, max(1, math.floor(x))) for e, x in zip(entries, exact)]
+    by_remainder = sorted(range(len(entries)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
+    while sum(pools) != total:
+        step = 1 if sum(pools) < total else -1
+        for i in by_remainder if step > 0 else reversed(by_remainder):
+            if sum(pools) != total and 1 <= pools[i] + step <= entries[i]:
+                pools[i] += step
+    return pools
+
+
 class Regulator(nn.Module):
     """TSAR's regulator: a convolutional trunk and one sigmoid head per regulated weight.
 
@@ -500,12 +530,14 @@ class Regulator(nn.Module):
     :param rank: rank of the low-rank heads.
     :param code: code size of the factored heads.
     :param gain: read-out gain of the factored heads (:class:`FactoredHead`).
-    :param pool: shared read-outs of each hashed head (:class:`HashedHead`).
+    :param pool: shared read-outs of each hashed head (:class:`HashedHead`):
+        one number for every head, or one per regulated weight (e.g. from
+        :func:`proportional_pools`).
     """
 
     def __init__(self, regulated_shapes: Sequence[Sequence[int]], *, in_channels: int = 3, channels: int = 192,
                  input_size: int = 28, bias: Union[str, float] = "grow", head: str = "full", rank: int = 4,
-                 code: int = 32, gain: float = 1.0, pool: int = 512):
+                 code: int = 32, gain: float = 1.0, pool: Union[int, Sequence[int]] = 512):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {head!r}.")
@@ -517,8 +549,12 @@ class Regulator(nn.Module):
                        "code": code}
         if gain != 1.0:  # only then: configs (and checkpoints) of gain 1 stay as they were before the option
             self.config["gain"] = gain
+        pools = [pool] * len(regulated_shapes) if isinstance(pool, int) else [int(p) for p in pool]
+        if len(pools) != len(regulated_shapes):
+            raise ValueError(f"pool has {len(pools)} values for {len(regulated_shapes)} regulated weights; give one "
+                             f"number for all heads or one per weight.")
         if head == "hashed":
-            self.config["pool"] = pool
+            self.config["pool"] = pool if isinstance(pool, int) else pools
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
                                     nn.Conv2d(channels, channels, 3)])
         self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
@@ -526,11 +562,11 @@ class Regulator(nn.Module):
             nn.init.kaiming_normal_(conv.weight)
             nn.init.zeros_(conv.bias)
         self.features = channels * _conv_out(input_size, 3, 2) ** 2
-        make = {"full": lambda s: FullHead(self.features, s, value),
-                "factored": lambda s: FactoredHead(self.features, s, value, code, gain),
-                "low_rank": lambda s: LowRankHead(self.features, s, value, rank),
-                "hashed": lambda s: HashedHead(self.features, s, value, pool)}[head]
-        self.heads = nn.ModuleList([make(s) for s in regulated_shapes])
+        make = {"full": lambda s, _: FullHead(self.features, s, value),
+                "factored": lambda s, _: FactoredHead(self.features, s, value, code, gain),
+                "low_rank": lambda s, _: LowRankHead(self.features, s, value, rank),
+                "hashed": lambda s, p: HashedHead(self.features, s, value, p)}[head]
+        self.heads = nn.ModuleList([make(s, p) for s, p in zip(regulated_shapes, pools)])
 
     def trunk_parameters(self) -> List[nn.Parameter]:
         """The trunk's parameters (frozen during domain transfer)."""
@@ -586,7 +622,8 @@ class TSARNet(nn.Module):
     def build(cls, n_classes: int = 1000, *, in_channels: int = 3, input_size: int = 28,
               classifier_channels: int = 112, regulator_channels: int = 192,
               bias: Union[str, float, None] = "grow", head: str = "full", rank: int = 4, code: int = 32,
-              gain: float = 1.0, pool: int = 512, pool_before_norm: bool = False) -> "TSARNet":
+              gain: float = 1.0, pool: Union[int, Sequence[int]] = 512,
+              pool_before_norm: bool = False) -> "TSARNet":
         """Both networks at the given sizes (the defaults are the paper's).
 
         :param n_classes: class prediction outputs.
@@ -600,7 +637,8 @@ class TSARNet(nn.Module):
         :param rank: rank of low-rank heads.
         :param code: code size of factored heads.
         :param gain: read-out gain of factored heads (:class:`FactoredHead`).
-        :param pool: shared read-outs of each hashed head (:class:`HashedHead`).
+        :param pool: shared read-outs of each hashed head (:class:`HashedHead`), one number for all or one
+            per regulated weight (:func:`proportional_pools`).
         :param pool_before_norm: the paper's block order in the classifier.
         """
         classifier = RegulatedClassifier(n_classes, in_channels=in_channels, channels=classifier_channels,
