@@ -31,6 +31,7 @@ applied to one image): :class:`SingleImageNorm`.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -549,12 +550,13 @@ class Regulator(nn.Module):
                        "code": code}
         if gain != 1.0:  # only then: configs (and checkpoints) of gain 1 stay as they were before the option
             self.config["gain"] = gain
-        pools = [pool] * len(regulated_shapes) if isinstance(pool, int) else [int(p) for p in pool]
+        single = isinstance(pool, numbers.Integral)
+        pools = [int(pool)] * len(regulated_shapes) if single else [int(p) for p in pool]
         if len(pools) != len(regulated_shapes):
             raise ValueError(f"pool has {len(pools)} values for {len(regulated_shapes)} regulated weights; give one "
                              f"number for all heads or one per weight.")
         if head == "hashed":
-            self.config["pool"] = pool if isinstance(pool, int) else pools
+            self.config["pool"] = int(pool) if single else pools
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
                                     nn.Conv2d(channels, channels, 3)])
         self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
