@@ -410,6 +410,8 @@ def test_hashed_heads_take_one_pool_per_regulated_weight():
     torch.testing.assert_close(again(x), net(x))
     with pytest.raises(ValueError, match="one per weight"):
         TSARNet.build(7, head="hashed", pool=[1, 2], **SMALL)
+    numpy_pool = TSARNet.build(7, head="hashed", pool=np.int64(3), **SMALL)  # any integer, as one pool for all
+    assert [h.pool for h in numpy_pool.regulator.heads] == [3, 3, 3, 3] and numpy_pool.config["regulator"]["pool"] == 3
 
 
 def test_factored_heads_build_round_trip_and_memory():
