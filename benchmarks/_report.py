@@ -114,14 +114,22 @@ def git_info() -> Dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD").strip(), "dirty_files": git("status", "--porcelain").splitlines()}
 
 
-def cpu_model() -> str:
-    """The processor's name as the system reports it (``/proc/cpuinfo``'s model name on Linux)."""
+def _first_processor() -> Dict[str, str]:
+    """The fields of the first processor in ``/proc/cpuinfo`` (empty where there is none)."""
     cpuinfo = Path("/proc/cpuinfo")
+    fields: Dict[str, str] = {}
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
+            if not line.strip():
+                break  # the first processor is enough
+            name, _, value = line.partition(":")
+            fields[name.strip()] = value.strip()
+    return fields
+
+
+def cpu_model() -> str:
+    """The processor's name as the system reports it (``/proc/cpuinfo``'s model name on Linux)."""
+    return _first_processor().get("model name") or platform.processor()
 
 
 def cpu_details() -> Dict[str, Any]:
@@ -129,15 +137,9 @@ def cpu_details() -> Dict[str, Any]:
 
     Empty where ``/proc/cpuinfo`` is missing.
     """
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
+    fields = _first_processor()
+    if not fields:
         return {}
-    fields: Dict[str, str] = {}
-    for line in cpuinfo.read_text().splitlines():
-        if not line.strip():
-            break  # the first processor is enough
-        name, _, value = line.partition(":")
-        fields[name.strip()] = value.strip()
     flags = set(fields.get("flags", "").split())
     details: Dict[str, Any] = {k.replace(" ", "_"): int(fields[k]) for k in ("cpu family", "model")
                                if fields.get(k, "").isdigit()}

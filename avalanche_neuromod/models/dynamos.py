@@ -426,6 +426,6 @@ class DynamosResNet18(nn.Module):
         return h.mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.features(x)
-        with self._autocast(x):
-            return self.classifier(features).to(x.dtype)
+        self.check_input(x)
+        with self._autocast(x):  # one autocast region: the features reach the classifier still in bfloat16
+            return self.classifier(self._features(x)).to(x.dtype)
