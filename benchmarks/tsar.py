@@ -45,6 +45,7 @@ import argparse
 import collections
 import copy
 import itertools
+import json
 import resource
 import statistics
 import sys
@@ -62,7 +63,7 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "tsar.json"
 IMAGES = REPO_ROOT / "docs" / "images"
 N_THREADS = 2
 SCALE_SETTINGS = ("meta_iterations", "second_order", "classifier_channels", "regulator_channels", "n_classes",
-                  "omniglot_classes", "selection_seed")
+                  "omniglot_classes", "selection_seed", "transfer_optimizer")
 """The settings that runs merged by ``--append`` must share."""
 METHODS = ("grow", "sculpt", "no_regulation", "scratch", "reservoir")
 META_LEARNED = ("grow", "sculpt", "no_regulation")
@@ -106,6 +107,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="instead of --pool: this many read-outs over all hashed heads, split in proportion "
                              "to each regulated weight's entries (proportional_pools; the head 'hashed-tT').")
     parser.add_argument("--transfers", nargs="+", choices=TRANSFERS, default=list(TRANSFERS))
+    parser.add_argument("--transfer-optimizer", choices=("adam", "sgd"), default="adam",
+                        help="the update of domain transfer: the paper's Adam, or plain SGD (the update the inner "
+                             "loop of meta-learning uses; a diagnostic).")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="keep each run's meta-learner here: a killed run resumes where its last checkpoint "
+                             "left it, and a finished one is reused (e.g. for transfers with other settings) "
+                             "instead of meta-learning again.")
     parser.add_argument("--classifier-channels", type=int, default=32)
     parser.add_argument("--regulator-channels", type=int, default=32)
     parser.add_argument("--n-classes", type=int, default=200, help="outputs of the class prediction layer.")
@@ -158,7 +166,7 @@ def build_transfers(root: Path, seeds: Sequence[int], selection_seed: int, wante
 
 
 def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequence[Any] = (),
-             immediate: bool = False) -> Dict[str, Any]:
+             immediate: bool = False, optimizer_name: str = "adam") -> Dict[str, Any]:
     """One transfer sequence; recall overall and by position, held-out accuracy, seconds.
 
     ``immediate``: also the accuracy on each class right after it was learned (reported sequences only:
@@ -170,7 +178,7 @@ def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequ
 
     torch.manual_seed(seed)
     recorder = ImmediateAccuracyPlugin() if immediate else None
-    strategy = strategy_cls(model=copy.deepcopy(model), lr=lr, seed=seed,
+    strategy = strategy_cls(model=copy.deepcopy(model), lr=lr, optimizer_name=optimizer_name, seed=seed,
                             plugins=[*plugins, *([recorder] if recorder else [])],
                             evaluator=make_evaluator(forgetting=False, bwt=False, timing=False, progress_bar=False))
     start = time.perf_counter()
@@ -236,8 +244,34 @@ def head_name(head: str, settings: Dict[str, Any]) -> str:
     return f"factored heads (code {settings.get('code', 24)}" + (f", gain {gain})" if gain else ")")
 
 
-def choose_lr(method: str, model, selection, grid: Sequence[float]) -> Dict[str, Any]:
-    scores = {lr: transfer(strategy_for(method), model, selection, lr, seed=0)["recall"] for lr in grid}
+def checkpoint_file(args: argparse.Namespace, method: str, head: str, meta_seed: int) -> Optional[Path]:
+    """Where ``--checkpoint-dir`` keeps a run's meta-learner (None without it).
+
+    The name holds what shapes the networks and the meta-learning (not the
+    budget: a longer run continues a shorter one's file); a file whose
+    settings still differ is refused by the learner with the difference named.
+    """
+    if args.checkpoint_dir is None:
+        return None
+    order = "second" if args.second_order else "first"
+    return args.checkpoint_dir / (f"{method}_{head}_meta{meta_seed}_{order}-order_c{args.classifier_channels}"
+                                  f"_r{args.regulator_channels}_n{args.n_classes}.pt")
+
+
+def read_curve(checkpoint: Path) -> List[Dict[str, Any]]:
+    """The curve points measured while the checkpoint's learner was meta-learned (none if not recorded)."""
+    path = checkpoint.with_suffix(".curve.json")
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def write_curve(checkpoint: Path, points: List[Dict[str, Any]]) -> None:
+    """Keep the curve points beside the checkpoint, so that a resumed run keeps the points before it."""
+    checkpoint.with_suffix(".curve.json").write_text(json.dumps(points, indent=1))
+
+
+def choose_lr(method: str, model, selection, grid: Sequence[float], optimizer_name: str = "adam") -> Dict[str, Any]:
+    scores = {lr: transfer(strategy_for(method), model, selection, lr, seed=0, optimizer_name=optimizer_name)["recall"]
+              for lr in grid}
     best = max(scores, key=scores.get)
     return {"lr": best, "selection_recall": {str(k): v for k, v in scores.items()}}
 
@@ -256,30 +290,44 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     head = head_label(head, args)
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
-    curve_seconds = [0.0]
     selection = transfers[("selection", args.selection_seed)]
     first = transfers.get(("omniglot", args.transfer_seeds[0]))
+    optimizer = args.transfer_optimizer
     if method in META_LEARNED:
+        checkpoint = checkpoint_file(args, method, head, meta_seed)
         learner = TSARMetaLearner(model, images, labels, seed=meta_seed, second_order=args.second_order,
-                                  inner_params="head" if method == "no_regulation" else "all")
+                                  inner_params="head" if method == "no_regulation" else "all",
+                                  checkpoint_path=checkpoint)
+        if checkpoint is not None and checkpoint.exists():
+            done = learner.load_checkpoint(checkpoint)
+            if done > args.meta_iterations:
+                raise SystemExit(f"{checkpoint} holds {done} meta-iterations, more than --meta-iterations "
+                                 f"{args.meta_iterations}. Fix: raise --meta-iterations, or use another "
+                                 f"--checkpoint-dir.")
+            run["meta_resumed_at"] = done
+            run["curve"] = [p for p in read_curve(checkpoint) if p["meta_iterations"] <= done
+                            and (p["lr"], p.get("optimizer", "adam")) == (args.curve_lr, optimizer)]
+            progress(f"  {method}/{head} meta seed {meta_seed}: resumed from {checkpoint} at meta-iteration {done}")
 
         def curve_point(l: TSARMetaLearner) -> None:
             if args.curve_every and first is not None and l.iteration % args.curve_every == 0 \
                     and l.iteration < args.meta_iterations:
-                tic = time.perf_counter()
-                point = transfer(strategy_for(method), l.model, first, args.curve_lr, seed=args.transfer_seeds[0])
-                run["curve"].append({"meta_iterations": l.iteration, "recall": point["recall"], "lr": args.curve_lr})
-                curve_seconds[0] += time.perf_counter() - tic
+                point = transfer(strategy_for(method), l.model, first, args.curve_lr, seed=args.transfer_seeds[0],
+                                 optimizer_name=optimizer)
+                run["curve"].append({"meta_iterations": l.iteration, "recall": point["recall"], "lr": args.curve_lr,
+                                     "optimizer": optimizer})
+                if checkpoint is not None:
+                    write_curve(checkpoint, run["curve"])
                 progress(f"  {method}/{head} meta-it {l.iteration}: recall {100 * point['recall']:.1f}% "
                          f"(lr {args.curve_lr:g})")
 
-        start = time.perf_counter()
-        learner.fit(args.meta_iterations, progress=True, callback=curve_point)
-        run["meta_seconds"] = time.perf_counter() - start - curve_seconds[0]
+        learner.fit(args.meta_iterations, progress=True, resume=False, callback=curve_point)
+        run["meta_seconds"] = learner.seconds
         run["meta_final_loss"] = statistics.mean(learner.history["loss"][-100:])
         run["meta_final_accuracy"] = statistics.mean(learner.history["accuracy"][-100:])
         model = learner.model
-    run.update(choose_lr(method, model, selection, args.lr_grid))
+    run.update(choose_lr(method, model, selection, args.lr_grid, optimizer))
+    run["transfer_optimizer"] = optimizer
     progress(f"  {method}/{head} meta seed {meta_seed}: lr {run['lr']} chosen on sequence {args.selection_seed} "
              f"({run['selection_recall']})")
     run["transfers"] = {}
@@ -291,7 +339,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
             recorder = RegulationRecorder("C3", thresholds=(0.5, 0.9))
             recorded[f"{method}/{head}, meta seed {meta_seed}"] = recorder.statistics
         outcome = transfer(strategy_for(method), model, bench, run["lr"], seed, [recorder] if recorder else [],
-                           immediate=True)
+                           immediate=True, optimizer_name=optimizer)
         if recorder is not None:
             run["regulation_c3"] = regulation_summary(recorder.statistics)
         run["transfers"][f"{name}/{seed}"] = outcome
@@ -301,7 +349,8 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     if args.curve_every and first is not None and method in META_LEARNED:
         final = run["transfers"].get(f"omniglot/{args.transfer_seeds[0]}")
         if final is not None:
-            run["curve"].append({"meta_iterations": args.meta_iterations, "recall": final["recall"], "lr": run["lr"]})
+            run["curve"].append({"meta_iterations": args.meta_iterations, "recall": final["recall"], "lr": run["lr"],
+                                 "optimizer": optimizer})
     return run
 
 
@@ -459,7 +508,8 @@ def markdown_section(result: Dict[str, Any]) -> str:
     lines += [
         f"- Scale: {result['scale']}",
         f"- Peak resident memory of the whole run: {result['peak_rss_mb']:.0f} MB.",
-        f"- Transfer learning rate per method and meta seed chosen from {s['lr_grid']} on Omniglot sequence "
+        f"- Transfer with {'plain SGD' if s.get('transfer_optimizer') == 'sgd' else 'Adam'} at batch 1; "
+        f"learning rate per method and meta seed chosen from {s['lr_grid']} on Omniglot sequence "
         f"{s['selection_seed']} (another class order and draw; never reported).",
         *machines_line(result["runs"]),
         "",
@@ -551,6 +601,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from avalanche_neuromod.benchmarks import load_omniglot
 
     torch.set_num_threads(N_THREADS)
+    if args.checkpoint_dir is not None:
+        args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     full_scale = args.meta_iterations >= 3000
     result: Dict[str, Any] = {
         **result_header(argv, __file__, root),
@@ -568,7 +620,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     earlier_figures: List[str] = []
     if args.append:
         previous = load_previous(args.out, {k: getattr(args, k) for k in SCALE_SETTINGS},
-                                 defaults={"second_order": False})
+                                 defaults={"second_order": False, "transfer_optimizer": "adam"})
         for run in previous["runs"]:  # runs written before runs named their machine: the file's machine
             run.setdefault("cpu_model", (previous["machine"] or {}).get("cpu_model"))
         result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]

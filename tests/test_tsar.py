@@ -538,6 +538,22 @@ def test_meta_learner_resumes_to_the_same_weights(tmp_path):
         other.fit(8, progress=False)
 
 
+def test_meta_learner_counts_its_seconds_across_resumes(tmp_path):
+    part = _learner(tmp_path)
+    part.fit(3, progress=False)
+    assert part.seconds > 0
+    resumed = _learner(tmp_path)
+    assert resumed.seconds == 0.0
+    resumed.load_checkpoint(tmp_path / "meta.pt")
+    assert resumed.seconds == part.seconds  # the file carries the time of the part already done
+    resumed.fit(5, progress=False, resume=False)
+    assert resumed.seconds > part.seconds
+    old = resumed.state_dict()
+    del old["seconds"]  # a file written before the time was recorded still loads
+    resumed.load_state_dict(old)
+    assert resumed.seconds == 0.0
+
+
 META_SCRIPT = textwrap.dedent("""
     import sys, time, torch
     torch.set_num_threads(1)
@@ -633,6 +649,25 @@ def test_transfer_resets_freezes_and_learns_one_image_at_a_time_in_order(tmp_pat
     results = strategy.eval(bench.test_stream)
     assert "Top1_Acc_Stream/eval_phase/test_stream/Task000" in results
     assert "Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp002" in results
+
+
+def test_transfer_with_plain_sgd_takes_the_hand_computed_step(tmp_path):
+    path, _ = _meta_model_file(tmp_path)
+    bench = DomainTransfer("digits", n_classes=1, n_images=1, seed=0)
+    strategy = TSAR.from_checkpoint(path, n_classes=8, seed=0, lr=0.05, optimizer_name="sgd",
+                                    evaluator=make_evaluator(progress_bar=False))
+    assert type(strategy.optimizer) is torch.optim.SGD and strategy.optimizer_name == "sgd"
+    model = strategy.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    experience = bench.train_stream[0]
+    x, y = _images(experience), torch.as_tensor([experience.dataset[0][1]])
+    model.train()
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), [p for p in model.parameters() if p.requires_grad])
+    strategy.train(experience)
+    for (name, w), g in zip(before.items(), grads):
+        torch.testing.assert_close(dict(model.named_parameters())[name].detach(), w - 0.05 * g, msg=name)
+    with pytest.raises(ValueError, match="optimizer_name must be one of"):
+        TSAR.from_checkpoint(path, optimizer_name="rmsprop")
 
 
 def test_transfer_baselines_train_what_they_should(tmp_path):
@@ -838,6 +873,42 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
     assert tsar_benchmark.machines_line(mixed) == [
         "- Runs from more than one machine (AMD EPYC: 1 run(s), Intel Xeon: 2 run(s)); their seconds do not "
         "compare across machines."]
+
+
+def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mnist_root):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import json
+
+    import tsar as tsar_benchmark
+
+    base = fake_mnist_root / "omniglot-py"
+    make_omniglot_zip(base, "images_background_small1", {"Greek": 3, "Korean": 2}, drawings=20)
+    make_omniglot_zip(base, "images_background_small2", {"Greek": 3, "Tagalog": 3}, drawings=20)
+    checkpoints = tmp_path / "checkpoints"
+    common = ["--dataset-root", str(fake_mnist_root), "--curve-every", "1", "--meta-seeds", "0",
+              "--transfer-seeds", "0", "--lr-grid", "1e-2", "--classifier-channels", "4", "--regulator-channels",
+              "4", "--n-classes", "12", "--omniglot-classes", "3", "--transfers", "omniglot", "--methods", "grow",
+              "--figures", str(tmp_path / "images"), "--no-docs", "--checkpoint-dir", str(checkpoints)]
+    assert tsar_benchmark.main([*common, "--meta-iterations", "2", "--out", str(tmp_path / "a.json")]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())["runs"][0]
+    files = sorted(p.name for p in checkpoints.iterdir())
+    assert files == ["grow_full_meta0_first-order_c4_r4_n12.curve.json", "grow_full_meta0_first-order_c4_r4_n12.pt"]
+    assert "meta_resumed_at" not in first and first["meta_seconds"] > 0
+
+    # A longer budget continues the file (keeping the curve points before it), here with plain SGD transfers.
+    assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--transfer-optimizer", "sgd",
+                                "--curve-lr", "1e-2", "--out", str(tmp_path / "b.json")]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    run = result["runs"][0]
+    assert run["meta_resumed_at"] == 2 and run["meta_seconds"] > first["meta_seconds"]
+    assert run["transfer_optimizer"] == "sgd" and run["lr"] == 1e-2
+    assert [p["meta_iterations"] for p in run["curve"]] == [3]  # the earlier points were Adam's at another lr
+    assert "Transfer with plain SGD at batch 1" in tsar_benchmark.markdown_section(result)
+    with pytest.raises(SystemExit, match="holds 3 meta-iterations, more than --meta-iterations 2"):
+        tsar_benchmark.main([*common, "--meta-iterations", "2", "--out", str(tmp_path / "c.json")])
+    # Adam and SGD transfers are not merged into one file.
+    with pytest.raises(SystemExit, match="--transfer-optimizer sgd, this invocation adam"):
+        tsar_benchmark.main([*common, "--meta-iterations", "3", "--append", "--out", str(tmp_path / "b.json")])
 
 
 def test_benchmark_checks_each_low_memory_head_against_the_full_one():

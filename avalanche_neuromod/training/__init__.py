@@ -24,8 +24,8 @@ from .online import train_online
 from .reservoir import ReservoirBuffer
 from .synaptic_intelligence import SynapticIntelligence, SynapticIntelligencePlugin
 from .task_incremental import TaskIncrementalStrategy, TaskParametersPlugin, experience_task, task_optimizer_groups
-from .tsar import (TRANSFER_CP_BIAS, TSAR, TSARMetaLearner, TSARNoRegulation, TSARReservoir, TSARScratch,
-                   load_tsar_model, prepare_transfer, save_tsar_model)
+from .tsar import (TRANSFER_CP_BIAS, TRANSFER_OPTIMIZERS, TSAR, TSARMetaLearner, TSARNoRegulation, TSARReservoir,
+                   TSARScratch, load_tsar_model, prepare_transfer, save_tsar_model)
 from .untrained import SkipUntrainedEvalMixin, SkipUntrainedEvalPlugin, UntrainedTaskWarning
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "TaskParametersPlugin",
     "train_online",
     "TRANSFER_CP_BIAS",
+    "TRANSFER_OPTIMIZERS",
     "TSAR",
     "TSARMetaLearner",
     "TSARNoRegulation",

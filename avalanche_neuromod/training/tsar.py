@@ -25,6 +25,7 @@ are the paper's baselines on the same streams.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -42,6 +43,7 @@ from .checkpoint import CheckpointError, CheckpointMixin, _load_rng_state, _rng_
 
 __all__ = [
     "TRANSFER_CP_BIAS",
+    "TRANSFER_OPTIMIZERS",
     "TSAR",
     "TSARMetaLearner",
     "TSARNoRegulation",
@@ -79,6 +81,13 @@ def fast_adam(params: Sequence[nn.Parameter], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=lr)
+
+
+TRANSFER_OPTIMIZERS: Dict[str, Callable[[Sequence[nn.Parameter], float], torch.optim.Optimizer]] = {
+    "adam": fast_adam,
+    "sgd": lambda params, lr: torch.optim.SGD(list(params), lr=lr),
+}
+"""The updates :class:`TSAR` can transfer with (``optimizer_name``)."""
 
 
 def save_tsar_model(model: TSARNet, path: PathLike, **info: Any) -> None:
@@ -186,6 +195,8 @@ class TSARMetaLearner:
         self.iteration = 0
         self.history: Dict[str, List[float]] = {"loss": [], "accuracy": []}
         """Per meta-iteration: the outer loss and the adapted classifier's accuracy on the outer batch."""
+        self.seconds = 0.0
+        """Seconds spent in :meth:`step` so far, over every resumed part of the run (saved in checkpoints)."""
         names = [n for n, _ in model.classifier.named_parameters()]
         self._inner_names = names if inner_params == "all" else ["cp_weight", "cp_bias"]
 
@@ -206,6 +217,7 @@ class TSARMetaLearner:
 
     def step(self) -> Dict[str, float]:
         """One meta-iteration; returns its outer loss and accuracy."""
+        start = time.perf_counter()
         self.model.train()
         episode = self.sampler.sample()
         classifier = self.model.classifier
@@ -248,6 +260,7 @@ class TSARMetaLearner:
         record = {"loss": loss.item(), "accuracy": (logits.argmax(1) == y_out).float().mean().item()}
         for key, value in record.items():
             self.history[key].append(value)
+        self.seconds += time.perf_counter() - start
         return record
 
     def fit(self, n_iterations: int, *, progress: bool = True, resume: bool = True,
@@ -288,7 +301,7 @@ class TSARMetaLearner:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "sampler": self.sampler.state_dict(), "generator": self.generator.get_state(),
                 "iteration": self.iteration, "history": {k: list(v) for k, v in self.history.items()},
-                "rng": _rng_state()}
+                "seconds": self.seconds, "rng": _rng_state()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict`.
@@ -311,6 +324,7 @@ class TSARMetaLearner:
         self.generator.set_state(state["generator"])
         self.iteration = int(state["iteration"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+        self.seconds = float(state.get("seconds", 0.0))  # files of earlier versions hold no time
         _load_rng_state(state["rng"])
 
     def save_checkpoint(self, path: PathLike) -> None:
@@ -385,7 +399,11 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
     (``eval(benchmark.test_stream)`` gives recall per position).
 
     :param model: the networks (meta-learned, with a regulator).
-    :param lr: Adam's learning rate (choose it on a sequence you do not report).
+    :param lr: the learning rate (choose it on a sequence you do not report).
+    :param optimizer_name: ``"adam"`` (the paper's transfer) or ``"sgd"``
+        (plain SGD, the update the inner loop of meta-learning used; a
+        diagnostic: Adam divides each weight's step by its gradient's running
+        magnitude, which undoes much of the plasticity a mask gives).
     :param cp_bias: regulation bias of the reset class-prediction head (-2).
     :param train_mb_size: must be 1: the method learns one image per step.
     :param train_epochs: passes over each experience (1).
@@ -400,8 +418,8 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
     _train = "regulated"
     _needs_regulator: Optional[bool] = True
 
-    def __init__(self, *, model: TSARNet, lr: float = 1e-3, cp_bias: Union[str, float] = TRANSFER_CP_BIAS,
-                 train_mb_size: int = 1, train_epochs: int = 1, eval_mb_size: int = 256, device: Any = "cpu",
+    def __init__(self, *, model: TSARNet, lr: float = 1e-3, optimizer_name: str = "adam",
+                 cp_bias: Union[str, float] = TRANSFER_CP_BIAS, train_mb_size: int = 1, train_epochs: int = 1, eval_mb_size: int = 256, device: Any = "cpu",
                  plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
                  eval_every: int = -1, seed: Optional[int] = None, **base_kwargs: Any):
         name = type(self).__name__
@@ -413,6 +431,8 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
                              f"Fix: drop train_mb_size (it defaults to 1).")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}.")
+        if optimizer_name not in TRANSFER_OPTIMIZERS:
+            raise ValueError(f"optimizer_name must be one of {sorted(TRANSFER_OPTIMIZERS)}, got {optimizer_name!r}.")
         if self._needs_regulator is True and model.regulator is None:
             raise ValueError(f"{name} needs a model with a regulator. Fix: TSARNet.build(bias='grow'), or use "
                              f"TSARScratch / TSARNoRegulation for a classifier alone.")
@@ -422,8 +442,9 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         prepare_transfer(model, cp_bias=cp_bias, train=self._train, generator=generator)
         self.cp_bias = cp_bias
+        self.optimizer_name = optimizer_name
         trainable = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(model=model, optimizer=fast_adam(trainable, lr), criterion=nn.CrossEntropyLoss(),
+        super().__init__(model=model, optimizer=TRANSFER_OPTIMIZERS[optimizer_name](trainable, lr), criterion=nn.CrossEntropyLoss(),
                          train_mb_size=1, train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device,
                          plugins=list(plugins or []), evaluator=evaluator, eval_every=eval_every, **base_kwargs)
 
