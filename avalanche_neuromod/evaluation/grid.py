@@ -334,11 +334,33 @@ def _avalanche(settings, info, seed, common):
     raise ValueError(f"unknown Avalanche strategy kind {kind!r}.")
 
 
+def _dynamos(settings, info, seed, common):
+    """Dynamos (``kind="dynamos"``) or its ablation ConsistencyReplay (``"consistency_replay"``) on the
+    reduced ResNet-18 of the Dynamos paper, with a Table 5 row's loss weights and the grid's budget."""
+    from ..models import DynamosResNet18
+    from ..training import ConsistencyReplay, Dynamos, IterationBudgetPlugin
+
+    if len(info.image_shape) != 3:
+        raise ValueError(f"{settings['kind']} trains a convolutional network on images (C, H, W); this stream's "
+                         f"inputs have shape {info.image_shape}. Fix: a stream of images (rotated, permuted, split).")
+    torch.manual_seed(seed)
+    agents = settings["kind"] == "dynamos"
+    model = DynamosResNet18(info.n_classes, in_channels=info.image_shape[0], agents=agents)
+    strategy_cls = Dynamos if agents else ConsistencyReplay
+    overrides = {k: settings[k] for k in ("lr", "replay_batch_size") if k in settings}
+    return strategy_cls.preset(
+        settings.get("preset", "mnist360"), int(settings.get("buffer_size", 500)), model, seed=seed,
+        train_mb_size=int(settings.get("batch_size", common["train_mb_size"])), eval_mb_size=common["eval_mb_size"],
+        device=common["device"], evaluator=common["evaluator"],
+        plugins=[IterationBudgetPlugin(common["n_iterations"])], **overrides)
+
+
 MethodBuilder = Callable[[Dict[str, Any], StreamInfo, int, Dict[str, Any]], Any]
 
 METHOD_KINDS: Dict[str, MethodBuilder] = {
     "crwn": _crwn, "psp": _psp, "batche": _batche, "supsup": _supsup, "stl": _stl, "mtl": _mtl,
     **{k: _avalanche for k in ("naive", "ewc", "si", "lwf", "replay", "der", "packnet")},
+    "dynamos": _dynamos, "consistency_replay": _dynamos,
 }
 """Method kind -> ``builder(settings, stream_info, seed, common)`` returning an Avalanche strategy.
 
@@ -351,7 +373,12 @@ Per kind: ``crwn``: ``expansion``, ``local_only``;
 ``psp``: ``context``; ``batche``: ``shared_lr``; ``supsup``: ``density``;
 Avalanche's: ``momentum``, ``mem_size``, ``ewc_lambda``, ``si_lambda``,
 ``alpha``, ``beta``, ``temperature``, ``epochs``/``post_prune_epochs``/
-``prune_proportion`` (PackNet)."""
+``prune_proportion`` (PackNet); ``dynamos`` and ``consistency_replay``
+(on :class:`~avalanche_neuromod.models.DynamosResNet18`, with and without
+agents): ``preset`` (a Table 5 stream, default ``"mnist360"``),
+``buffer_size`` (one of that stream's buffers, default 500), ``batch_size``
+(mini-batch size instead of the grid's: the paper's 16 on MNIST-360),
+``replay_batch_size``, ``lr``."""
 
 JOINT_KINDS = {"mtl"}
 """Kinds trained once on the whole stream (the others: task by task)."""
