@@ -211,10 +211,10 @@ def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
                                   f"{100 * batche['avg_accuracy']:.2f}% ({batche['params_per_task']:,})"
                                   + paired_wins(ref, batche) + task_wins(ref, batche), stream=stream))
         ours = [r for r in (_row(rows, stream, name) for name in CRWN_CONTENDERS) if r]
+        best = max(ours, key=lambda r: r["avg_accuracy"]) if ours else None
         for sup_name, which in SUPSUP_REFERENCES:
             supsup = _row(rows, stream, sup_name)
-            if supsup and ours:
-                best = max(ours, key=lambda r: r["avg_accuracy"])
+            if supsup and best:
                 targets.append(target(f"FlyNet or NeuroModNet reaches {sup_name} ({which})",
                                       best["avg_accuracy"] >= supsup["avg_accuracy"] - 0.005,
                                       f"{best['method']} {100 * best['avg_accuracy']:.2f}% vs SupSup "

@@ -419,7 +419,8 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
     _needs_regulator: Optional[bool] = True
 
     def __init__(self, *, model: TSARNet, lr: float = 1e-3, optimizer_name: str = "adam",
-                 cp_bias: Union[str, float] = TRANSFER_CP_BIAS, train_mb_size: int = 1, train_epochs: int = 1, eval_mb_size: int = 256, device: Any = "cpu",
+                 cp_bias: Union[str, float] = TRANSFER_CP_BIAS, train_mb_size: int = 1, train_epochs: int = 1,
+                 eval_mb_size: int = 256, device: Any = "cpu",
                  plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
                  eval_every: int = -1, seed: Optional[int] = None, **base_kwargs: Any):
         name = type(self).__name__
@@ -444,8 +445,8 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
         self.cp_bias = cp_bias
         self.optimizer_name = optimizer_name
         trainable = [p for p in model.parameters() if p.requires_grad]
-        super().__init__(model=model, optimizer=TRANSFER_OPTIMIZERS[optimizer_name](trainable, lr), criterion=nn.CrossEntropyLoss(),
-                         train_mb_size=1, train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device,
+        super().__init__(model=model, optimizer=TRANSFER_OPTIMIZERS[optimizer_name](trainable, lr),
+                         criterion=nn.CrossEntropyLoss(), train_mb_size=1, train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device,
                          plugins=list(plugins or []), evaluator=evaluator, eval_every=eval_every, **base_kwargs)
 
     @classmethod
