@@ -446,7 +446,8 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
         self.optimizer_name = optimizer_name
         trainable = [p for p in model.parameters() if p.requires_grad]
         super().__init__(model=model, optimizer=TRANSFER_OPTIMIZERS[optimizer_name](trainable, lr),
-                         criterion=nn.CrossEntropyLoss(), train_mb_size=1, train_epochs=train_epochs, eval_mb_size=eval_mb_size, device=device,
+                         criterion=nn.CrossEntropyLoss(), train_mb_size=1, train_epochs=train_epochs,
+                         eval_mb_size=eval_mb_size, device=device,
                          plugins=list(plugins or []), evaluator=evaluator, eval_every=eval_every, **base_kwargs)
 
     @classmethod
