@@ -106,6 +106,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pool-total", type=int, default=None,
                         help="instead of --pool: this many read-outs over all hashed heads, split in proportion "
                              "to each regulated weight's entries (proportional_pools; the head 'hashed-tT').")
+    parser.add_argument("--hashes", type=int, default=1,
+                        help="read-outs per mask entry of the hashed regulation heads (HashedHead's hashes; a run "
+                             "with more than one is the head 'hashed-tT-kK' or 'hashed-pP-kK').")
     parser.add_argument("--transfers", nargs="+", choices=TRANSFERS, default=list(TRANSFERS))
     parser.add_argument("--transfer-optimizer", choices=("adam", "sgd"), default="adam",
                         help="the update of domain transfer: the paper's Adam, or plain SGD (the update the inner "
@@ -221,14 +224,16 @@ def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
     bias = {"grow": "grow", "sculpt": "sculpt", "reservoir": "sculpt"}.get(method)
     return TSARNet.build(args.n_classes, classifier_channels=args.classifier_channels,
                          regulator_channels=args.regulator_channels, bias=bias, head=head, rank=args.rank,
-                         code=args.code, gain=args.gain, pool=pool)
+                         code=args.code, gain=args.gain, pool=pool, hashes=args.hashes)
 
 
 def head_label(head: str, args: argparse.Namespace) -> str:
     """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
-    (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers)."""
+    (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
+    entry)."""
     if head == "hashed":
-        return f"hashed-p{args.pool}" if args.pool_total is None else f"hashed-t{args.pool_total}"
+        name = f"hashed-p{args.pool}" if args.pool_total is None else f"hashed-t{args.pool_total}"
+        return name + (f"-k{args.hashes}" if args.hashes != 1 else "")
     return f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
 
 
@@ -236,10 +241,12 @@ def head_name(head: str, settings: Dict[str, Any]) -> str:
     """A low-memory head's description for the targets (``head`` as :func:`head_label` names it)."""
     if head == "low_rank":
         return f"low-rank heads (rank {settings['rank']})"
-    if head.startswith("hashed-t"):
-        return f"hashed heads ({head.partition('-t')[2]} read-outs split in proportion to the layers)"
     if head.startswith("hashed"):
-        return f"hashed heads (pool {head.partition('-p')[2]})"
+        head, _, hashes = head.partition("-k")
+        per_entry = f", {hashes} per entry" if hashes else ""
+        if head.startswith("hashed-t"):
+            return f"hashed heads ({head.partition('-t')[2]} read-outs split in proportion to the layers{per_entry})"
+        return f"hashed heads (pool {head.partition('-p')[2]}{per_entry})"
     gain = head.partition("-g")[2]
     return f"factored heads (code {settings.get('code', 24)}" + (f", gain {gain})" if gain else ")")
 

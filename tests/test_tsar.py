@@ -368,6 +368,44 @@ def test_hashed_head_formula_assignment_parameter_count_and_initial_spread():
         HashedHead(10, (3, 3), bias=0.0, pool=0)
 
 
+def test_hashed_head_with_two_hashes_mixes_two_read_outs_per_entry():
+    torch.manual_seed(0)
+    head = HashedHead(10, (6, 2, 3, 3), bias=-1.0, pool=5, hashes=2)
+    f = torch.randn(3, 10)
+    # The formula: b + a_1 * (R f)[h_1] + a_2 * (R f)[h_2], each entry with its own two scales.
+    shared = f @ head.readouts.weight.T
+    expected = -1.0 + head.scale[0] * shared[:, head.assignment[0]] + head.scale[1] * shared[:, head.assignment[1]]
+    torch.testing.assert_close(head.logits(f), expected.view(3, 6, 2, 3, 3))
+    # Each assignment balanced on its own; the two differ; scales start at +-1/sqrt(2).
+    assert head.assignment.shape == (2, 108) and not torch.equal(head.assignment[0], head.assignment[1])
+    for row in head.assignment:
+        assert sorted(torch.bincount(row, minlength=5).tolist()) == [21, 21, 22, 22, 22]
+    torch.testing.assert_close(head.scale.abs(), torch.full((2, 108), 2 ** -0.5))
+    assert sum(p.numel() for p in head.parameters()) == 5 * 10 + 3 * 108
+    # The first assignment is the one a single-hash head draws from the same random source.
+    one = HashedHead(10, (6, 2, 3, 3), bias=0.0, pool=5, generator=torch.Generator().manual_seed(4))
+    two = HashedHead(10, (6, 2, 3, 3), bias=0.0, pool=5, generator=torch.Generator().manual_seed(4), hashes=2)
+    assert one.assignment.shape == (108,) and torch.equal(two.assignment[0], one.assignment)
+    # The same spread as a full head at initialisation.
+    features = torch.relu(torch.randn(64, 300))
+    full_std = torch.stack([FullHead(300, (2000,), 0.0).logits(features).std() for _ in range(5)]).mean()
+    two_std = torch.stack([HashedHead(300, (2000,), 0.0, pool=64, hashes=2).logits(features).std()
+                           for _ in range(5)]).mean()
+    assert 0.85 < float(two_std / full_std) < 1.15
+    with pytest.raises(ValueError, match="hashes"):
+        HashedHead(10, (3, 3), bias=0.0, pool=2, hashes=0)
+
+
+def test_hashed_heads_with_two_hashes_round_trip_through_config():
+    net = TSARNet.build(7, head="hashed", pool=[1, 2, 3, 4], hashes=2, **SMALL)
+    assert net.config["regulator"]["hashes"] == 2 and all(h.hashes == 2 for h in net.regulator.heads)
+    assert "hashes" not in TSARNet.build(7, head="hashed", pool=3, **SMALL).config["regulator"]
+    again = TSARNet.from_config(net.config)
+    again.load_state_dict(net.state_dict())
+    x = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(again(x), net(x))
+
+
 def _head_parameters_at_paper_size(**head):
     """Parameters of the full heads and of the given heads at the paper's sizes, and the mask entries (no memory)."""
     with torch.device("meta"):
@@ -956,6 +994,12 @@ def test_benchmark_head_labels_and_labelled_result_files():
         69, 735, 734, 510]  # the default sizes: 32 channels, 200 outputs
     assert tsar_benchmark.head_name("hashed-t2048", {}) == (
         "hashed heads (2048 read-outs split in proportion to the layers)")
+    mixed = tsar_benchmark.parse_args(["--heads", "hashed", "--pool-total", "1792", "--hashes", "2"])
+    assert tsar_benchmark.head_label("hashed", mixed) == "hashed-t1792-k2"
+    assert tsar_benchmark.head_name("hashed-t1792-k2", {}) == (
+        "hashed heads (1792 read-outs split in proportion to the layers, 2 per entry)")
+    assert tsar_benchmark.head_name("hashed-p64-k3", {}) == "hashed heads (pool 64, 3 per entry)"
+    assert all(h.hashes == 2 for h in tsar_benchmark.fresh_model("grow", "hashed", mixed, seed=0).regulator.heads)
     model = tsar_benchmark.fresh_model("grow", "hashed", hashed, seed=0)
     assignment_bytes = sum(b.numel() * b.element_size() for b in model.regulator.buffers())
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.regulator.parameters())

@@ -431,28 +431,44 @@ class HashedHead(_RegulationHead):
     ``pool * features + 2 * entries`` instead of ``(features + 1) * entries``,
     plus the assignment (one index per entry, a buffer).
 
+    With ``hashes = k`` above 1 every entry reads ``k`` read-outs, each
+    through its own scale: ``sigmoid(b + sum_j a_je * (R f)[h_j(e)])``. The
+    ``k`` assignments are drawn independently (each balanced; an entry may
+    draw the same read-out twice, with probability about ``1 / pool`` per
+    pair), so entries that share one read-out almost never share the others
+    and each entry gets its own mix. Scales start at ``+-1 / sqrt(k)`` (the
+    same spread). It costs ``k - 1`` more scales and indices per entry:
+    ``pool * features + (k + 1) * entries`` parameters and ``k`` indices per
+    entry.
+
     :param features: regulator features.
     :param shape: shape of the regulated weight.
     :param bias: the regulation bias every entry starts at.
     :param pool: shared read-outs (at most the number of entries; fewer are used when the weight is smaller).
     :param generator: random source of the assignment (default: torch's global one).
+    :param hashes: read-outs per entry (``k`` above; 1, the default, is the head as first built).
     """
 
     def __init__(self, features: int, shape: Sequence[int], bias: float, pool: int = 512,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, hashes: int = 1):
         super().__init__()
         if pool < 1:
             raise ValueError(f"pool (the hashed head's shared read-outs) must be at least 1, got {pool}.")
+        if hashes < 1:
+            raise ValueError(f"hashes (read-outs per mask entry) must be at least 1, got {hashes}.")
         self.shape = tuple(shape)
+        self.hashes = hashes
         entries = math.prod(self.shape)
         self.pool = min(pool, entries)
         self.readouts = nn.Linear(features, self.pool, bias=False)
-        self.scale = nn.Parameter(torch.empty(entries))
+        # one hash: 1-D scale and assignment, as the head was first built (its checkpoints load unchanged)
+        per_entry = (entries,) if hashes == 1 else (hashes, entries)
+        self.scale = nn.Parameter(torch.empty(per_entry))
         self.bias = nn.Parameter(torch.empty(entries))
-        order = torch.randperm(entries, generator=generator)
-        assignment = torch.empty(entries, dtype=torch.long)
-        assignment[order] = torch.arange(entries) % self.pool
-        self.register_buffer("assignment", assignment)
+        assignment = torch.empty(hashes, entries, dtype=torch.long)
+        for row in assignment:
+            row[torch.randperm(entries, generator=generator)] = torch.arange(entries) % self.pool
+        self.register_buffer("assignment", assignment.view(per_entry))
         self.reset(bias, generator)
 
     def _maps(self) -> List[torch.Tensor]:
@@ -470,15 +486,18 @@ class HashedHead(_RegulationHead):
         super().reset(bias, generator)
         with torch.no_grad():
             signs = torch.randint(0, 2, self.scale.shape, generator=generator, dtype=self.scale.dtype)
-            self.scale.copy_(2 * signs - 1)
+            self.scale.copy_((2 * signs - 1) / math.sqrt(self.hashes))
 
     def logits(self, f: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid regulation ``(B, *shape)``.
 
         :param f: features ``(B, features)``.
         """
-        shared = self.readouts(f).index_select(1, self.assignment)
-        return torch.addcmul(self.bias, self.scale, shared).view(f.shape[0], *self.shape)
+        if self.hashes == 1:
+            shared = self.readouts(f).index_select(1, self.assignment)
+            return torch.addcmul(self.bias, self.scale, shared).view(f.shape[0], *self.shape)
+        shared = self.readouts(f).index_select(1, self.assignment.flatten()).view(f.shape[0], *self.scale.shape)
+        return (self.bias + (self.scale * shared).sum(1)).view(f.shape[0], *self.shape)
 
 
 def proportional_pools(regulated_shapes: Sequence[Sequence[int]], total: int) -> List[int]:
@@ -534,11 +553,12 @@ class Regulator(nn.Module):
     :param pool: shared read-outs of each hashed head (:class:`HashedHead`):
         one number for every head, or one per regulated weight (e.g. from
         :func:`proportional_pools`).
+    :param hashes: read-outs per mask entry of the hashed heads (:class:`HashedHead`).
     """
 
     def __init__(self, regulated_shapes: Sequence[Sequence[int]], *, in_channels: int = 3, channels: int = 192,
                  input_size: int = 28, bias: Union[str, float] = "grow", head: str = "full", rank: int = 4,
-                 code: int = 32, gain: float = 1.0, pool: Union[int, Sequence[int]] = 512):
+                 code: int = 32, gain: float = 1.0, pool: Union[int, Sequence[int]] = 512, hashes: int = 1):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {head!r}.")
@@ -557,6 +577,8 @@ class Regulator(nn.Module):
                              f"number for all heads or one per weight.")
         if head == "hashed":
             self.config["pool"] = int(pool) if single else pools
+            if hashes != 1:  # as gain: configs of one hash stay as they were before the option
+                self.config["hashes"] = hashes
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
                                     nn.Conv2d(channels, channels, 3)])
         self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
@@ -567,7 +589,7 @@ class Regulator(nn.Module):
         make = {"full": lambda s, _: FullHead(self.features, s, value),
                 "factored": lambda s, _: FactoredHead(self.features, s, value, code, gain),
                 "low_rank": lambda s, _: LowRankHead(self.features, s, value, rank),
-                "hashed": lambda s, p: HashedHead(self.features, s, value, p)}[head]
+                "hashed": lambda s, p: HashedHead(self.features, s, value, p, hashes=hashes)}[head]
         self.heads = nn.ModuleList([make(s, p) for s, p in zip(regulated_shapes, pools)])
 
     def trunk_parameters(self) -> List[nn.Parameter]:
@@ -624,7 +646,7 @@ class TSARNet(nn.Module):
     def build(cls, n_classes: int = 1000, *, in_channels: int = 3, input_size: int = 28,
               classifier_channels: int = 112, regulator_channels: int = 192,
               bias: Union[str, float, None] = "grow", head: str = "full", rank: int = 4, code: int = 32,
-              gain: float = 1.0, pool: Union[int, Sequence[int]] = 512,
+              gain: float = 1.0, pool: Union[int, Sequence[int]] = 512, hashes: int = 1,
               pool_before_norm: bool = False) -> "TSARNet":
         """Both networks at the given sizes (the defaults are the paper's).
 
@@ -641,6 +663,7 @@ class TSARNet(nn.Module):
         :param gain: read-out gain of factored heads (:class:`FactoredHead`).
         :param pool: shared read-outs of each hashed head (:class:`HashedHead`), one number for all or one
             per regulated weight (:func:`proportional_pools`).
+        :param hashes: read-outs per mask entry of hashed heads (:class:`HashedHead`).
         :param pool_before_norm: the paper's block order in the classifier.
         """
         classifier = RegulatedClassifier(n_classes, in_channels=in_channels, channels=classifier_channels,
@@ -649,7 +672,7 @@ class TSARNet(nn.Module):
         if bias is not None:
             regulator = Regulator(classifier.regulated_shapes, in_channels=in_channels,
                                   channels=regulator_channels, input_size=input_size, bias=bias, head=head,
-                                  rank=rank, code=code, gain=gain, pool=pool)
+                                  rank=rank, code=code, gain=gain, pool=pool, hashes=hashes)
         return cls(classifier, regulator)
 
     @property
