@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
+import functools
 import itertools
 import json
 import resource
@@ -109,6 +110,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--hashes", type=int, default=1,
                         help="read-outs per mask entry of the hashed regulation heads (HashedHead's hashes; a run "
                              "with more than one is the head 'hashed-tT-kK' or 'hashed-pP-kK').")
+    parser.add_argument("--freeze-shared", action="store_true",
+                        help="domain transfer with what low-memory regulation heads share among mask entries held "
+                             "fixed (TSAR's freeze_shared; the head gets the suffix '-fs'); the meta-learned "
+                             "checkpoint is the same as without it.")
     parser.add_argument("--transfers", nargs="+", choices=TRANSFERS, default=list(TRANSFERS))
     parser.add_argument("--transfer-optimizer", choices=("adam", "sgd"), default="adam",
                         help="the update of domain transfer: the paper's Adam, or plain SGD (the update the inner "
@@ -203,11 +208,13 @@ def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequ
     return out
 
 
-def strategy_for(method: str):
+def strategy_for(method: str, freeze_shared: bool = False):
+    """The method's transfer strategy (``freeze_shared``: a meta-learned regulator's shared head maps fixed)."""
     from avalanche_neuromod.training import TSAR, TSARNoRegulation, TSARReservoir, TSARScratch
 
-    return {"grow": TSAR, "sculpt": TSAR, "no_regulation": TSARNoRegulation, "scratch": TSARScratch,
-            "reservoir": TSARReservoir}[method]
+    strategy = {"grow": TSAR, "sculpt": TSAR, "no_regulation": TSARNoRegulation, "scratch": TSARScratch,
+                "reservoir": TSARReservoir}[method]
+    return functools.partial(strategy, freeze_shared=True) if freeze_shared and strategy is TSAR else strategy
 
 
 def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
@@ -227,28 +234,33 @@ def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
                          code=args.code, gain=args.gain, pool=pool, hashes=args.hashes)
 
 
-def head_label(head: str, args: argparse.Namespace) -> str:
+def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> str:
     """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
     (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
-    entry)."""
+    entry; ``-fs`` for a low-memory head transferred with ``--freeze-shared``, unless ``transfer`` is False)."""
     if head == "hashed":
         name = f"hashed-p{args.pool}" if args.pool_total is None else f"hashed-t{args.pool_total}"
-        return name + (f"-k{args.hashes}" if args.hashes != 1 else "")
-    return f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
+        name += f"-k{args.hashes}" if args.hashes != 1 else ""
+    else:
+        name = f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
+    return name + ("-fs" if transfer and args.freeze_shared and head != "full" else "")
 
 
 def head_name(head: str, settings: Dict[str, Any]) -> str:
     """A low-memory head's description for the targets (``head`` as :func:`head_label` names it)."""
+    frozen = head.endswith("-fs")
+    head = head[:-3] if frozen else head
+    suffix = ", shared maps frozen in transfer" if frozen else ""
     if head == "low_rank":
-        return f"low-rank heads (rank {settings['rank']})"
+        return f"low-rank heads (rank {settings['rank']}{suffix})"
     if head.startswith("hashed"):
         head, _, hashes = head.partition("-k")
-        per_entry = f", {hashes} per entry" if hashes else ""
+        suffix = (f", {hashes} per entry" if hashes else "") + suffix
         if head.startswith("hashed-t"):
-            return f"hashed heads ({head.partition('-t')[2]} read-outs split in proportion to the layers{per_entry})"
-        return f"hashed heads (pool {head.partition('-p')[2]}{per_entry})"
+            return f"hashed heads ({head.partition('-t')[2]} read-outs split in proportion to the layers{suffix})"
+        return f"hashed heads (pool {head.partition('-p')[2]}{suffix})"
     gain = head.partition("-g")[2]
-    return f"factored heads (code {settings.get('code', 24)}" + (f", gain {gain})" if gain else ")")
+    return f"factored heads (code {settings.get('code', 24)}" + (f", gain {gain}" if gain else "") + f"{suffix})"
 
 
 def checkpoint_file(args: argparse.Namespace, method: str, head: str, meta_seed: int) -> Optional[Path]:
@@ -276,8 +288,10 @@ def write_curve(checkpoint: Path, points: List[Dict[str, Any]]) -> None:
     checkpoint.with_suffix(".curve.json").write_text(json.dumps(points, indent=1))
 
 
-def choose_lr(method: str, model, selection, grid: Sequence[float], optimizer_name: str = "adam") -> Dict[str, Any]:
-    scores = {lr: transfer(strategy_for(method), model, selection, lr, seed=0, optimizer_name=optimizer_name)["recall"]
+def choose_lr(method: str, model, selection, grid: Sequence[float], optimizer_name: str = "adam",
+              freeze_shared: bool = False) -> Dict[str, Any]:
+    strategy = strategy_for(method, freeze_shared)
+    scores = {lr: transfer(strategy, model, selection, lr, seed=0, optimizer_name=optimizer_name)["recall"]
               for lr in grid}
     best = max(scores, key=scores.get)
     return {"lr": best, "selection_recall": {str(k): v for k, v in scores.items()}}
@@ -294,6 +308,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     from avalanche_neuromod.training import TSARMetaLearner
 
     model = fresh_model(method, head, args, meta_seed)
+    meta_head = head_label(head, args, transfer=False)  # the meta-learned networks: the checkpoint's name
     head = head_label(head, args)
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
@@ -301,7 +316,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     first = transfers.get(("omniglot", args.transfer_seeds[0]))
     optimizer = args.transfer_optimizer
     if method in META_LEARNED:
-        checkpoint = checkpoint_file(args, method, head, meta_seed)
+        checkpoint = checkpoint_file(args, method, meta_head, meta_seed)
         learner = TSARMetaLearner(model, images, labels, seed=meta_seed, second_order=args.second_order,
                                   inner_params="head" if method == "no_regulation" else "all",
                                   checkpoint_path=checkpoint)
@@ -319,8 +334,8 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
         def curve_point(l: TSARMetaLearner) -> None:
             if args.curve_every and first is not None and l.iteration % args.curve_every == 0 \
                     and l.iteration < args.meta_iterations:
-                point = transfer(strategy_for(method), l.model, first, args.curve_lr, seed=args.transfer_seeds[0],
-                                 optimizer_name=optimizer)
+                point = transfer(strategy_for(method, args.freeze_shared), l.model, first, args.curve_lr,
+                                 seed=args.transfer_seeds[0], optimizer_name=optimizer)
                 run["curve"].append({"meta_iterations": l.iteration, "recall": point["recall"], "lr": args.curve_lr,
                                      "optimizer": optimizer})
                 if checkpoint is not None:
@@ -333,7 +348,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
         run["meta_final_loss"] = statistics.mean(learner.history["loss"][-100:])
         run["meta_final_accuracy"] = statistics.mean(learner.history["accuracy"][-100:])
         model = learner.model
-    run.update(choose_lr(method, model, selection, args.lr_grid, optimizer))
+    run.update(choose_lr(method, model, selection, args.lr_grid, optimizer, args.freeze_shared))
     run["transfer_optimizer"] = optimizer
     progress(f"  {method}/{head} meta seed {meta_seed}: lr {run['lr']} chosen on sequence {args.selection_seed} "
              f"({run['selection_recall']})")
@@ -345,8 +360,8 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
         if recorded is not None and method in REGULATED and (name, seed) == ("omniglot", args.transfer_seeds[0]):
             recorder = RegulationRecorder("C3", thresholds=(0.5, 0.9))
             recorded[f"{method}/{head}, meta seed {meta_seed}"] = recorder.statistics
-        outcome = transfer(strategy_for(method), model, bench, run["lr"], seed, [recorder] if recorder else [],
-                           immediate=True, optimizer_name=optimizer)
+        outcome = transfer(strategy_for(method, args.freeze_shared), model, bench, run["lr"], seed,
+                           [recorder] if recorder else [], immediate=True, optimizer_name=optimizer)
         if recorder is not None:
             run["regulation_c3"] = regulation_summary(recorder.statistics)
         run["transfers"][f"{name}/{seed}"] = outcome

@@ -1,5 +1,6 @@
 """TSAR: Omniglot reader, meta-training sampler, transfer streams, regulated networks, OML, transfer strategy."""
 
+import copy
 import io
 import math
 import os
@@ -708,6 +709,35 @@ def test_transfer_with_plain_sgd_takes_the_hand_computed_step(tmp_path):
         TSAR.from_checkpoint(path, optimizer_name="rmsprop")
 
 
+def test_transfer_with_frozen_shared_maps_trains_only_per_entry_head_parameters():
+    bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
+    evaluator = make_evaluator(progress_bar=False)
+    torch.manual_seed(0)
+    model = TSARNet.build(4, head="hashed", pool=3, hashes=2, **SMALL)
+    strategy = TSAR(model=copy.deepcopy(model), freeze_shared=True, seed=0, evaluator=evaluator)
+    heads = strategy.model.regulator.heads
+    shared = [p.detach().clone() for h in heads for p in h.shared_parameters()]
+    scales = [h.scale.detach().clone() for h in heads]
+    strategy.train(bench.train_stream[0])
+    assert shared and all(torch.equal(a, p) for a, p in zip(shared, (p for h in heads for p in h.shared_parameters())))
+    assert all(not torch.equal(a, h.scale) for a, h in zip(scales, heads))  # per-entry scales still learn
+    assert not any(p.requires_grad for h in heads for p in h.shared_parameters())
+    # Without the option the same maps learn; a full head has no shared maps, so the option changes nothing.
+    learning = TSAR(model=copy.deepcopy(model), seed=0, evaluator=evaluator)
+    learning.train(bench.train_stream[0])
+    assert not all(torch.equal(a, p) for a, p in zip(shared, (p for h in learning.model.regulator.heads
+                                                                for p in h.shared_parameters())))
+    full = TSARNet.build(4, **SMALL)
+    assert all(h.shared_parameters() == [] for h in full.regulator.heads)
+    both = [TSAR(model=copy.deepcopy(full), freeze_shared=flag, seed=0, evaluator=evaluator) for flag in (False, True)]
+    assert [sum(p.requires_grad for p in s.model.parameters()) for s in both] == [
+        sum(p.requires_grad for p in both[0].model.parameters())] * 2
+    factored = TSARNet.build(4, head="factored", code=2, **SMALL)
+    low_rank = TSARNet.build(4, head="low_rank", rank=1, **SMALL)
+    assert [p is h.encode.weight for h in factored.regulator.heads for p in h.shared_parameters()] == [True] * 4
+    assert all(len(h.shared_parameters()) == 2 for h in low_rank.regulator.heads)
+
+
 def test_transfer_baselines_train_what_they_should(tmp_path):
     bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
     evaluator = make_evaluator(progress_bar=False)
@@ -999,6 +1029,15 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert tsar_benchmark.head_name("hashed-t1792-k2", {}) == (
         "hashed heads (1792 read-outs split in proportion to the layers, 2 per entry)")
     assert tsar_benchmark.head_name("hashed-p64-k3", {}) == "hashed heads (pool 64, 3 per entry)"
+    frozen = tsar_benchmark.parse_args(["--heads", "full", "hashed", "--pool-total", "2048", "--freeze-shared"])
+    assert [tsar_benchmark.head_label(h, frozen) for h in frozen.heads] == ["full", "hashed-t2048-fs"]
+    assert tsar_benchmark.head_label("hashed", frozen, transfer=False) == "hashed-t2048"  # the checkpoint's name
+    assert tsar_benchmark.head_name("hashed-t2048-fs", {}) == (
+        "hashed heads (2048 read-outs split in proportion to the layers, shared maps frozen in transfer)")
+    assert tsar_benchmark.head_name("factored-g8-fs", {"code": 24}) == (
+        "factored heads (code 24, gain 8, shared maps frozen in transfer)")
+    assert tsar_benchmark.strategy_for("grow", True).keywords == {"freeze_shared": True}
+    assert tsar_benchmark.strategy_for("scratch", True) is tsar_benchmark.strategy_for("scratch")
     assert all(h.hashes == 2 for h in tsar_benchmark.fresh_model("grow", "hashed", mixed, seed=0).regulator.heads)
     model = tsar_benchmark.fresh_model("grow", "hashed", hashed, seed=0)
     assignment_bytes = sum(b.numel() * b.element_size() for b in model.regulator.buffers())

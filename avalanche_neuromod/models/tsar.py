@@ -263,6 +263,16 @@ class _RegulationHead(nn.Module):
     def logits(self, f: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """The parameters that act on more than one mask entry (none in a full head: each row is one entry's).
+
+        Low-memory heads share maps among entries: the hashed head's read-outs,
+        the factored head's code, the low-rank head's factor maps. A step on one
+        of them moves the masks of many synapses at once; ``TSAR(freeze_shared=True)``
+        keeps them fixed during domain transfer.
+        """
+        return []
+
     def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
         """Kaiming-normal linear maps, every bias entry set to ``bias``.
 
@@ -350,6 +360,10 @@ class FactoredHead(_RegulationHead):
     def _maps(self) -> List[torch.Tensor]:
         return [self.encode.weight, self.decode.weight]
 
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """The code map ``P`` (every entry reads the same code)."""
+        return [self.encode.weight]
+
     def _bias(self) -> torch.Tensor:
         return self.decode.bias
 
@@ -399,6 +413,10 @@ class LowRankHead(_RegulationHead):
         self.reset(bias)
 
     def _maps(self) -> List[torch.Tensor]:
+        return [self.left.weight, self.right.weight]
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """The factor maps (each factor entry serves a whole row or column of the mask)."""
         return [self.left.weight, self.right.weight]
 
     def _bias(self) -> torch.Tensor:
@@ -472,6 +490,10 @@ class HashedHead(_RegulationHead):
         self.reset(bias, generator)
 
     def _maps(self) -> List[torch.Tensor]:
+        return [self.readouts.weight]
+
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """The shared read-outs ``R`` (each serves ``entries / pool`` entries)."""
         return [self.readouts.weight]
 
     def _bias(self) -> torch.Tensor:

@@ -351,7 +351,7 @@ class TSARMetaLearner:
 
 
 def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP_BIAS, train: str = "regulated",
-                     generator: Optional[torch.Generator] = None) -> None:
+                     generator: Optional[torch.Generator] = None, freeze_shared: bool = False) -> None:
     """Reset and freeze what domain transfer resets and freezes, in place.
 
     Always: class prediction weights re-initialised (kaiming-normal, bias 0).
@@ -368,6 +368,11 @@ def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP
     :param cp_bias: regulation bias of the reset class-prediction head.
     :param train: ``"regulated"``, ``"classifier"`` or ``"head"``.
     :param generator: random source of the resets.
+    :param freeze_shared: with ``"regulated"``, also freeze what low-memory
+        regulation heads share among mask entries
+        (:meth:`~avalanche_neuromod.models.HashedHead.shared_parameters`), so
+        that only per-entry parameters learn, as every parameter of a full
+        head is one entry's (no effect on full heads).
     """
     if train not in ("regulated", "classifier", "head"):
         raise ValueError(f"train must be 'regulated', 'classifier' or 'head', got {train!r}.")
@@ -381,6 +386,8 @@ def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP
         if train == "regulated":
             model.regulator.heads[-1].reset(regulation_bias(cp_bias), generator=generator)
             for p in model.regulator.trunk_parameters():
+                p.requires_grad_(False)
+            for p in (q for head in model.regulator.heads for q in head.shared_parameters()) if freeze_shared else ():
                 p.requires_grad_(False)
         else:
             for p in model.regulator.parameters():
@@ -405,6 +412,10 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
         diagnostic: Adam divides each weight's step by its gradient's running
         magnitude, which undoes much of the plasticity a mask gives).
     :param cp_bias: regulation bias of the reset class-prediction head (-2).
+    :param freeze_shared: keep fixed what low-memory regulation heads share
+        among mask entries (their :meth:`shared_parameters`); only per-entry
+        parameters then learn. No effect on full heads. Default False (the
+        heads learn whole, as the paper's).
     :param train_mb_size: must be 1: the method learns one image per step.
     :param train_epochs: passes over each experience (1).
     :param eval_mb_size: evaluation batch size.
@@ -419,7 +430,8 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
     _needs_regulator: Optional[bool] = True
 
     def __init__(self, *, model: TSARNet, lr: float = 1e-3, optimizer_name: str = "adam",
-                 cp_bias: Union[str, float] = TRANSFER_CP_BIAS, train_mb_size: int = 1, train_epochs: int = 1,
+                 cp_bias: Union[str, float] = TRANSFER_CP_BIAS, freeze_shared: bool = False,
+                 train_mb_size: int = 1, train_epochs: int = 1,
                  eval_mb_size: int = 256, device: Any = "cpu",
                  plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
                  eval_every: int = -1, seed: Optional[int] = None, **base_kwargs: Any):
@@ -441,8 +453,9 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
             raise ValueError(f"{name} runs the classifier without regulation; this model has a regulator. Fix: "
                              f"TSARNet(model.classifier), or use TSAR.")
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        prepare_transfer(model, cp_bias=cp_bias, train=self._train, generator=generator)
+        prepare_transfer(model, cp_bias=cp_bias, train=self._train, generator=generator, freeze_shared=freeze_shared)
         self.cp_bias = cp_bias
+        self.freeze_shared = freeze_shared
         self.optimizer_name = optimizer_name
         trainable = [p for p in model.parameters() if p.requires_grad]
         super().__init__(model=model, optimizer=TRANSFER_OPTIMIZERS[optimizer_name](trainable, lr),
