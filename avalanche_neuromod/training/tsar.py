@@ -413,7 +413,7 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
         magnitude, which undoes much of the plasticity a mask gives).
     :param cp_bias: regulation bias of the reset class-prediction head (-2).
     :param freeze_shared: keep fixed what low-memory regulation heads share
-        among mask entries (their :meth:`shared_parameters`); only per-entry
+        among mask entries (:meth:`~avalanche_neuromod.models.HashedHead.shared_parameters`); only per-entry
         parameters then learn. No effect on full heads. Default False (the
         heads learn whole, as the paper's).
     :param train_mb_size: must be 1: the method learns one image per step.
