@@ -328,7 +328,8 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
                                  f"--checkpoint-dir.")
             run["meta_resumed_at"] = done
             run["curve"] = [p for p in read_curve(checkpoint) if p["meta_iterations"] <= done
-                            and (p["lr"], p.get("optimizer", "adam")) == (args.curve_lr, optimizer)]
+                            and (p["lr"], p.get("optimizer", "adam"), p.get("freeze_shared", False))
+                            == (args.curve_lr, optimizer, args.freeze_shared)]
             progress(f"  {method}/{head} meta seed {meta_seed}: resumed from {checkpoint} at meta-iteration {done}")
 
         def curve_point(l: TSARMetaLearner) -> None:
@@ -337,7 +338,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
                 point = transfer(strategy_for(method, args.freeze_shared), l.model, first, args.curve_lr,
                                  seed=args.transfer_seeds[0], optimizer_name=optimizer)
                 run["curve"].append({"meta_iterations": l.iteration, "recall": point["recall"], "lr": args.curve_lr,
-                                     "optimizer": optimizer})
+                                     "optimizer": optimizer, **({"freeze_shared": True} if args.freeze_shared else {})})
                 if checkpoint is not None:
                     write_curve(checkpoint, run["curve"])
                 progress(f"  {method}/{head} meta-it {l.iteration}: recall {100 * point['recall']:.1f}% "

@@ -977,6 +977,14 @@ def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mni
     # Adam and SGD transfers are not merged into one file.
     with pytest.raises(SystemExit, match="--transfer-optimizer sgd, this invocation adam"):
         tsar_benchmark.main([*common, "--meta-iterations", "3", "--append", "--out", str(tmp_path / "b.json")])
+    # Transfer with frozen shared maps reuses the hashed head's meta-learner, not its curve points.
+    hashed = [*common, "--meta-iterations", "2", "--heads", "hashed", "--pool", "2"]
+    assert tsar_benchmark.main([*hashed, "--out", str(tmp_path / "h.json")]) == 0
+    assert json.loads((tmp_path / "h.json").read_text())["runs"][0]["curve"] != []
+    assert tsar_benchmark.main([*hashed, "--freeze-shared", "--out", str(tmp_path / "fs.json")]) == 0
+    frozen = json.loads((tmp_path / "fs.json").read_text())["runs"][0]
+    assert frozen["head"] == "hashed-p2-fs" and frozen["meta_resumed_at"] == 2 and frozen["curve"] == []
+    assert not any("-fs" in p.name for p in checkpoints.iterdir())
 
 
 def test_benchmark_checks_each_low_memory_head_against_the_full_one():
