@@ -983,7 +983,8 @@ def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mni
     assert json.loads((tmp_path / "h.json").read_text())["runs"][0]["curve"] != []
     assert tsar_benchmark.main([*hashed, "--freeze-shared", "--out", str(tmp_path / "fs.json")]) == 0
     frozen = json.loads((tmp_path / "fs.json").read_text())["runs"][0]
-    assert frozen["head"] == "hashed-p2-fs" and frozen["meta_resumed_at"] == 2 and frozen["curve"] == []
+    assert frozen["head"] == "hashed-p2-fs" and frozen["meta_resumed_at"] == 2
+    assert [p["meta_iterations"] for p in frozen["curve"]] == [2]  # its own point at the budget, not meta-it 1's
     assert not any("-fs" in p.name for p in checkpoints.iterdir())
 
 
