@@ -288,9 +288,8 @@ def write_curve(checkpoint: Path, points: List[Dict[str, Any]]) -> None:
     checkpoint.with_suffix(".curve.json").write_text(json.dumps(points, indent=1))
 
 
-def choose_lr(method: str, model, selection, grid: Sequence[float], optimizer_name: str = "adam",
-              freeze_shared: bool = False) -> Dict[str, Any]:
-    strategy = strategy_for(method, freeze_shared)
+def choose_lr(strategy, model, selection, grid: Sequence[float], optimizer_name: str = "adam") -> Dict[str, Any]:
+    """The rate of ``grid`` with the best recall of ``strategy`` (from :func:`strategy_for`) on ``selection``."""
     scores = {lr: transfer(strategy, model, selection, lr, seed=0, optimizer_name=optimizer_name)["recall"]
               for lr in grid}
     best = max(scores, key=scores.get)
@@ -310,6 +309,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     model = fresh_model(method, head, args, meta_seed)
     meta_head = head_label(head, args, transfer=False)  # the meta-learned networks: the checkpoint's name
     head = head_label(head, args)
+    strategy = strategy_for(method, args.freeze_shared)
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
     selection = transfers[("selection", args.selection_seed)]
@@ -335,8 +335,8 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
         def curve_point(l: TSARMetaLearner) -> None:
             if args.curve_every and first is not None and l.iteration % args.curve_every == 0 \
                     and l.iteration < args.meta_iterations:
-                point = transfer(strategy_for(method, args.freeze_shared), l.model, first, args.curve_lr,
-                                 seed=args.transfer_seeds[0], optimizer_name=optimizer)
+                point = transfer(strategy, l.model, first, args.curve_lr, seed=args.transfer_seeds[0],
+                                 optimizer_name=optimizer)
                 run["curve"].append({"meta_iterations": l.iteration, "recall": point["recall"], "lr": args.curve_lr,
                                      "optimizer": optimizer, **({"freeze_shared": True} if args.freeze_shared else {})})
                 if checkpoint is not None:
@@ -349,7 +349,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
         run["meta_final_loss"] = statistics.mean(learner.history["loss"][-100:])
         run["meta_final_accuracy"] = statistics.mean(learner.history["accuracy"][-100:])
         model = learner.model
-    run.update(choose_lr(method, model, selection, args.lr_grid, optimizer, args.freeze_shared))
+    run.update(choose_lr(strategy, model, selection, args.lr_grid, optimizer))
     run["transfer_optimizer"] = optimizer
     progress(f"  {method}/{head} meta seed {meta_seed}: lr {run['lr']} chosen on sequence {args.selection_seed} "
              f"({run['selection_recall']})")
@@ -361,7 +361,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
         if recorded is not None and method in REGULATED and (name, seed) == ("omniglot", args.transfer_seeds[0]):
             recorder = RegulationRecorder("C3", thresholds=(0.5, 0.9))
             recorded[f"{method}/{head}, meta seed {meta_seed}"] = recorder.statistics
-        outcome = transfer(strategy_for(method, args.freeze_shared), model, bench, run["lr"], seed,
+        outcome = transfer(strategy, model, bench, run["lr"], seed,
                            [recorder] if recorder else [], immediate=True, optimizer_name=optimizer)
         if recorder is not None:
             run["regulation_c3"] = regulation_summary(recorder.statistics)

@@ -515,7 +515,7 @@ class HashedHead(_RegulationHead):
 
         :param f: features ``(B, features)``.
         """
-        if self.hashes == 1:
+        if self.hashes == 1:  # the fused update of the head as first built: its recorded results stay bit-exact
             shared = self.readouts(f).index_select(1, self.assignment)
             return torch.addcmul(self.bias, self.scale, shared).view(f.shape[0], *self.shape)
         shared = self.readouts(f).index_select(1, self.assignment.flatten()).view(f.shape[0], *self.scale.shape)

@@ -387,8 +387,10 @@ def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP
             model.regulator.heads[-1].reset(regulation_bias(cp_bias), generator=generator)
             for p in model.regulator.trunk_parameters():
                 p.requires_grad_(False)
-            for p in (q for head in model.regulator.heads for q in head.shared_parameters()) if freeze_shared else ():
-                p.requires_grad_(False)
+            if freeze_shared:
+                for head in model.regulator.heads:
+                    for p in head.shared_parameters():
+                        p.requires_grad_(False)
         else:
             for p in model.regulator.parameters():
                 p.requires_grad_(False)
