@@ -1,7 +1,7 @@
 """TSAR: meta-learn on Omniglot small1, then domain transfer one image at a time.
 
 For every meta-learning seed and every regulated method (Grow, Sculpt,
-with full or low-memory regulation heads: factored, low-rank, hashed) and
+with full or low-memory regulation heads: factored, low-rank, hashed, sparse) and
 for No Regulation, the script meta-learns for ``--meta-iterations`` with
 the OML protocol and evaluates transfer along the way (every
 ``--curve-every`` meta-iterations, on the first reported Omniglot sequence)
@@ -93,15 +93,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--curve-lr", type=float, default=1e-4,
                         help="transfer learning rate of the curve points before the budget.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--heads", nargs="+", choices=("full", "factored", "low_rank", "hashed"),
+    parser.add_argument("--heads", nargs="+", choices=("full", "factored", "low_rank", "hashed", "sparse"),
                         default=["full"])
     parser.add_argument("--second-order", action="store_true",
                         help="second-order OML: differentiate through the inner loop (default: first-order).")
     parser.add_argument("--rank", type=int, default=4, help="rank of the low-rank regulation heads.")
     parser.add_argument("--code", type=int, default=24, help="code size of the factored regulation heads.")
     parser.add_argument("--gain", type=float, default=1.0,
-                        help="read-out gain of the factored regulation heads (FactoredHead's gain; a run with a "
-                             "gain other than 1 is the head 'factored-gG').")
+                        help="read-out gain of the factored and sparse regulation heads (FactoredHead's and "
+                             "SparseHead's gain; a run with a gain other than 1 is the head 'factored-gG' or "
+                             "'sparse-sS-gG').")
     parser.add_argument("--pool", type=int, default=512,
                         help="shared read-outs of each hashed regulation head (HashedHead; the head 'hashed-pP').")
     parser.add_argument("--pool-total", type=int, default=None,
@@ -110,6 +111,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--hashes", type=int, default=1,
                         help="read-outs per mask entry of the hashed regulation heads (HashedHead's hashes; a run "
                              "with more than one is the head 'hashed-tT-kK' or 'hashed-pP-kK').")
+    parser.add_argument("--inputs", type=int, default=16,
+                        help="features each mask entry of the sparse regulation heads reads (SparseHead; the head "
+                             "'sparse-sS').")
     parser.add_argument("--freeze-shared", action="store_true",
                         help="domain transfer with what low-memory regulation heads share among mask entries held "
                              "fixed (TSAR's freeze_shared; the head gets the suffix '-fs'); the meta-learned "
@@ -231,14 +235,17 @@ def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
     bias = {"grow": "grow", "sculpt": "sculpt", "reservoir": "sculpt"}.get(method)
     return TSARNet.build(args.n_classes, classifier_channels=args.classifier_channels,
                          regulator_channels=args.regulator_channels, bias=bias, head=head, rank=args.rank,
-                         code=args.code, gain=args.gain, pool=pool, hashes=args.hashes)
+                         code=args.code, gain=args.gain, pool=pool, hashes=args.hashes, inputs=args.inputs)
 
 
 def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> str:
     """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
     (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
-    entry; ``-fs`` for a low-memory head transferred with ``--freeze-shared``, unless ``transfer`` is False)."""
-    if head == "hashed":
+    entry), ``sparse-s16-g18`` for sparse heads of 16 inputs and gain 18; ``-fs`` for a low-memory head
+    transferred with ``--freeze-shared``, unless ``transfer`` is False)."""
+    if head == "sparse":
+        name = f"sparse-s{args.inputs}" + (f"-g{args.gain:g}" if args.gain != 1.0 else "")
+    elif head == "hashed":
         name = f"hashed-p{args.pool}" if args.pool_total is None else f"hashed-t{args.pool_total}"
         name += f"-k{args.hashes}" if args.hashes != 1 else ""
     else:
@@ -253,6 +260,9 @@ def head_name(head: str, settings: Dict[str, Any]) -> str:
     suffix = ", shared maps frozen in transfer" if frozen else ""
     if head == "low_rank":
         return f"low-rank heads (rank {settings['rank']}{suffix})"
+    if head.startswith("sparse"):
+        inputs, _, gain = head.partition("-s")[2].partition("-g")
+        return f"sparse heads ({inputs} inputs per entry" + (f", gain {gain}" if gain else "") + f"{suffix})"
     if head.startswith("hashed"):
         head, _, hashes = head.partition("-k")
         suffix = (f", {hashes} per entry" if hashes else "") + suffix
@@ -488,7 +498,7 @@ def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]],
         mean = scratch["omniglot"]["recall_mean"]
         checked.append(target("Scratch recall below 5%", mean < 5, f"{mean:.1f}%"))
     full = by.get(("grow", "full"))
-    for head in sorted(h for m, h in by if m == "grow" and h.startswith(("low_rank", "factored", "hashed"))):
+    for head in sorted(h for m, h in by if m == "grow" and h.startswith(("low_rank", "factored", "hashed", "sparse"))):
         light, name = by[("grow", head)], head_name(head, settings)
         if full and "omniglot" in light and "omniglot" in full:
             ratio = full["regulator_bytes"]["parameters"] / max(light["regulator_bytes"]["parameters"], 1)

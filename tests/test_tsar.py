@@ -38,6 +38,7 @@ from avalanche_neuromod.models import (
     RegulatedClassifier,
     Regulator,
     SingleImageNorm,
+    SparseHead,
     TSARNet,
     proportional_pools,
     regulated_conv2d,
@@ -425,6 +426,78 @@ def test_hashed_heads_build_round_trip_and_memory():
     torch.testing.assert_close(again(x), net(x))
     n_full, n_hashed, entries = _head_parameters_at_paper_size(head="hashed", pool=512)
     assert n_hashed == 4 * 512 * 1728 + 2 * entries and n_hashed * 100 < n_full
+
+
+def test_sparse_head_formula_indices_and_parameter_count():
+    torch.manual_seed(0)
+    head = SparseHead(10, (6, 2, 3, 3), bias=-1.0, inputs=4, gain=2.5)
+    head.bias.data.normal_()  # distinct biases, so a mix-up of entries shows
+    # Each entry reads 4 distinct features of the 10, stored in 16 bits and saved with the head.
+    assert head.index.shape == (108, 4) and head.index.dtype == torch.int16 and "index" in head.state_dict()
+    assert all(len(set(row.tolist())) == 4 and 0 <= min(row) and max(row) < 10 for row in head.index)
+    assert len({tuple(row.tolist()) for row in head.index}) > 50  # every entry draws its own
+    assert sum(p.numel() for p in head.parameters()) == 5 * 108
+    # The formula: b_e + g * sum_j w_ej f[i_ej]; a full head with every row zero outside the entry's inputs.
+    dense = torch.zeros(108, 10).scatter(1, head.index.long(), head.weight.detach() * 2.5)
+    for batch in (3, 20):  # the gather (few images) and the weighted bag (many) compute the same
+        f = torch.relu(torch.randn(batch, 10))
+        expected = head.bias.detach() + (f[:, head.index.long()] * head.weight.detach()).sum(-1) * 2.5
+        torch.testing.assert_close(head.logits(f), expected.view(batch, 6, 2, 3, 3))
+        torch.testing.assert_close(head.logits(f), (f @ dense.T + head.bias.detach()).view(batch, 6, 2, 3, 3))
+    with pytest.raises(ValueError, match="inputs"):
+        SparseHead(10, (3, 3), bias=0.0, inputs=11)
+    with pytest.raises(ValueError, match="inputs"):
+        SparseHead(10, (3, 3), bias=0.0, inputs=0)
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="gain"):
+            SparseHead(10, (3, 3), bias=0.0, inputs=2, gain=bad)
+
+
+def test_sparse_head_shares_nothing_between_entries():
+    torch.manual_seed(0)
+    head = SparseHead(12, (5, 4), bias=0.0, inputs=3)
+    assert head.shared_parameters() == []
+    for batch in (2, 12):  # both ways of computing it
+        head.zero_grad()
+        head.logits(torch.rand(batch, 12))[:, 2, 1].sum().backward()  # one mask entry: row 2 * 4 + 1 = 9
+        assert head.weight.grad[9].abs().sum() > 0 and head.bias.grad[9] == batch
+        others = torch.ones(20, dtype=torch.bool)
+        others[9] = False
+        assert torch.all(head.weight.grad[others] == 0) and torch.all(head.bias.grad[others] == 0)
+
+
+def test_sparse_head_initial_spread_gain_and_reset():
+    torch.manual_seed(0)
+    features = torch.relu(torch.randn(64, 300))
+    full_std = torch.stack([FullHead(300, (2000,), 0.0).logits(features).std() for _ in range(5)]).mean()
+    sparse_std = torch.stack([SparseHead(300, (2000,), 0.0, inputs=16).logits(features).std()
+                              for _ in range(5)]).mean()
+    assert 0.85 < float(sparse_std / full_std) < 1.15  # kaiming over its own inputs: a full head's spread
+    # A gain is the same function at initialisation, with the weights g times smaller.
+    plain = SparseHead(300, (2000,), 0.0, inputs=16, generator=torch.Generator().manual_seed(1))
+    fast = SparseHead(300, (2000,), 0.0, inputs=16, gain=18.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain.index, fast.index)
+    torch.testing.assert_close(fast.weight * 18.0, plain.weight)
+    torch.testing.assert_close(fast.logits(features), plain.logits(features))
+    # The reset rule redraws the weights and keeps the indices.
+    index = fast.index.clone()
+    fast.reset(-8.0, generator=torch.Generator().manual_seed(2))
+    assert torch.all(fast.bias == -8.0) and torch.equal(fast.index, index)
+    assert 0.8 < float(fast.weight.std() * 18.0 / (2 / 16) ** 0.5) < 1.2
+
+
+def test_sparse_heads_build_round_trip_and_memory():
+    net = TSARNet.build(7, head="sparse", inputs=3, gain=4.0, **SMALL)
+    assert all(isinstance(h, SparseHead) and h.inputs == 3 and h.gain == 4.0 for h in net.regulator.heads)
+    assert net.config["regulator"]["inputs"] == 3 and net.config["regulator"]["gain"] == 4.0
+    assert "inputs" not in TSARNet.build(7, head="hashed", pool=3, **SMALL).config["regulator"]
+    again = TSARNet.from_config(net.config)
+    assert not torch.equal(again.regulator.heads[1].index, net.regulator.heads[1].index)
+    again.load_state_dict(net.state_dict())  # the indices travel with the weights
+    x = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(again(x), net(x))
+    n_full, n_sparse, entries = _head_parameters_at_paper_size(head="sparse", inputs=16)
+    assert n_sparse == 17 * entries and n_sparse * 100 < n_full
 
 
 def test_proportional_pools_split_the_read_outs_by_entries():
@@ -1054,3 +1127,13 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert assignment_bytes > 0  # the regulator's memory counts the hashed heads' assignments
     assert tsar_benchmark.regulator_bytes(model) == {"parameters": parameter_bytes + assignment_bytes,
                                                      "with_adam": 3 * parameter_bytes + assignment_bytes}
+    sparse = tsar_benchmark.parse_args(["--heads", "sparse", "--inputs", "16", "--gain", "18"])
+    assert tsar_benchmark.head_label("sparse", sparse) == "sparse-s16-g18"
+    assert tsar_benchmark.head_label("sparse", tsar_benchmark.parse_args(["--inputs", "24"])) == "sparse-s24"
+    assert tsar_benchmark.head_name("sparse-s16-g18", {}) == "sparse heads (16 inputs per entry, gain 18)"
+    assert tsar_benchmark.head_name("sparse-s24", {}) == "sparse heads (24 inputs per entry)"
+    model = tsar_benchmark.fresh_model("grow", "sparse", sparse, seed=0)
+    assert all(h.inputs == 16 and h.gain == 18.0 for h in model.regulator.heads)
+    # 25,696 entries x (16 weights + 1 bias) x 4 bytes and 16 two-byte indices, the trunk's parameters besides
+    trunk = sum(p.numel() * p.element_size() for p in model.regulator.trunk_parameters())
+    assert tsar_benchmark.regulator_bytes(model)["parameters"] == 25696 * (17 * 4 + 16 * 2) + trunk

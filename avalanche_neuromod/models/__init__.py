@@ -5,7 +5,7 @@ from .batch_ensemble import BatchELayer, BatchENet, BatchEResNet18, RankOneFacto
 from .crwn import CRWNModule, FlyNet, NeuroModNet, NeuroModResNet18, SparseFlyEncoder
 from .dynamos import AgentDecision, ChannelAgent, DynamosResNet18, GateRecord, require_agents
 from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, RegulatedClassifier, Regulator,
-                   SingleImageNorm, TSARNet, proportional_pools, regulated_conv2d, regulated_linear,
+                   SingleImageNorm, SparseHead, TSARNet, proportional_pools, regulated_conv2d, regulated_linear,
                    regulation_bias)
 from .psp import PSP_CONTEXTS, PSPContexts, PSPLayer, PSPNet, PSPResNet18, random_orthogonal
 from .reference import IndependentLayer, MTLNet, MTLResNet18, SharedLayer, STLNet, STLResNet18, TaskWeights
