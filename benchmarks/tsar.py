@@ -114,6 +114,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--inputs", type=int, default=16,
                         help="features each mask entry of the sparse regulation heads reads (SparseHead; the head "
                              "'sparse-sS').")
+    parser.add_argument("--prune-full", action="store_true",
+                        help="sparse heads not meta-learned: the full-head run's meta-learned checkpoint (same "
+                             "method, meta seed and settings, in --checkpoint-dir) with each head row pruned to its "
+                             "--inputs largest weights (Regulator.sparsified; the head 'sparse-sS-pruned').")
     parser.add_argument("--freeze-shared", action="store_true",
                         help="domain transfer with what low-memory regulation heads share among mask entries held "
                              "fixed (TSAR's freeze_shared; the head gets the suffix '-fs'); the meta-learned "
@@ -241,10 +245,12 @@ def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
 def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> str:
     """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
     (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
-    entry), ``sparse-s16-g18`` for sparse heads of 16 inputs and gain 18; ``-fs`` for a low-memory head
+    entry), ``sparse-s16-g18`` for sparse heads of 16 inputs and gain 18 (``-pruned`` added for
+    ``--prune-full``); ``-fs`` for a low-memory head
     transferred with ``--freeze-shared``, unless ``transfer`` is False)."""
     if head == "sparse":
         name = f"sparse-s{args.inputs}" + (f"-g{args.gain:g}" if args.gain != 1.0 else "")
+        name += "-pruned" if args.prune_full else ""
     elif head == "hashed":
         name = f"hashed-p{args.pool}" if args.pool_total is None else f"hashed-t{args.pool_total}"
         name += f"-k{args.hashes}" if args.hashes != 1 else ""
@@ -261,7 +267,9 @@ def head_name(head: str, settings: Dict[str, Any]) -> str:
     if head == "low_rank":
         return f"low-rank heads (rank {settings['rank']}{suffix})"
     if head.startswith("sparse"):
-        inputs, _, gain = head.partition("-s")[2].partition("-g")
+        pruned = head.endswith("-pruned")
+        inputs, _, gain = head.removesuffix("-pruned").partition("-s")[2].partition("-g")
+        suffix = (", pruned from the meta-learned full heads" if pruned else "") + suffix
         return f"sparse heads ({inputs} inputs per entry" + (f", gain {gain}" if gain else "") + f"{suffix})"
     if head.startswith("hashed"):
         head, _, hashes = head.partition("-k")
@@ -306,6 +314,25 @@ def choose_lr(strategy, model, selection, grid: Sequence[float], optimizer_name:
     return {"lr": best, "selection_recall": {str(k): v for k, v in scores.items()}}
 
 
+def pruned_model(method: str, args: argparse.Namespace, meta_seed: int, images, labels):
+    """The full-head run's meta-learned networks at the budget, each head row pruned to ``--inputs`` weights."""
+    from avalanche_neuromod.models import TSARNet
+    from avalanche_neuromod.training import TSARMetaLearner
+
+    checkpoint = checkpoint_file(args, method, "full", meta_seed)
+    if checkpoint is None or not checkpoint.exists():
+        raise SystemExit(f"--prune-full needs the full-head run's checkpoint {checkpoint}. Fix: run "
+                         f"--heads full with the same settings and --checkpoint-dir first.")
+    learner = TSARMetaLearner(fresh_model(method, "full", args, meta_seed), images, labels, seed=meta_seed,
+                              second_order=args.second_order)
+    done = learner.load_checkpoint(checkpoint)
+    if done != args.meta_iterations:
+        raise SystemExit(f"{checkpoint} holds {done} meta-iterations, not --meta-iterations {args.meta_iterations}. "
+                         f"Fix: meta-learn the full heads to the budget first (--heads full).")
+    full = learner.model
+    return TSARNet(full.classifier, full.regulator.sparsified(args.inputs, args.gain))
+
+
 def run_method(method: str, head: str, meta_seed: int, args, images, labels, transfers, progress: Callable,
                recorded: Optional[Dict[str, Any]] = None) -> Dict:
     """Meta-learn (where the method does), choose the transfer lr, transfer to every sequence.
@@ -325,7 +352,12 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     selection = transfers[("selection", args.selection_seed)]
     first = transfers.get(("omniglot", args.transfer_seeds[0]))
     optimizer = args.transfer_optimizer
-    if method in META_LEARNED:
+    if args.prune_full and meta_head.startswith("sparse") and method in META_LEARNED:
+        model = pruned_model(method, args, meta_seed, images, labels)
+        run.update(regulator_bytes=regulator_bytes(model), meta_resumed_at=args.meta_iterations,
+                   pruned_from=checkpoint_file(args, method, "full", meta_seed).name)
+        progress(f"  {method}/{head} meta seed {meta_seed}: pruned from {run['pruned_from']}")
+    elif method in META_LEARNED:
         checkpoint = checkpoint_file(args, method, meta_head, meta_seed)
         learner = TSARMetaLearner(model, images, labels, seed=meta_seed, second_order=args.second_order,
                                   inner_params="head" if method == "no_regulation" else "all",

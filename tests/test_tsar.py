@@ -500,6 +500,42 @@ def test_sparse_heads_build_round_trip_and_memory():
     assert n_sparse == 17 * entries and n_sparse * 100 < n_full
 
 
+def test_sparse_head_from_a_full_head_keeps_each_rows_largest_weights():
+    torch.manual_seed(0)
+    full = FullHead(10, (4, 3), bias=-2.0)
+    full.linear.bias.data.normal_()
+    f = torch.relu(torch.randn(5, 10))
+    pruned = SparseHead.from_full(full, inputs=3, gain=6.0)
+    weight = full.linear.weight.detach()
+    order = weight.abs().argsort(1, descending=True)
+    assert all(set(row.tolist()) == set(top.tolist()) for row, top in zip(pruned.index, order[:, :3]))
+    kept = torch.zeros_like(weight).scatter(1, order[:, :3], weight.gather(1, order[:, :3]))
+    expected = (f @ kept.T + full.linear.bias.detach()).view(5, 4, 3)  # the full head, every other weight at 0
+    torch.testing.assert_close(pruned.logits(f), expected)
+    assert pruned.gain == 6.0 and torch.allclose(pruned.weight * 6.0, weight.gather(1, pruned.index.long()))
+    # A full head whose rows have at most 3 nonzero weights gives exactly its own logits.
+    full.linear.weight.data.copy_(kept)
+    torch.testing.assert_close(SparseHead.from_full(full, inputs=3).logits(f), full.logits(f))
+
+
+def test_regulator_sparsified_prunes_every_head_and_round_trips():
+    torch.manual_seed(0)
+    net = TSARNet.build(7, **SMALL)
+    pruned = TSARNet(net.classifier, net.regulator.sparsified(inputs=4, gain=2.0))
+    assert pruned.config["regulator"]["head"] == "sparse" and pruned.config["regulator"]["inputs"] == 4
+    assert all(isinstance(h, SparseHead) and h.gain == 2.0 for h in pruned.regulator.heads)
+    x = torch.randn(3, 3, 28, 28)
+    f = net.regulator.encode(x)
+    torch.testing.assert_close(pruned.regulator.encode(x), f)  # the trunk is the full regulator's
+    for full_head, sparse_head in zip(net.regulator.heads, pruned.regulator.heads):
+        torch.testing.assert_close(sparse_head.logits(f), SparseHead.from_full(full_head, 4).logits(f))
+    again = TSARNet.from_config(pruned.config)
+    again.load_state_dict(pruned.state_dict())
+    torch.testing.assert_close(again(x), pruned(x))
+    with pytest.raises(ValueError, match="head='full'"):
+        pruned.regulator.sparsified(4)
+
+
 def test_proportional_pools_split_the_read_outs_by_entries():
     shapes = [(32, 3, 3, 3), (32, 32, 3, 3), (32, 32, 3, 3), (200, 32)]  # 864, 9216, 9216, 6400 entries
     pools = proportional_pools(shapes, 2048)
@@ -1132,6 +1168,10 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert tsar_benchmark.head_label("sparse", tsar_benchmark.parse_args(["--inputs", "24"])) == "sparse-s24"
     assert tsar_benchmark.head_name("sparse-s16-g18", {}) == "sparse heads (16 inputs per entry, gain 18)"
     assert tsar_benchmark.head_name("sparse-s24", {}) == "sparse heads (24 inputs per entry)"
+    pruned = tsar_benchmark.parse_args(["--heads", "sparse", "--prune-full"])
+    assert tsar_benchmark.head_label("sparse", pruned) == "sparse-s16-pruned"
+    assert tsar_benchmark.head_name("sparse-s16-pruned", {}) == (
+        "sparse heads (16 inputs per entry, pruned from the meta-learned full heads)")
     model = tsar_benchmark.fresh_model("grow", "sparse", sparse, seed=0)
     assert all(h.inputs == 16 and h.gain == 18.0 for h in model.regulator.heads)
     # 25,696 entries x (16 weights + 1 bias) x 4 bytes and 16 two-byte indices, the trunk's parameters besides

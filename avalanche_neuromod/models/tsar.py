@@ -589,6 +589,29 @@ class SparseHead(_RegulationHead):
     def _bias(self) -> torch.Tensor:
         return self.bias
 
+    @classmethod
+    def from_full(cls, full: FullHead, inputs: int = 16, gain: float = 1.0) -> "SparseHead":
+        """A sparse head that keeps each row's ``inputs`` largest weights of a full head (magnitude pruning).
+
+        The bias and the kept weights are the full head's (the weights stored
+        divided by ``gain``, so the logits are the same for any gain); a row
+        with at most ``inputs`` nonzero weights gives exactly the full head's
+        logits. For a meta-learned full head this is a small head for domain
+        transfer; meta-learning itself still held the full head.
+
+        :param full: the full head.
+        :param inputs: weights kept per mask entry.
+        :param gain: the new head's gain.
+        """
+        weight = full.linear.weight.detach()
+        head = cls(weight.shape[1], full.shape, 0.0, inputs, gain)
+        kept = weight.abs().topk(inputs, dim=1).indices.sort(1).values
+        with torch.no_grad():
+            head.index.copy_(kept)
+            head.weight.copy_(weight.gather(1, kept) / head.gain)
+            head.bias.copy_(full.linear.bias)
+        return head
+
     def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
         """Kaiming-normal weights over the ``inputs`` features, divided by the gain; every bias at ``bias``.
 
@@ -710,6 +733,25 @@ class Regulator(nn.Module):
                 "hashed": lambda s, p: HashedHead(self.features, s, value, p, hashes=hashes),
                 "sparse": lambda s, _: SparseHead(self.features, s, value, inputs, gain)}[head]
         self.heads = nn.ModuleList([make(s, p) for s, p in zip(regulated_shapes, pools)])
+
+    def sparsified(self, inputs: int = 16, gain: float = 1.0) -> "Regulator":
+        """A copy whose full heads are pruned to their ``inputs`` largest weights per entry.
+
+        Each head becomes :meth:`SparseHead.from_full` of it; the trunk is copied.
+
+        :param inputs: weights kept per mask entry.
+        :param gain: the sparse heads' gain.
+        """
+        if self.config["head"] != "full":
+            raise ValueError(f"only full regulation heads can be pruned into sparse ones; this regulator's heads "
+                             f"are {self.config['head']!r}. Fix: prune a regulator built with head='full'.")
+        settings = {k: v for k, v in self.config.items() if k != "regulated_shapes"}
+        settings.update(head="sparse", inputs=inputs, gain=gain)
+        pruned = Regulator(self.config["regulated_shapes"], **settings)
+        pruned.convs.load_state_dict(self.convs.state_dict())
+        pruned.norms.load_state_dict(self.norms.state_dict())
+        pruned.heads = nn.ModuleList([SparseHead.from_full(h, inputs, gain) for h in self.heads])
+        return pruned
 
     def trunk_parameters(self) -> List[nn.Parameter]:
         """The trunk's parameters (frozen during domain transfer)."""
