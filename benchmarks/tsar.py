@@ -246,8 +246,8 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
     (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
     entry), ``sparse-s16-g18`` for sparse heads of 16 inputs and gain 18 (``-pruned`` added for
-    ``--prune-full``); ``-fs`` for a low-memory head
-    transferred with ``--freeze-shared``, unless ``transfer`` is False)."""
+    ``--prune-full``); ``-fs`` for a low-memory head transferred with ``--freeze-shared``, unless ``transfer`` is
+    False)."""
     if head == "sparse":
         name = f"sparse-s{args.inputs}" + (f"-g{args.gain:g}" if args.gain != 1.0 else "")
         name += "-pruned" if args.prune_full else ""

@@ -635,7 +635,6 @@ class SparseHead(_RegulationHead):
         return torch.add(self.bias, summed, alpha=self.gain).view(f.shape[0], *self.shape)
 
 
-
 def proportional_pools(regulated_shapes: Sequence[Sequence[int]], total: int) -> List[int]:
     """Split ``total`` shared read-outs among hashed heads in proportion to their weights' entries.
 
