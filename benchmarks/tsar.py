@@ -139,7 +139,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--figures", type=Path, default=IMAGES, help="folder of the regulation figures.")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
     parser.add_argument("--report", action="store_true",
-                        help="run nothing: re-read --out and rewrite its summary, notes and docs section.")
+                        help="run nothing: re-read --out and rewrite its summary, notes, memory / recall figure and "
+                             "docs section.")
     parser.add_argument("--append", action="store_true",
                         help="keep the runs of --out (same scale settings) and add or replace this invocation's.")
     parser.add_argument("--label", default="",
@@ -460,6 +461,64 @@ def draw_regulation(recorded: Dict[str, Any], folder: Path, label: str, part: Op
     return written
 
 
+def memory_recall(summary: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Grow's regulator memory against its Omniglot recall, one point per head (full head first, then by memory)."""
+    points = [{"head": row["head"], "megabytes": row["regulator_bytes"]["parameters"] / 1e6,
+               "recall_mean": row["omniglot"]["recall_mean"], "recall_std": row["omniglot"]["recall_std"] or 0.0,
+               "runs": row["omniglot"]["runs"]}
+              for row in summary if row["method"] == "grow" and "omniglot" in row]
+    return sorted(points, key=lambda p: (p["head"] != "full", -p["megabytes"], p["head"]))
+
+
+def draw_memory_recall(summary: List[Dict[str, Any]], folder: Path, label: str) -> Optional[str]:
+    """Grow's Omniglot recall against regulator memory (log axis), every head of the result; its portable path.
+
+    One file per result (all its runs, earlier invocations' included), drawn
+    again by every invocation; None where fewer than two heads were measured.
+    """
+    points = memory_recall(summary)
+    if len(points) < 2:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    placed: List[tuple] = []
+    for p in points:
+        full = p["head"] == "full"
+        ax.errorbar(p["megabytes"], p["recall_mean"], yerr=p["recall_std"], fmt="s" if full else "o",
+                    color="black" if full else "tab:blue", capsize=3)
+        near = sum(abs(np.log10(p["megabytes"] / m)) < 0.1 and abs(p["recall_mean"] - r) < 4 for m, r in placed)
+        placed.append((p["megabytes"], p["recall_mean"]))
+        ax.annotate(p["head"], (p["megabytes"], p["recall_mean"]), textcoords="offset points",
+                    xytext=(5, 3 + 9 * near), fontsize=7)  # labels of nearby points stacked, not overlaid
+    full = next((p for p in points if p["head"] == "full"), None)
+    if full is not None:  # the issue's target region: 10x smaller, at most 2 points lost
+        ax.axvline(full["megabytes"] / 10, color="tab:red", lw=0.8, ls="--", label="10x smaller")
+        ax.axhline(full["recall_mean"] - 2, color="tab:green", lw=0.8, ls="--", label="2 points below full")
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 3, 10, 30 MB rather than powers of ten
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("regulator parameters (MB, log)")
+    ax.set_ylabel("Omniglot recall, 100 classes (%)")
+    ax.set_title("Grow: regulator memory vs transfer recall", fontsize=9)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ("tsar" + (f"_{label.replace('-', '_')}" if label else "") + "_memory_recall.png")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return portable_path(path)
+
+
+def with_memory_recall(figures: List[str], summary: List[Dict[str, Any]], folder: Path, label: str) -> List[str]:
+    """``figures`` with the memory / recall figure drawn again and listed once, first."""
+    drawn = draw_memory_recall(summary, folder, label)
+    return ([drawn] if drawn else []) + [f for f in figures if f != drawn]
+
+
 def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     rows = []
     keys = sorted({(r["method"], r["head"]) for r in runs}, key=lambda k: (METHODS.index(k[0]), k[1]))
@@ -649,6 +708,8 @@ def report(args: argparse.Namespace) -> int:
     result.pop("notes", None)  # earlier files wrote the targets as free text
     result["summary"] = summarise(result["runs"])
     result["targets"] = targets(result["summary"], result["runs"], result["settings"])
+    result["figures"] = with_memory_recall(result.get("figures", []), result["summary"], args.figures,
+                                           result["settings"].get("label"))
     print("\n".join(target_lines(result["targets"], markdown=False)))
     publish(result, args.out, None if args.no_docs else markdown_section(result),
             *section_markers("tsar", result["settings"].get("label")))
@@ -715,7 +776,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result["targets"] = targets(result["summary"], result["runs"], result["settings"])
     invocations = len(result.get("commands", []))  # more than one: appended to an earlier file
     part = invocations if invocations > 1 else None
-    result["figures"] = earlier_figures + draw_regulation(recorded, args.figures, args.label, part)
+    result["figures"] = with_memory_recall(earlier_figures + draw_regulation(recorded, args.figures, args.label, part),
+                                           result["summary"], args.figures, args.label)
     print("\n".join(target_lines(result["targets"], markdown=False)))
     publish(result, args.out, None if args.no_docs else markdown_section(result), *section_markers("tsar", args.label))
     return 0

@@ -1177,3 +1177,25 @@ def test_benchmark_head_labels_and_labelled_result_files():
     # 25,696 entries x (16 weights + 1 bias) x 4 bytes and 16 two-byte indices, the trunk's parameters besides
     trunk = sum(p.numel() * p.element_size() for p in model.regulator.trunk_parameters())
     assert tsar_benchmark.regulator_bytes(model)["parameters"] == 25696 * (17 * 4 + 16 * 2) + trunk
+
+
+def test_benchmark_memory_recall_figure_lists_grow_heads_once(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tsar as tsar_benchmark
+
+    def row(method, head, parameters, recall, std):
+        return {"method": method, "head": head, "regulator_bytes": {"parameters": parameters},
+                "omniglot": {"recall_mean": recall, "recall_std": std, "runs": 3}}
+
+    summary = [row("grow", "sparse-s16", 2_500_000, 21.0, 1.5), row("sculpt", "full", 28_000_000, 20.0, 2.0),
+               row("grow", "hashed-t2048", 2_700_000, 31.0, None), row("grow", "full", 28_000_000, 64.0, 2.0),
+               {"method": "grow", "head": "low_rank", "regulator_bytes": {"parameters": 1}}]  # no Omniglot runs
+    points = tsar_benchmark.memory_recall(summary)
+    assert [p["head"] for p in points] == ["full", "hashed-t2048", "sparse-s16"]  # full first, then by memory
+    assert points[0]["megabytes"] == 28.0 and points[1]["recall_std"] == 0.0  # one run: no spread drawn
+    earlier = ["docs/images/tsar_x_regulation_ccdf.png"]
+    figures = tsar_benchmark.with_memory_recall(earlier, summary, tmp_path, "budget-x")
+    drawn = tmp_path / "tsar_budget_x_memory_recall.png"
+    assert drawn.stat().st_size > 0 and figures[1:] == earlier and figures[0].endswith(drawn.name)
+    assert tsar_benchmark.with_memory_recall(figures, summary, tmp_path, "budget-x") == figures  # listed once
+    assert tsar_benchmark.with_memory_recall(earlier, summary[:1], tmp_path, "y") == earlier  # one head: none
