@@ -316,7 +316,8 @@ def choose_lr(strategy, model, selection, grid: Sequence[float], optimizer_name:
 
 
 def pruned_model(method: str, args: argparse.Namespace, meta_seed: int, images, labels):
-    """The full-head run's meta-learned networks at the budget, each head row pruned to ``--inputs`` weights."""
+    """The full-head run's meta-learned networks at the budget, each head row pruned to ``--inputs`` weights,
+    and the checkpoint they came from."""
     from avalanche_neuromod.models import TSARNet
     from avalanche_neuromod.training import TSARMetaLearner
 
@@ -331,7 +332,7 @@ def pruned_model(method: str, args: argparse.Namespace, meta_seed: int, images, 
         raise SystemExit(f"{checkpoint} holds {done} meta-iterations, not --meta-iterations {args.meta_iterations}. "
                          f"Fix: meta-learn the full heads to the budget first (--heads full).")
     full = learner.model
-    return TSARNet(full.classifier, full.regulator.sparsified(args.inputs, args.gain))
+    return TSARNet(full.classifier, full.regulator.sparsified(args.inputs, args.gain)), checkpoint
 
 
 def run_method(method: str, head: str, meta_seed: int, args, images, labels, transfers, progress: Callable,
@@ -354,9 +355,9 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     first = transfers.get(("omniglot", args.transfer_seeds[0]))
     optimizer = args.transfer_optimizer
     if args.prune_full and meta_head.startswith("sparse") and method in META_LEARNED:
-        model = pruned_model(method, args, meta_seed, images, labels)
+        model, checkpoint = pruned_model(method, args, meta_seed, images, labels)
         run.update(regulator_bytes=regulator_bytes(model), meta_resumed_at=args.meta_iterations,
-                   pruned_from=checkpoint_file(args, method, "full", meta_seed).name)
+                   pruned_from=checkpoint.name)
         progress(f"  {method}/{head} meta seed {meta_seed}: pruned from {run['pruned_from']}")
     elif method in META_LEARNED:
         checkpoint = checkpoint_file(args, method, meta_head, meta_seed)
@@ -429,6 +430,11 @@ def regulation_summary(stats) -> Dict[str, Any]:
             "total_mean": float(np.mean(stats.total)), "total_max": float(np.max(stats.total))}
 
 
+def figure_prefix(label: Optional[str]) -> str:
+    """The start of a result's figure names: ``tsar``, or ``tsar_LABEL`` with dashes as underscores."""
+    return "tsar" + (f"_{label.replace('-', '_')}" if label else "")
+
+
 def draw_regulation(recorded: Dict[str, Any], folder: Path, label: str, part: Optional[int] = None) -> List[str]:
     """The paper's regulation figures from the recorded statistics; their portable paths.
 
@@ -445,7 +451,7 @@ def draw_regulation(recorded: Dict[str, Any], folder: Path, label: str, part: Op
     if not recorded:
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    prefix = "tsar" + (f"_{label.replace('-', '_')}" if label else "") + (f"_{part}" if part else "")
+    prefix = figure_prefix(label) + (f"_{part}" if part else "")
     first_grow = next((k for k in recorded if k.startswith("grow/")), next(iter(recorded)))
     figures = {"regulation_ccdf": plot_regulation_ccdf(list(recorded.values()), list(recorded)),
                "task_activity": plot_task_activity(recorded[first_grow]),
@@ -507,7 +513,7 @@ def draw_memory_recall(summary: List[Dict[str, Any]], folder: Path, label: str) 
     ax.set_ylabel("Omniglot recall, 100 classes (%)")
     ax.set_title("Grow: regulator memory vs transfer recall", fontsize=9)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / ("tsar" + (f"_{label.replace('-', '_')}" if label else "") + "_memory_recall.png")
+    path = folder / f"{figure_prefix(label)}_memory_recall.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return portable_path(path)
