@@ -1081,6 +1081,12 @@ def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mni
     assert run["transfer_optimizer"] == "sgd" and run["lr"] == 1e-2
     assert [p["meta_iterations"] for p in run["curve"]] == [3]  # the earlier points were Adam's at another lr
     assert "Transfer with plain SGD at batch 1" in tsar_benchmark.markdown_section(result)
+    # Sparse heads pruned from that meta-learned full-head checkpoint, transferred without meta-learning again.
+    assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--heads", "sparse", "--prune-full", "--inputs",
+                                "2", "--out", str(tmp_path / "p.json")]) == 0
+    pruned = json.loads((tmp_path / "p.json").read_text())["runs"][0]
+    assert pruned["head"] == "sparse-s2-pruned" and pruned["meta_resumed_at"] == 3
+    assert pruned["pruned_from"] == "grow_full_meta0_first-order_c4_r4_n12.pt"
     with pytest.raises(SystemExit, match="holds 3 meta-iterations, more than --meta-iterations 2"):
         tsar_benchmark.main([*common, "--meta-iterations", "2", "--out", str(tmp_path / "c.json")])
     # Adam and SGD transfers are not merged into one file.
