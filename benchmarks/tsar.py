@@ -93,7 +93,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--curve-lr", type=float, default=1e-4,
                         help="transfer learning rate of the curve points before the budget.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--heads", nargs="+", choices=("full", "factored", "low_rank", "hashed", "sparse"),
+    parser.add_argument("--heads", nargs="+", choices=("full", "factored", "low_rank", "hashed", "sparse", "quantized"),
                         default=["full"])
     parser.add_argument("--second-order", action="store_true",
                         help="second-order OML: differentiate through the inner loop (default: first-order).")
@@ -118,6 +118,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="sparse heads not meta-learned: the full-head run's meta-learned checkpoint (same "
                              "method, meta seed and settings, in --checkpoint-dir) with each head row pruned to its "
                              "--inputs largest weights (Regulator.sparsified; the head 'sparse-sS-pruned').")
+    parser.add_argument("--bits", type=int, nargs="+", default=[3],
+                        help="bits per weight of the quantized regulation heads (QuantizedHead; the head "
+                             "'quantized-bB'), one number for all heads or one per regulated weight (the head "
+                             "'quantized-bB1.B2.B3.B4'). Quantized heads are never meta-learned: they are the full-head run's "
+                             "checkpoint (same method, meta seed and settings, in --checkpoint-dir) with every head "
+                             "row quantised (Regulator.quantized).")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="quantized heads: correct each entry's bias for its row's mean quantisation error "
+                             "over the meta-training images (Regulator.quantized's calibration; suffix '-cal').")
+    parser.add_argument("--freeze-head-weights", action="store_true",
+                        help="domain transfer with every regulation head's weights fixed, only per-entry biases "
+                             "(and quantized steps) learning in the regulator (TSAR's freeze_head_weights; suffix "
+                             "'-fw'); the meta-learned checkpoint is the same as without it.")
     parser.add_argument("--freeze-shared", action="store_true",
                         help="domain transfer with what low-memory regulation heads share among mask entries held "
                              "fixed (TSAR's freeze_shared; the head gets the suffix '-fs'); the meta-learned "
@@ -217,13 +230,16 @@ def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequ
     return out
 
 
-def strategy_for(method: str, freeze_shared: bool = False):
-    """The method's transfer strategy (``freeze_shared``: a meta-learned regulator's shared head maps fixed)."""
+def strategy_for(method: str, freeze_shared: bool = False, freeze_head_weights: bool = False):
+    """The method's transfer strategy (``freeze_shared``: a meta-learned regulator's shared head maps fixed;
+    ``freeze_head_weights``: every head's weights fixed)."""
     from avalanche_neuromod.training import TSAR, TSARNoRegulation, TSARReservoir, TSARScratch
 
     strategy = {"grow": TSAR, "sculpt": TSAR, "no_regulation": TSARNoRegulation, "scratch": TSARScratch,
                 "reservoir": TSARReservoir}[method]
-    return functools.partial(strategy, freeze_shared=True) if freeze_shared and strategy is TSAR else strategy
+    if strategy is not TSAR or not (freeze_shared or freeze_head_weights):
+        return strategy
+    return functools.partial(strategy, freeze_shared=freeze_shared, freeze_head_weights=freeze_head_weights)
 
 
 def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
@@ -247,24 +263,35 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
     (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
     entry), ``sparse-s16-g18`` for sparse heads of 16 inputs and gain 18 (``-pruned`` added for
-    ``--prune-full``); ``-fs`` for a low-memory head transferred with ``--freeze-shared``, unless ``transfer`` is
-    False)."""
+    ``--prune-full``), ``quantized-b3`` for quantized heads of 3 bits (``-cal`` added for ``--calibrate``); ``-fs``
+    for a low-memory head transferred with ``--freeze-shared`` and ``-fw`` for any head transferred with
+    ``--freeze-head-weights``, unless ``transfer`` is False)."""
     if head == "sparse":
         name = f"sparse-s{args.inputs}" + (f"-g{args.gain:g}" if args.gain != 1.0 else "")
         name += "-pruned" if args.prune_full else ""
     elif head == "hashed":
         name = f"hashed-p{args.pool}" if args.pool_total is None else f"hashed-t{args.pool_total}"
         name += f"-k{args.hashes}" if args.hashes != 1 else ""
+    elif head == "quantized":
+        name = f"quantized-b{'.'.join(map(str, args.bits))}" + ("-cal" if args.calibrate else "")
     else:
         name = f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
-    return name + ("-fs" if transfer and args.freeze_shared and head != "full" else "")
+    return name + ("-fs" if transfer and args.freeze_shared and head != "full" else "") \
+        + ("-fw" if transfer and args.freeze_head_weights else "")
 
 
 def head_name(head: str, settings: Dict[str, Any]) -> str:
     """A low-memory head's description for the targets (``head`` as :func:`head_label` names it)."""
-    frozen = head.endswith("-fs")
-    head = head[:-3] if frozen else head
-    suffix = ", shared maps frozen in transfer" if frozen else ""
+    suffix = ""
+    if head.endswith("-fw"):
+        head, suffix = head[:-3], ", head weights frozen in transfer"
+    if head.endswith("-fs"):
+        head, suffix = head[:-3], ", shared maps frozen in transfer" + suffix
+    if head.startswith("quantized"):
+        bits, _, calibrated = head.partition("-b")[2].partition("-")
+        bits = bits if "." not in bits else f"{bits.replace('.', ' / ')} (per layer)"
+        return (f"quantized heads ({bits} bits per weight, from the meta-learned full heads"
+                + (", biases calibrated" if calibrated else "") + f"{suffix})")
     if head == "low_rank":
         return f"low-rank heads (rank {settings['rank']}{suffix})"
     if head.startswith("sparse"):
@@ -315,15 +342,16 @@ def choose_lr(strategy, model, selection, grid: Sequence[float], optimizer_name:
     return {"lr": best, "selection_recall": {str(k): v for k, v in scores.items()}}
 
 
-def pruned_model(method: str, args: argparse.Namespace, meta_seed: int, images, labels):
-    """The full-head run's meta-learned networks at the budget, each head row pruned to ``--inputs`` weights,
-    and the checkpoint they came from."""
+def converted_model(method: str, head: str, args: argparse.Namespace, meta_seed: int, images, labels):
+    """The full-head run's meta-learned networks at the budget with the heads converted (``sparse``: each row
+    pruned to ``--inputs`` weights; ``quantized``: each row in ``--bits`` bits), and the checkpoint they came
+    from."""
     from avalanche_neuromod.models import TSARNet
     from avalanche_neuromod.training import TSARMetaLearner
 
     checkpoint = checkpoint_file(args, method, "full", meta_seed)
     if checkpoint is None or not checkpoint.exists():
-        raise SystemExit(f"--prune-full needs the full-head run's checkpoint {checkpoint}. Fix: run "
+        raise SystemExit(f"--heads {head} from the full heads needs the full-head run's checkpoint {checkpoint}. Fix: run "
                          f"--heads full with the same settings and --checkpoint-dir first.")
     learner = TSARMetaLearner(fresh_model(method, "full", args, meta_seed), images, labels, seed=meta_seed,
                               second_order=args.second_order)
@@ -332,7 +360,12 @@ def pruned_model(method: str, args: argparse.Namespace, meta_seed: int, images, 
         raise SystemExit(f"{checkpoint} holds {done} meta-iterations, not --meta-iterations {args.meta_iterations}. "
                          f"Fix: meta-learn the full heads to the budget first (--heads full).")
     full = learner.model
-    return TSARNet(full.classifier, full.regulator.sparsified(args.inputs, args.gain)), checkpoint
+    if head == "quantized":
+        bits = args.bits[0] if len(args.bits) == 1 else args.bits
+        regulator = full.regulator.quantized(bits, learner.images if args.calibrate else None)
+    else:
+        regulator = full.regulator.sparsified(args.inputs, args.gain)
+    return TSARNet(full.classifier, regulator), checkpoint
 
 
 def run_method(method: str, head: str, meta_seed: int, args, images, labels, transfers, progress: Callable,
@@ -348,17 +381,18 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     model = fresh_model(method, head, args, meta_seed)
     meta_head = head_label(head, args, transfer=False)  # the meta-learned networks: the checkpoint's name
     head = head_label(head, args)
-    strategy = strategy_for(method, args.freeze_shared)
+    strategy = strategy_for(method, args.freeze_shared, args.freeze_head_weights)
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
     selection = transfers[("selection", args.selection_seed)]
     first = transfers.get(("omniglot", args.transfer_seeds[0]))
     optimizer = args.transfer_optimizer
-    if args.prune_full and meta_head.startswith("sparse") and method in META_LEARNED:
-        model, checkpoint = pruned_model(method, args, meta_seed, images, labels)
+    if ((args.prune_full and meta_head.startswith("sparse")) or meta_head.startswith("quantized")) \
+            and method in META_LEARNED:
+        model, checkpoint = converted_model(method, meta_head.split("-")[0], args, meta_seed, images, labels)
         run.update(regulator_bytes=regulator_bytes(model), meta_resumed_at=args.meta_iterations,
-                   pruned_from=checkpoint.name)
-        progress(f"  {method}/{head} meta seed {meta_seed}: pruned from {run['pruned_from']}")
+                   converted_from=checkpoint.name)
+        progress(f"  {method}/{head} meta seed {meta_seed}: converted from {run['converted_from']}")
     elif method in META_LEARNED:
         checkpoint = checkpoint_file(args, method, meta_head, meta_seed)
         learner = TSARMetaLearner(model, images, labels, seed=meta_seed, second_order=args.second_order,
@@ -372,8 +406,9 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
                                  f"--checkpoint-dir.")
             run["meta_resumed_at"] = done
             run["curve"] = [p for p in read_curve(checkpoint) if p["meta_iterations"] <= done
-                            and (p["lr"], p.get("optimizer", "adam"), p.get("freeze_shared", False))
-                            == (args.curve_lr, optimizer, args.freeze_shared)]
+                            and (p["lr"], p.get("optimizer", "adam"), p.get("freeze_shared", False),
+                                 p.get("freeze_head_weights", False))
+                            == (args.curve_lr, optimizer, args.freeze_shared, args.freeze_head_weights)]
             progress(f"  {method}/{head} meta seed {meta_seed}: resumed from {checkpoint} at meta-iteration {done}")
 
         def curve_point(l: TSARMetaLearner) -> None:
@@ -382,7 +417,8 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
                 point = transfer(strategy, l.model, first, args.curve_lr, seed=args.transfer_seeds[0],
                                  optimizer_name=optimizer)
                 run["curve"].append({"meta_iterations": l.iteration, "recall": point["recall"], "lr": args.curve_lr,
-                                     "optimizer": optimizer, **({"freeze_shared": True} if args.freeze_shared else {})})
+                                     "optimizer": optimizer, **({"freeze_shared": True} if args.freeze_shared else {}),
+                                     **({"freeze_head_weights": True} if args.freeze_head_weights else {})})
                 if checkpoint is not None:
                     write_curve(checkpoint, run["curve"])
                 progress(f"  {method}/{head} meta-it {l.iteration}: recall {100 * point['recall']:.1f}% "
@@ -595,7 +631,8 @@ def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]],
         mean = scratch["omniglot"]["recall_mean"]
         checked.append(target("Scratch recall below 5%", mean < 5, f"{mean:.1f}%"))
     full = by.get(("grow", "full"))
-    for head in sorted(h for m, h in by if m == "grow" and h.startswith(("low_rank", "factored", "hashed", "sparse"))):
+    for head in sorted(h for m, h in by
+                       if m == "grow" and h.startswith(("low_rank", "factored", "hashed", "sparse", "quantized"))):
         light, name = by[("grow", head)], head_name(head, settings)
         if full and "omniglot" in light and "omniglot" in full:
             ratio = full["regulator_bytes"]["parameters"] / max(light["regulator_bytes"]["parameters"], 1)

@@ -35,12 +35,14 @@ from avalanche_neuromod.models import (
     HashedHead,
     FullHead,
     LowRankHead,
+    QuantizedHead,
     RegulatedClassifier,
     Regulator,
     SingleImageNorm,
     SparseHead,
     TSARNet,
     proportional_pools,
+    quantize_rows,
     regulated_conv2d,
     regulated_linear,
 )
@@ -536,6 +538,82 @@ def test_regulator_sparsified_prunes_every_head_and_round_trips():
         pruned.regulator.sparsified(4)
 
 
+def test_quantize_rows_picks_each_rows_least_error_step_on_symmetric_levels():
+    weight = torch.tensor([[0.0, 1.0, -1.0, 0.5], [2.0, -2.0, 2.0, -2.0]])
+    codes, step = quantize_rows(weight, bits=1)  # levels +-step / 2
+    assert codes.dtype == torch.uint8 and codes.shape == weight.shape
+    assert torch.equal(codes[1], torch.tensor([1, 0, 1, 0], dtype=torch.uint8))
+    # Row 1 is +-2: its least-error step from the grid is the one nearest 4 (rms 2 x the largest multiple, 1.2).
+    torch.testing.assert_close(step[1], torch.tensor(2.4))
+    torch.manual_seed(0)
+    w = torch.randn(64, 100) * torch.linspace(0.1, 3.0, 64).unsqueeze(1)  # rows of very different scales
+    errors = []
+    for bits in (2, 3, 4):
+        codes, step = quantize_rows(w, bits)
+        assert int(codes.max()) <= 2 ** bits - 1
+        q = step.unsqueeze(1) * (codes.float() - (2 ** bits - 1) / 2)
+        errors.append(((w - q).pow(2).sum(1) / w.pow(2).sum(1)).mean().item())
+        # No row does better with another step of the grid (it kept its least-error one).
+        for multiple in (0.3, 0.75, 1.2):
+            other = w.pow(2).mean(1, keepdim=True).sqrt() * multiple
+            alt = other * ((w / other + (2 ** bits - 1) / 2).round().clamp(0, 2 ** bits - 1) - (2 ** bits - 1) / 2)
+            assert torch.all((w - q).pow(2).sum(1) <= (w - alt).pow(2).sum(1) + 1e-5)
+    assert errors[0] > errors[1] > errors[2] and errors[1] < 0.05  # 3 bits: under 5% of a row's energy
+
+
+def test_quantized_head_formula_packing_and_memory():
+    torch.manual_seed(0)
+    full = FullHead(10, (4, 3), bias=-2.0)
+    full.linear.bias.data.normal_()
+    f = torch.relu(torch.randn(5, 10))
+    head = QuantizedHead.from_full(full, bits=3)
+    codes, step = quantize_rows(full.linear.weight.detach(), 3)
+    weight = step.unsqueeze(1) * (codes.float() - 3.5)
+    torch.testing.assert_close(head.weight(), weight)  # the packed codes decode to the quantised rows
+    expected = (f @ weight.T + full.linear.bias.detach()).view(5, 4, 3)
+    torch.testing.assert_close(head.logits(f), expected)
+    torch.testing.assert_close(head(f), torch.sigmoid(expected))
+    assert head.codes.dtype == torch.uint8 and head.codes.numel() == 3 * 12 * 10 // 8  # 3 bits per weight
+    assert [n for n, _ in head.named_parameters()] == ["step", "bias"] and head.map_parameters() == []
+    # Calibration: the biases absorb each row's mean error, so the mean logits over the images stay the full head's.
+    mean = f.mean(0)
+    calibrated = QuantizedHead.from_full(full, bits=3, mean_features=mean)
+    torch.testing.assert_close(calibrated.logits(f).mean(0), full.logits(f).mean(0))
+    assert not torch.allclose(head.logits(f).mean(0), full.logits(f).mean(0))
+    n_full, n_quantized, entries = _head_parameters_at_paper_size(head="quantized", bits=3)
+    assert n_quantized == 2 * entries  # the parameters: a step and a bias per entry; the codes are a buffer
+    with pytest.raises(ValueError, match="from 1 to 8"):
+        QuantizedHead(10, (2,), 0.0, bits=9)
+
+
+def test_regulator_quantized_converts_every_head_round_trips_and_is_10x_smaller():
+    torch.manual_seed(0)
+    net = TSARNet.build(7, **SMALL)
+    x = torch.randn(3, 3, 28, 28)
+    small = TSARNet(net.classifier, net.regulator.quantized(bits=3, calibration=x))
+    assert small.config["regulator"]["head"] == "quantized" and small.config["regulator"]["bits"] == 3
+    f = net.regulator.encode(x)
+    for full_head, head in zip(net.regulator.heads, small.regulator.heads):
+        torch.testing.assert_close(head.logits(f), QuantizedHead.from_full(full_head, 3, f.mean(0)).logits(f))
+    again = TSARNet.from_config(small.config)
+    again.load_state_dict(small.state_dict())  # the codes travel with the weights
+    torch.testing.assert_close(again(x), small(x))
+    with pytest.raises(ValueError, match="head='full'"):
+        small.regulator.quantized(3)
+    mixed = TSARNet(net.classifier, net.regulator.quantized(bits=[3, 3, 3, 2]))
+    assert [h.bits for h in mixed.regulator.heads] == [3, 3, 3, 2]
+    assert mixed.config["regulator"]["bits"] == [3, 3, 3, 2]
+    again = TSARNet.from_config(mixed.config)
+    again.load_state_dict(mixed.state_dict())
+    torch.testing.assert_close(again(x), mixed(x))
+    with pytest.raises(ValueError, match="bits has 2 values for 4 regulated weights"):
+        net.regulator.quantized(bits=[3, 2])
+    full = FullHead(1728, (64, 32), 0.0)  # the paper's 1,728 features
+    stored = [sum(t.numel() * t.element_size() for t in [*h.parameters(), *h.buffers()])
+              for h in (full, QuantizedHead.from_full(full, 3))]
+    assert 10 < stored[0] / stored[1] < 32 / 3  # 3 bits per weight, plus a float step and bias per entry
+
+
 def test_proportional_pools_split_the_read_outs_by_entries():
     shapes = [(32, 3, 3, 3), (32, 32, 3, 3), (32, 32, 3, 3), (200, 32)]  # 864, 9216, 9216, 6400 entries
     pools = proportional_pools(shapes, 2048)
@@ -847,6 +925,29 @@ def test_transfer_with_frozen_shared_maps_trains_only_per_entry_head_parameters(
     assert all(len(h.shared_parameters()) == 2 for h in low_rank.regulator.heads)
 
 
+def test_transfer_with_frozen_head_weights_trains_only_biases_and_steps():
+    bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
+    evaluator = make_evaluator(progress_bar=False)
+    torch.manual_seed(0)
+    model = TSARNet.build(4, **SMALL)
+    strategy = TSAR(model=copy.deepcopy(model), freeze_head_weights=True, seed=0, evaluator=evaluator)
+    heads = strategy.model.regulator.heads
+    weights = [h.linear.weight.detach().clone() for h in heads]
+    biases = [h.linear.bias.detach().clone() for h in heads]
+    strategy.train(bench.train_stream[0])
+    assert all(torch.equal(a, h.linear.weight) for a, h in zip(weights, heads))
+    assert all(not torch.equal(a, h.linear.bias) for a, h in zip(biases, heads))  # biases still learn
+    assert strategy.freeze_head_weights and not any(h.linear.weight.requires_grad for h in heads)
+    # A quantized regulator: codes never change; steps and biases learn, with or without the option.
+    quantized = TSARNet(model.classifier, model.regulator.quantized(3))
+    learning = TSAR(model=copy.deepcopy(quantized), seed=0, evaluator=evaluator)
+    codes = [h.codes.clone() for h in learning.model.regulator.heads]
+    steps = [h.step.detach().clone() for h in learning.model.regulator.heads]
+    learning.train(bench.train_stream[0])
+    assert all(torch.equal(c, h.codes) for c, h in zip(codes, learning.model.regulator.heads))
+    assert all(not torch.equal(s, h.step) for s, h in zip(steps, learning.model.regulator.heads))
+
+
 def test_transfer_baselines_train_what_they_should(tmp_path):
     bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
     evaluator = make_evaluator(progress_bar=False)
@@ -1086,7 +1187,19 @@ def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mni
                                 "2", "--out", str(tmp_path / "p.json")]) == 0
     pruned = json.loads((tmp_path / "p.json").read_text())["runs"][0]
     assert pruned["head"] == "sparse-s2-pruned" and pruned["meta_resumed_at"] == 3
-    assert pruned["pruned_from"] == "grow_full_meta0_first-order_c4_r4_n12.pt"
+    assert pruned["converted_from"] == "grow_full_meta0_first-order_c4_r4_n12.pt"
+    # Quantized heads from the same checkpoint (calibrated, head weights frozen in transfer); a full head whose
+    # weights are frozen in transfer reuses the full head's meta-learner.
+    assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--heads", "quantized", "--bits", "3", "3", "3",
+                                "2", "--calibrate", "--out", str(tmp_path / "q.json")]) == 0
+    quantized = json.loads((tmp_path / "q.json").read_text())["runs"][0]
+    assert quantized["head"] == "quantized-b3.3.3.2-cal" and quantized["meta_resumed_at"] == 3
+    assert quantized["converted_from"] == pruned["converted_from"]
+    assert quantized["regulator_bytes"]["parameters"] * 5 < first["regulator_bytes"]["parameters"]
+    assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--freeze-head-weights",
+                                "--out", str(tmp_path / "fw.json")]) == 0
+    frozen_weights = json.loads((tmp_path / "fw.json").read_text())["runs"][0]
+    assert frozen_weights["head"] == "full-fw" and frozen_weights["meta_resumed_at"] == 3
     with pytest.raises(SystemExit, match="holds 3 meta-iterations, more than --meta-iterations 2"):
         tsar_benchmark.main([*common, "--meta-iterations", "2", "--out", str(tmp_path / "c.json")])
     # Adam and SGD transfers are not merged into one file.
@@ -1178,6 +1291,16 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert tsar_benchmark.head_label("sparse", pruned) == "sparse-s16-pruned"
     assert tsar_benchmark.head_name("sparse-s16-pruned", {}) == (
         "sparse heads (16 inputs per entry, pruned from the meta-learned full heads)")
+    quantized = tsar_benchmark.parse_args(["--heads", "quantized", "--calibrate", "--freeze-head-weights"])
+    assert tsar_benchmark.head_label("quantized", quantized) == "quantized-b3-cal-fw"
+    assert tsar_benchmark.head_label("quantized", quantized, transfer=False) == "quantized-b3-cal"
+    assert tsar_benchmark.head_name("quantized-b3-cal-fw", {}) == (
+        "quantized heads (3 bits per weight, from the meta-learned full heads, biases calibrated, head weights "
+        "frozen in transfer)")
+    assert tsar_benchmark.head_name("quantized-b3.3.3.2", {}) == (
+        "quantized heads (3 / 3 / 3 / 2 (per layer) bits per weight, from the meta-learned full heads)")
+    assert tsar_benchmark.strategy_for("grow", freeze_head_weights=True).keywords == {
+        "freeze_shared": False, "freeze_head_weights": True}
     model = tsar_benchmark.fresh_model("grow", "sparse", sparse, seed=0)
     assert all(h.inputs == 16 and h.gain == 18.0 for h in model.regulator.heads)
     # 25,696 entries x (16 weights + 1 bias) x 4 bytes and 16 two-byte indices, the trunk's parameters besides

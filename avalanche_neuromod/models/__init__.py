@@ -4,9 +4,9 @@ TSAR's regulator and regulated classifier, and the task-incremental baselines (P
 from .batch_ensemble import BatchELayer, BatchENet, BatchEResNet18, RankOneFactors
 from .crwn import CRWNModule, FlyNet, NeuroModNet, NeuroModResNet18, SparseFlyEncoder
 from .dynamos import AgentDecision, ChannelAgent, DynamosResNet18, GateRecord, require_agents
-from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, RegulatedClassifier, Regulator,
-                   SingleImageNorm, SparseHead, TSARNet, proportional_pools, regulated_conv2d, regulated_linear,
-                   regulation_bias)
+from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, QuantizedHead,
+                   RegulatedClassifier, Regulator, SingleImageNorm, SparseHead, TSARNet, proportional_pools,
+                   quantize_rows, regulated_conv2d, regulated_linear, regulation_bias)
 from .psp import PSP_CONTEXTS, PSPContexts, PSPLayer, PSPNet, PSPResNet18, random_orthogonal
 from .reference import IndependentLayer, MTLNet, MTLResNet18, SharedLayer, STLNet, STLResNet18, TaskWeights
 from .supsup import SupermaskScores, SupSupLayer, SupSupNet, SupSupResNet18, topk_mask
@@ -43,6 +43,8 @@ __all__ = [
     "PSPLayer",
     "PSPNet",
     "PSPResNet18",
+    "QuantizedHead",
+    "quantize_rows",
     "random_orthogonal",
     "RankOneFactors",
     "regulated_conv2d",
@@ -56,6 +58,7 @@ __all__ = [
     "SharedLayer",
     "SingleImageNorm",
     "SparseFlyEncoder",
+    "SparseHead",
     "STLNet",
     "STLResNet18",
     "SupermaskScores",

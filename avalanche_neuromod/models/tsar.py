@@ -24,7 +24,9 @@ four heads hold ~589M parameters. Three low-memory options:
 small linear maps; :class:`HashedHead` shares ``pool`` full-size read-outs
 among the entries, each entry keeping its own scale and bias;
 :class:`SparseHead` shares nothing: every entry reads its own few fixed
-random features through its own weights and bias.
+random features through its own weights and bias; :class:`QuantizedHead`
+keeps a full head's rows in a few bits per weight (fixed codes, one float
+step and bias per entry).
 
 Normalisation is the original's "instance norm" (batch norm in training mode
 applied to one image): :class:`SingleImageNorm`.
@@ -48,17 +50,19 @@ __all__ = [
     "FullHead",
     "HashedHead",
     "LowRankHead",
+    "QuantizedHead",
     "RegulatedClassifier",
     "Regulator",
     "SingleImageNorm",
     "SparseHead",
     "TSARNet",
     "regulated_conv2d",
+    "quantize_rows",
     "regulated_linear",
     "regulation_bias",
 ]
 
-HEADS = ("full", "factored", "low_rank", "hashed", "sparse")
+HEADS = ("full", "factored", "low_rank", "hashed", "sparse", "quantized")
 """The regulation head kinds: the original, and the low-memory ones."""
 
 REGULATION_BIAS: Dict[str, float] = {"grow": -8.0, "sculpt": 0.0}
@@ -265,6 +269,13 @@ class _RegulationHead(nn.Module):
 
     def logits(self, f: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def map_parameters(self) -> List[torch.Tensor]:
+        """The head's weights: every parameter but the per-entry biases (and a quantized head's per-entry steps).
+
+        ``TSAR(freeze_head_weights=True)`` keeps them fixed during domain transfer.
+        """
+        return self._maps()
 
     def shared_parameters(self) -> List[nn.Parameter]:
         """The parameters that act on more than one mask entry (none in a full head: each row is one entry's).
@@ -635,6 +646,165 @@ class SparseHead(_RegulationHead):
         return torch.add(self.bias, summed, alpha=self.gain).view(f.shape[0], *self.shape)
 
 
+def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes in ``[0, 2**bits)`` as ``bits`` bit planes of 8 codes per byte, ``(bits, ceil(n / 8))`` uint8."""
+    flat = codes.flatten().to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)]).view(-1, 8)
+    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
+    return torch.stack([(((flat >> k) & 1) * weights).sum(1, dtype=torch.uint8) for k in range(bits)])
+
+
+def _unpack_codes(planes: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` codes of :func:`_pack_codes`' bit planes, as uint8."""
+    shifts = torch.arange(8, dtype=torch.uint8)
+    codes = torch.zeros(planes.shape[1], 8, dtype=torch.uint8)
+    for k, plane in enumerate(planes):
+        codes |= ((plane.unsqueeze(1) >> shifts) & 1) << k
+    return codes.flatten()[:n]
+
+
+_QUANTIZE_STEPS = tuple(0.3 + 0.05 * i for i in range(19))
+"""Quantisation steps tried per row, in units of the row's root mean square (the one of least error is kept)."""
+
+
+def quantize_rows(weight: torch.Tensor, bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Uniform ``bits``-bit quantisation of each row: ``weight[e] ~ step[e] * (codes[e] - (2**bits - 1) / 2)``.
+
+    Every row gets the step (of :data:`_QUANTIZE_STEPS` times its root mean
+    square) with the least squared error, codes rounded to the nearest level
+    and clamped to ``[0, 2**bits)``; the levels are symmetric around 0.
+
+    :param weight: ``(entries, features)``.
+    :param bits: bits per weight (1 to 8).
+    :returns: ``codes`` (uint8, the shape of ``weight``) and ``step`` (one per row).
+    """
+    top, offset = 2 ** bits - 1, (2 ** bits - 1) / 2
+    codes = torch.empty(weight.shape, dtype=torch.uint8)
+    steps = torch.empty(weight.shape[0])
+    for start in range(0, weight.shape[0], 1024):  # rows x candidate steps x features, a block of rows at a time
+        w = weight[start:start + 1024].float()
+        rms = w.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-12)
+        step = (rms * torch.tensor(_QUANTIZE_STEPS, device=w.device)).unsqueeze(-1)  # (rows, candidates, 1)
+        q = (w.unsqueeze(1) / step + offset).round().clamp(0, top)
+        error = (w.unsqueeze(1) - step * (q - offset)).pow(2).sum(-1)
+        best = error.argmin(1)
+        rows = torch.arange(w.shape[0])
+        codes[start:start + 1024] = q[rows, best].to(torch.uint8)
+        steps[start:start + 1024] = step[rows, best, 0]
+    return codes, steps
+
+
+class QuantizedHead(_RegulationHead):
+    """A low-memory regulation head that stores a full head's rows in a few bits per weight.
+
+    Entry ``e`` reads all features, as a full head's row does, through
+    weights held as ``bits``-bit codes ``c_e`` (bit-packed, a buffer) and
+    one float step ``s_e`` per row: ``sigmoid(b_e + s_e * (c_e - o) . f)``
+    with ``o = (2**bits - 1) / 2`` (levels symmetric around 0). The codes
+    are fixed; the steps and biases are parameters (one each per entry, so
+    nothing is shared). Build it from a meta-learned full head with
+    :meth:`from_full` (or :meth:`Regulator.quantized`); a fresh or reset
+    head quantises kaiming-normal rows. Memory: ``bits / 32`` of the full
+    head's weights plus two floats per entry, so 3 bits store a full head
+    about 10x smaller.
+
+    :param features: regulator features.
+    :param shape: shape of the regulated weight.
+    :param bias: the regulation bias every entry starts at.
+    :param bits: bits per weight (1 to 8).
+    :param generator: random source of the rows (default: torch's global one).
+    """
+
+    def __init__(self, features: int, shape: Sequence[int], bias: float, bits: int = 3,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__()
+        if not (isinstance(bits, numbers.Integral) and 1 <= bits <= 8):
+            raise ValueError(f"bits (per weight of the quantized head) must be an integer from 1 to 8, got {bits!r}.")
+        self.shape = tuple(shape)
+        self.bits = int(bits)
+        self.features = features
+        entries = math.prod(self.shape)
+        self.register_buffer("codes", torch.zeros(self.bits, -(-entries * features // 8), dtype=torch.uint8))
+        self.step = nn.Parameter(torch.empty(entries))
+        self.bias = nn.Parameter(torch.empty(entries))
+        self.reset(bias, generator)
+
+    def _maps(self) -> List[torch.Tensor]:
+        return []
+
+    def _bias(self) -> torch.Tensor:
+        return self.bias
+
+    def store(self, weight: torch.Tensor) -> None:
+        """Quantise ``weight`` (``entries x features``) into the codes and steps (:func:`quantize_rows`).
+
+        :param weight: the rows to store.
+        """
+        codes, steps = quantize_rows(weight.detach(), self.bits)
+        with torch.no_grad():
+            self.codes.copy_(_pack_codes(codes, self.bits))
+            self.step.copy_(steps)
+
+    def weight(self) -> torch.Tensor:
+        """The rows the codes and steps stand for, ``(entries, features)`` floats (decoded on every call)."""
+        return self.levels() * self.step.detach().unsqueeze(1)
+
+    def levels(self) -> torch.Tensor:
+        """The codes as levels ``c - o``, ``(entries, features)`` floats."""
+        entries = self.step.shape[0]
+        codes = _unpack_codes(self.codes, entries * self.features).view(entries, self.features)
+        return codes.float().sub_((2 ** self.bits - 1) / 2)
+
+    @classmethod
+    def from_full(cls, full: FullHead, bits: int = 3, mean_features: Optional[torch.Tensor] = None
+                  ) -> "QuantizedHead":
+        """A full head's rows quantised to ``bits`` bits per weight, its biases kept.
+
+        :param full: the full head.
+        :param bits: bits per weight.
+        :param mean_features: the regulator's mean features over some images
+            (e.g. the meta-training set); when given, each bias takes the
+            row's mean quantisation error, ``(w_e - q_e) . mean_features``, so
+            the logits keep their mean over those images.
+        """
+        weight = full.linear.weight.detach()
+        head = cls(weight.shape[1], full.shape, 0.0, bits)
+        head.store(weight)
+        with torch.no_grad():
+            head.bias.copy_(full.linear.bias)
+            if mean_features is not None:
+                head.bias.add_((weight - head.weight()) @ mean_features)
+        return head
+
+    def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
+        """Kaiming-normal rows quantised into the codes, every bias at ``bias``.
+
+        :param bias: the regulation bias.
+        :param generator: random source of the rows.
+        """
+        rows = torch.empty(self.step.shape[0], self.features)
+        nn.init.kaiming_normal_(rows, generator=generator)
+        self.store(rows)
+        with torch.no_grad():
+            self.bias.fill_(bias)
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid regulation ``(B, *shape)``.
+
+        :param f: features ``(B, features)``.
+        """
+        return torch.addcmul(self.bias, self.step, f @ self.levels().t()).view(f.shape[0], *self.shape)
+
+
+def _per_weight(value: Union[int, Sequence[int]], n: int, name: str) -> List[int]:
+    """``value`` for each of ``n`` regulated weights: one number for all, or a sequence of ``n``."""
+    values = [int(value)] * n if isinstance(value, numbers.Integral) else [int(v) for v in value]
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} values for {n} regulated weights; give one number for all heads "
+                         f"or one per weight.")
+    return values
+
+
 def proportional_pools(regulated_shapes: Sequence[Sequence[int]], total: int) -> List[int]:
     """Split ``total`` shared read-outs among hashed heads in proportion to their weights' entries.
 
@@ -674,7 +844,8 @@ class Regulator(nn.Module):
     :class:`FullHead` (``head="full"``, the original), or a low-memory
     :class:`FactoredHead` (``head="factored"``), :class:`LowRankHead`
     (``head="low_rank"``), :class:`HashedHead` (``head="hashed"``) or
-    :class:`SparseHead` (``head="sparse"``).
+    :class:`SparseHead` (``head="sparse"``) or :class:`QuantizedHead`
+    (``head="quantized"``).
 
     :param regulated_shapes: shapes of the classifier's regulated weights
         (:attr:`RegulatedClassifier.regulated_shapes`).
@@ -682,7 +853,7 @@ class Regulator(nn.Module):
     :param channels: channels of the trunk (paper: 192).
     :param input_size: image side length.
     :param bias: regulation bias of every head: ``"grow"`` (-8), ``"sculpt"`` (0) or a float.
-    :param head: ``"full"``, ``"factored"``, ``"low_rank"``, ``"hashed"`` or ``"sparse"``.
+    :param head: ``"full"``, ``"factored"``, ``"low_rank"``, ``"hashed"``, ``"sparse"`` or ``"quantized"``.
     :param rank: rank of the low-rank heads.
     :param code: code size of the factored heads.
     :param gain: read-out gain of the factored and sparse heads (:class:`FactoredHead`, :class:`SparseHead`).
@@ -691,12 +862,14 @@ class Regulator(nn.Module):
         :func:`proportional_pools`).
     :param hashes: read-outs per mask entry of the hashed heads (:class:`HashedHead`).
     :param inputs: features each mask entry of the sparse heads reads (:class:`SparseHead`).
+    :param bits: bits per weight of the quantized heads (:class:`QuantizedHead`): one number for every head,
+        or one per regulated weight.
     """
 
     def __init__(self, regulated_shapes: Sequence[Sequence[int]], *, in_channels: int = 3, channels: int = 192,
                  input_size: int = 28, bias: Union[str, float] = "grow", head: str = "full", rank: int = 4,
                  code: int = 32, gain: float = 1.0, pool: Union[int, Sequence[int]] = 512, hashes: int = 1,
-                 inputs: int = 16):
+                 inputs: int = 16, bits: Union[int, Sequence[int]] = 3):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {head!r}.")
@@ -709,16 +882,16 @@ class Regulator(nn.Module):
         if gain != 1.0:  # only then: configs (and checkpoints) of gain 1 stay as they were before the option
             self.config["gain"] = gain
         single = isinstance(pool, numbers.Integral)
-        pools = [int(pool)] * len(regulated_shapes) if single else [int(p) for p in pool]
-        if len(pools) != len(regulated_shapes):
-            raise ValueError(f"pool has {len(pools)} values for {len(regulated_shapes)} regulated weights; give one "
-                             f"number for all heads or one per weight.")
+        pools = _per_weight(pool, len(regulated_shapes), "pool")
         if head == "hashed":
             self.config["pool"] = int(pool) if single else pools
             if hashes != 1:  # as gain: configs of one hash stay as they were before the option
                 self.config["hashes"] = hashes
         if head == "sparse":
             self.config["inputs"] = inputs
+        layer_bits = _per_weight(bits, len(regulated_shapes), "bits")
+        if head == "quantized":
+            self.config["bits"] = int(bits) if isinstance(bits, numbers.Integral) else layer_bits
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
                                     nn.Conv2d(channels, channels, 3)])
         self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
@@ -729,9 +902,10 @@ class Regulator(nn.Module):
         make = {"full": lambda s, _: FullHead(self.features, s, value),
                 "factored": lambda s, _: FactoredHead(self.features, s, value, code, gain),
                 "low_rank": lambda s, _: LowRankHead(self.features, s, value, rank),
-                "hashed": lambda s, p: HashedHead(self.features, s, value, p, hashes=hashes),
-                "sparse": lambda s, _: SparseHead(self.features, s, value, inputs, gain)}[head]
-        self.heads = nn.ModuleList([make(s, p) for s, p in zip(regulated_shapes, pools)])
+                "hashed": lambda s, i: HashedHead(self.features, s, value, pools[i], hashes=hashes),
+                "sparse": lambda s, _: SparseHead(self.features, s, value, inputs, gain),
+                "quantized": lambda s, i: QuantizedHead(self.features, s, value, layer_bits[i])}[head]
+        self.heads = nn.ModuleList([make(s, i) for i, s in enumerate(regulated_shapes)])
 
     def sparsified(self, inputs: int = 16, gain: float = 1.0) -> "Regulator":
         """A copy whose full heads are pruned to their ``inputs`` largest weights per entry.
@@ -741,16 +915,40 @@ class Regulator(nn.Module):
         :param inputs: weights kept per mask entry.
         :param gain: the sparse heads' gain.
         """
+        return self._converted("sparse", {"inputs": inputs, "gain": gain},
+                               lambda h: SparseHead.from_full(h, inputs, gain))
+
+    def quantized(self, bits: Union[int, Sequence[int]] = 3, calibration: Optional[torch.Tensor] = None
+                  ) -> "Regulator":
+        """A copy whose full heads store their rows in ``bits`` bits per weight.
+
+        Each head becomes :meth:`QuantizedHead.from_full` of it; the trunk is copied.
+
+        :param bits: bits per weight, one number for every head or one per regulated weight.
+        :param calibration: images whose mean features correct each entry's
+            bias for the mean error of its quantised row (e.g. the
+            meta-training images); None: the biases are kept as they are.
+        """
+        mean = None
+        if calibration is not None:
+            with torch.no_grad():
+                mean = torch.cat([self.encode(chunk) for chunk in calibration.split(256)]).mean(0)
+        layer_bits = iter(_per_weight(bits, len(self.heads), "bits"))
+        return self._converted("quantized", {"bits": bits},
+                               lambda h: QuantizedHead.from_full(h, next(layer_bits), mean))
+
+    def _converted(self, head: str, settings: Dict[str, Any], convert) -> "Regulator":
+        """A copy with the trunk copied and every full head replaced by ``convert(head)``."""
         if self.config["head"] != "full":
-            raise ValueError(f"only full regulation heads can be pruned into sparse ones; this regulator's heads "
-                             f"are {self.config['head']!r}. Fix: prune a regulator built with head='full'.")
-        settings = {k: v for k, v in self.config.items() if k != "regulated_shapes"}
-        settings.update(head="sparse", inputs=inputs, gain=gain)
-        pruned = Regulator(self.config["regulated_shapes"], **settings)
-        pruned.convs.load_state_dict(self.convs.state_dict())
-        pruned.norms.load_state_dict(self.norms.state_dict())
-        pruned.heads = nn.ModuleList([SparseHead.from_full(h, inputs, gain) for h in self.heads])
-        return pruned
+            raise ValueError(f"only full regulation heads can be made {head}; this regulator's heads are "
+                             f"{self.config['head']!r}. Fix: convert a regulator built with head='full'.")
+        config = {k: v for k, v in self.config.items() if k != "regulated_shapes"}
+        config.update(head=head, **settings)
+        converted = Regulator(self.config["regulated_shapes"], **config)
+        converted.convs.load_state_dict(self.convs.state_dict())
+        converted.norms.load_state_dict(self.norms.state_dict())
+        converted.heads = nn.ModuleList([convert(h) for h in self.heads])
+        return converted
 
     def trunk_parameters(self) -> List[nn.Parameter]:
         """The trunk's parameters (frozen during domain transfer)."""
@@ -807,7 +1005,7 @@ class TSARNet(nn.Module):
               classifier_channels: int = 112, regulator_channels: int = 192,
               bias: Union[str, float, None] = "grow", head: str = "full", rank: int = 4, code: int = 32,
               gain: float = 1.0, pool: Union[int, Sequence[int]] = 512, hashes: int = 1, inputs: int = 16,
-              pool_before_norm: bool = False) -> "TSARNet":
+              pool_before_norm: bool = False, bits: Union[int, Sequence[int]] = 3) -> "TSARNet":
         """Both networks at the given sizes (the defaults are the paper's).
 
         :param n_classes: class prediction outputs.
@@ -817,7 +1015,8 @@ class TSARNet(nn.Module):
         :param regulator_channels: channels of the regulator's trunk.
         :param bias: regulation bias (``"grow"``, ``"sculpt"``, a float), or
             None for a classifier without regulator.
-        :param head: ``"full"``, ``"factored"``, ``"low_rank"``, ``"hashed"`` or ``"sparse"`` regulation heads.
+        :param head: ``"full"``, ``"factored"``, ``"low_rank"``, ``"hashed"``, ``"sparse"`` or ``"quantized"``
+            regulation heads.
         :param rank: rank of low-rank heads.
         :param code: code size of factored heads.
         :param gain: read-out gain of factored and sparse heads (:class:`FactoredHead`, :class:`SparseHead`).
@@ -826,6 +1025,8 @@ class TSARNet(nn.Module):
         :param hashes: read-outs per mask entry of hashed heads (:class:`HashedHead`).
         :param inputs: features each mask entry of sparse heads reads (:class:`SparseHead`).
         :param pool_before_norm: the paper's block order in the classifier.
+        :param bits: bits per weight of quantized heads (:class:`QuantizedHead`), one number for all or one
+            per regulated weight.
         """
         classifier = RegulatedClassifier(n_classes, in_channels=in_channels, channels=classifier_channels,
                                          input_size=input_size, pool_before_norm=pool_before_norm)
@@ -833,7 +1034,8 @@ class TSARNet(nn.Module):
         if bias is not None:
             regulator = Regulator(classifier.regulated_shapes, in_channels=in_channels,
                                   channels=regulator_channels, input_size=input_size, bias=bias, head=head,
-                                  rank=rank, code=code, gain=gain, pool=pool, hashes=hashes, inputs=inputs)
+                                  rank=rank, code=code, gain=gain, pool=pool, hashes=hashes, inputs=inputs,
+                                  bits=bits)
         return cls(classifier, regulator)
 
     @property

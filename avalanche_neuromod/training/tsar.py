@@ -351,7 +351,8 @@ class TSARMetaLearner:
 
 
 def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP_BIAS, train: str = "regulated",
-                     generator: Optional[torch.Generator] = None, freeze_shared: bool = False) -> None:
+                     generator: Optional[torch.Generator] = None, freeze_shared: bool = False,
+                     freeze_head_weights: bool = False) -> None:
     """Reset and freeze what domain transfer resets and freezes, in place.
 
     Always: class prediction weights re-initialised (kaiming-normal, bias 0).
@@ -373,6 +374,12 @@ def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP
         (:meth:`~avalanche_neuromod.models.HashedHead.shared_parameters`), so
         that only per-entry parameters learn, as every parameter of a full
         head is one entry's (no effect on full heads).
+    :param freeze_head_weights: with ``"regulated"``, keep every regulation
+        head's weights fixed (:meth:`~avalanche_neuromod.models.FullHead.map_parameters`),
+        the reset class-prediction head's random rows included: only the
+        per-entry biases (and a quantized head's steps) learn in the
+        regulator. A :class:`~avalanche_neuromod.models.QuantizedHead`'s
+        codes never learn, with or without it.
     """
     if train not in ("regulated", "classifier", "head"):
         raise ValueError(f"train must be 'regulated', 'classifier' or 'head', got {train!r}.")
@@ -387,10 +394,11 @@ def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP
             model.regulator.heads[-1].reset(regulation_bias(cp_bias), generator=generator)
             for p in model.regulator.trunk_parameters():
                 p.requires_grad_(False)
-            if freeze_shared:
-                for head in model.regulator.heads:
-                    for p in head.shared_parameters():
-                        p.requires_grad_(False)
+            for head in model.regulator.heads:
+                frozen = (head.shared_parameters() if freeze_shared else []) + \
+                    (head.map_parameters() if freeze_head_weights else [])
+                for p in frozen:
+                    p.requires_grad_(False)
         else:
             for p in model.regulator.parameters():
                 p.requires_grad_(False)
@@ -418,6 +426,9 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
         among mask entries (:meth:`~avalanche_neuromod.models.HashedHead.shared_parameters`); only per-entry
         parameters then learn. No effect on full heads. Default False (the
         heads learn whole, as the paper's).
+    :param freeze_head_weights: keep every regulation head's weights fixed;
+        only their per-entry biases (and a quantized head's steps) learn in
+        the regulator (:func:`prepare_transfer`). Default False.
     :param train_mb_size: must be 1: the method learns one image per step.
     :param train_epochs: passes over each experience (1).
     :param eval_mb_size: evaluation batch size.
@@ -433,6 +444,7 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
 
     def __init__(self, *, model: TSARNet, lr: float = 1e-3, optimizer_name: str = "adam",
                  cp_bias: Union[str, float] = TRANSFER_CP_BIAS, freeze_shared: bool = False,
+                 freeze_head_weights: bool = False,
                  train_mb_size: int = 1, train_epochs: int = 1,
                  eval_mb_size: int = 256, device: Any = "cpu",
                  plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
@@ -455,9 +467,11 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
             raise ValueError(f"{name} runs the classifier without regulation; this model has a regulator. Fix: "
                              f"TSARNet(model.classifier), or use TSAR.")
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        prepare_transfer(model, cp_bias=cp_bias, train=self._train, generator=generator, freeze_shared=freeze_shared)
+        prepare_transfer(model, cp_bias=cp_bias, train=self._train, generator=generator, freeze_shared=freeze_shared,
+                         freeze_head_weights=freeze_head_weights)
         self.cp_bias = cp_bias
         self.freeze_shared = freeze_shared
+        self.freeze_head_weights = freeze_head_weights
         self.optimizer_name = optimizer_name
         trainable = [p for p in model.parameters() if p.requires_grad]
         super().__init__(model=model, optimizer=TRANSFER_OPTIMIZERS[optimizer_name](trainable, lr),
