@@ -52,7 +52,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -127,10 +127,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--calibrate", action="store_true",
                         help="quantized heads: correct each entry's bias for its row's mean quantisation error "
                              "over the meta-training images (Regulator.quantized's calibration; suffix '-cal').")
-    parser.add_argument("--freeze-head-weights", action="store_true",
-                        help="domain transfer with every regulation head's weights fixed, only per-entry biases "
-                             "(and quantized steps) learning in the regulator (TSAR's freeze_head_weights; suffix "
-                             "'-fw'); the meta-learned checkpoint is the same as without it.")
+    parser.add_argument("--freeze-head-weights", type=int, nargs="*", default=None, metavar="HEAD",
+                        help="domain transfer with the regulation heads' weights fixed, only per-entry biases "
+                             "(and quantized steps) learning in them (TSAR's freeze_head_weights; suffix '-fw'): "
+                             "every head without a value, or the heads given (0-2 the convolutions, 3 the class "
+                             "prediction layer; suffix '-fw0.1.2'); the meta-learned checkpoint is the same as "
+                             "without it.")
     parser.add_argument("--freeze-shared", action="store_true",
                         help="domain transfer with what low-memory regulation heads share among mask entries held "
                              "fixed (TSAR's freeze_shared; the head gets the suffix '-fs'); the meta-learned "
@@ -230,9 +232,9 @@ def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequ
     return out
 
 
-def strategy_for(method: str, freeze_shared: bool = False, freeze_head_weights: bool = False):
+def strategy_for(method: str, freeze_shared: bool = False, freeze_head_weights: Union[bool, List[int]] = False):
     """The method's transfer strategy (``freeze_shared``: a meta-learned regulator's shared head maps fixed;
-    ``freeze_head_weights``: every head's weights fixed)."""
+    ``freeze_head_weights``: every head's weights fixed, or those of the heads listed)."""
     from avalanche_neuromod.training import TSAR, TSARNoRegulation, TSARReservoir, TSARScratch
 
     strategy = {"grow": TSAR, "sculpt": TSAR, "no_regulation": TSARNoRegulation, "scratch": TSARScratch,
@@ -277,14 +279,27 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     else:
         name = f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
     return name + ("-fs" if transfer and args.freeze_shared and head != "full" else "") \
-        + ("-fw" if transfer and args.freeze_head_weights else "")
+        + (frozen_weights_suffix(args.freeze_head_weights) if transfer else "")
+
+
+def frozen_weights_suffix(heads: Optional[List[int]]) -> str:
+    """``-fw`` for ``--freeze-head-weights`` alone, ``-fw0.1.2`` for heads 0 to 2, nothing without the option."""
+    if heads is None:
+        return ""
+    return "-fw" + ".".join(map(str, heads))
+
+
+def frozen_head_weights(args: argparse.Namespace) -> Union[bool, List[int]]:
+    """``--freeze-head-weights`` as TSAR's ``freeze_head_weights``."""
+    return False if args.freeze_head_weights is None else (args.freeze_head_weights or True)
 
 
 def head_name(head: str, settings: Dict[str, Any]) -> str:
     """A low-memory head's description for the targets (``head`` as :func:`head_label` names it)."""
     suffix = ""
-    if head.endswith("-fw"):
-        head, suffix = head[:-3], ", head weights frozen in transfer"
+    head, frozen, layers = head.partition("-fw")
+    if frozen:
+        suffix = ", head weights frozen in transfer" + (f" (heads {layers.replace('.', ', ')})" if layers else "")
     if head.endswith("-fs"):
         head, suffix = head[:-3], ", shared maps frozen in transfer" + suffix
     if head.startswith("quantized"):
@@ -381,7 +396,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     model = fresh_model(method, head, args, meta_seed)
     meta_head = head_label(head, args, transfer=False)  # the meta-learned networks: the checkpoint's name
     head = head_label(head, args)
-    strategy = strategy_for(method, args.freeze_shared, args.freeze_head_weights)
+    strategy = strategy_for(method, args.freeze_shared, frozen_head_weights(args))
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
     selection = transfers[("selection", args.selection_seed)]
@@ -408,7 +423,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
             run["curve"] = [p for p in read_curve(checkpoint) if p["meta_iterations"] <= done
                             and (p["lr"], p.get("optimizer", "adam"), p.get("freeze_shared", False),
                                  p.get("freeze_head_weights", False))
-                            == (args.curve_lr, optimizer, args.freeze_shared, args.freeze_head_weights)]
+                            == (args.curve_lr, optimizer, args.freeze_shared, frozen_head_weights(args))]
             progress(f"  {method}/{head} meta seed {meta_seed}: resumed from {checkpoint} at meta-iteration {done}")
 
         def curve_point(l: TSARMetaLearner) -> None:
@@ -418,7 +433,8 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
                                  optimizer_name=optimizer)
                 run["curve"].append({"meta_iterations": l.iteration, "recall": point["recall"], "lr": args.curve_lr,
                                      "optimizer": optimizer, **({"freeze_shared": True} if args.freeze_shared else {}),
-                                     **({"freeze_head_weights": True} if args.freeze_head_weights else {})})
+                                     **({"freeze_head_weights": frozen_head_weights(args)}
+                                        if args.freeze_head_weights is not None else {})})
                 if checkpoint is not None:
                     write_curve(checkpoint, run["curve"])
                 progress(f"  {method}/{head} meta-it {l.iteration}: recall {100 * point['recall']:.1f}% "

@@ -938,6 +938,11 @@ def test_transfer_with_frozen_head_weights_trains_only_biases_and_steps():
     assert all(torch.equal(a, h.linear.weight) for a, h in zip(weights, heads))
     assert all(not torch.equal(a, h.linear.bias) for a, h in zip(biases, heads))  # biases still learn
     assert strategy.freeze_head_weights and not any(h.linear.weight.requires_grad for h in heads)
+    # Given indices, only those heads' weights stay fixed (here the class prediction layer's).
+    last = TSAR(model=copy.deepcopy(model), freeze_head_weights=[3], seed=0, evaluator=evaluator)
+    assert [h.linear.weight.requires_grad for h in last.model.regulator.heads] == [True, True, True, False]
+    with pytest.raises(ValueError, match="indices 0 to 3"):
+        TSAR(model=copy.deepcopy(model), freeze_head_weights=[4], seed=0, evaluator=evaluator)
     # A quantized regulator: codes never change; steps and biases learn, with or without the option.
     quantized = TSARNet(model.classifier, model.regulator.quantized(3))
     learning = TSAR(model=copy.deepcopy(quantized), seed=0, evaluator=evaluator)
@@ -1273,7 +1278,7 @@ def test_benchmark_head_labels_and_labelled_result_files():
         "hashed heads (2048 read-outs split in proportion to the layers, shared maps frozen in transfer)")
     assert tsar_benchmark.head_name("factored-g8-fs", {"code": 24}) == (
         "factored heads (code 24, gain 8, shared maps frozen in transfer)")
-    assert tsar_benchmark.strategy_for("grow", True).keywords == {"freeze_shared": True}
+    assert tsar_benchmark.strategy_for("grow", True).keywords == {"freeze_shared": True, "freeze_head_weights": False}
     assert tsar_benchmark.strategy_for("scratch", True) is tsar_benchmark.strategy_for("scratch")
     assert all(h.hashes == 2 for h in tsar_benchmark.fresh_model("grow", "hashed", mixed, seed=0).regulator.heads)
     model = tsar_benchmark.fresh_model("grow", "hashed", hashed, seed=0)
@@ -1301,6 +1306,14 @@ def test_benchmark_head_labels_and_labelled_result_files():
         "quantized heads (3 / 3 / 3 / 2 (per layer) bits per weight, from the meta-learned full heads)")
     assert tsar_benchmark.strategy_for("grow", freeze_head_weights=True).keywords == {
         "freeze_shared": False, "freeze_head_weights": True}
+    convs = tsar_benchmark.parse_args(["--freeze-head-weights", "0", "1", "2"])
+    assert tsar_benchmark.head_label("full", convs) == "full-fw0.1.2"
+    assert tsar_benchmark.frozen_head_weights(convs) == [0, 1, 2]
+    assert tsar_benchmark.frozen_head_weights(quantized) is True
+    assert tsar_benchmark.frozen_head_weights(tsar_benchmark.parse_args([])) is False
+    assert tsar_benchmark.head_name("quantized-b3-fw0.1", {}) == (
+        "quantized heads (3 bits per weight, from the meta-learned full heads, head weights frozen in transfer "
+        "(heads 0, 1))")
     model = tsar_benchmark.fresh_model("grow", "sparse", sparse, seed=0)
     assert all(h.inputs == 16 and h.gain == 18.0 for h in model.regulator.heads)
     # 25,696 entries x (16 weights + 1 bias) x 4 bytes and 16 two-byte indices, the trunk's parameters besides

@@ -352,7 +352,7 @@ class TSARMetaLearner:
 
 def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP_BIAS, train: str = "regulated",
                      generator: Optional[torch.Generator] = None, freeze_shared: bool = False,
-                     freeze_head_weights: bool = False) -> None:
+                     freeze_head_weights: Union[bool, Sequence[int]] = False) -> None:
     """Reset and freeze what domain transfer resets and freezes, in place.
 
     Always: class prediction weights re-initialised (kaiming-normal, bias 0).
@@ -378,7 +378,9 @@ def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP
         head's weights fixed (:meth:`~avalanche_neuromod.models.FullHead.map_parameters`),
         the reset class-prediction head's random rows included: only the
         per-entry biases (and a quantized head's steps) learn in the
-        regulator. A :class:`~avalanche_neuromod.models.QuantizedHead`'s
+        regulator. A sequence of indices (in the order of the regulated
+        weights: the convolutions, then the class prediction layer) freezes
+        those heads' weights only. A :class:`~avalanche_neuromod.models.QuantizedHead`'s
         codes never learn, with or without it.
     """
     if train not in ("regulated", "classifier", "head"):
@@ -394,9 +396,18 @@ def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP
             model.regulator.heads[-1].reset(regulation_bias(cp_bias), generator=generator)
             for p in model.regulator.trunk_parameters():
                 p.requires_grad_(False)
-            for head in model.regulator.heads:
+            heads = model.regulator.heads
+            if isinstance(freeze_head_weights, bool):
+                weights_frozen = set(range(len(heads))) if freeze_head_weights else set()
+            else:
+                weights_frozen = {int(i) for i in freeze_head_weights}
+                if not weights_frozen <= set(range(len(heads))):
+                    raise ValueError(f"freeze_head_weights names heads {sorted(weights_frozen)}, but the regulator "
+                                     f"has {len(heads)} (indices 0 to {len(heads) - 1}, the class prediction "
+                                     f"layer's last). Fix: True for all, or indices in that range.")
+            for i, head in enumerate(heads):
                 frozen = (head.shared_parameters() if freeze_shared else []) + \
-                    (head.map_parameters() if freeze_head_weights else [])
+                    (head.map_parameters() if i in weights_frozen else [])
                 for p in frozen:
                     p.requires_grad_(False)
         else:
@@ -426,9 +437,10 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
         among mask entries (:meth:`~avalanche_neuromod.models.HashedHead.shared_parameters`); only per-entry
         parameters then learn. No effect on full heads. Default False (the
         heads learn whole, as the paper's).
-    :param freeze_head_weights: keep every regulation head's weights fixed;
-        only their per-entry biases (and a quantized head's steps) learn in
-        the regulator (:func:`prepare_transfer`). Default False.
+    :param freeze_head_weights: keep every regulation head's weights fixed
+        (or, given indices, those heads' only); only their per-entry biases
+        (and a quantized head's steps) learn in the regulator
+        (:func:`prepare_transfer`). Default False.
     :param train_mb_size: must be 1: the method learns one image per step.
     :param train_epochs: passes over each experience (1).
     :param eval_mb_size: evaluation batch size.
@@ -444,7 +456,7 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
 
     def __init__(self, *, model: TSARNet, lr: float = 1e-3, optimizer_name: str = "adam",
                  cp_bias: Union[str, float] = TRANSFER_CP_BIAS, freeze_shared: bool = False,
-                 freeze_head_weights: bool = False,
+                 freeze_head_weights: Union[bool, Sequence[int]] = False,
                  train_mb_size: int = 1, train_epochs: int = 1,
                  eval_mb_size: int = 256, device: Any = "cpu",
                  plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
