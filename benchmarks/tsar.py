@@ -127,6 +127,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--calibrate", action="store_true",
                         help="quantized heads: correct each entry's bias for its row's mean quantisation error "
                              "over the meta-training images (Regulator.quantized's calibration; suffix '-cal').")
+    parser.add_argument("--dequantize", action="store_true",
+                        help="quantized heads decoded back into full float heads before the transfer "
+                             "(Regulator.dequantized; suffix '-dq'): rows kept in --bits bits, every weight "
+                             "learning in transfer. The regulator's memory is then the full head's; the result "
+                             "records the quantized one as stored_regulator_bytes.")
     parser.add_argument("--freeze-head-weights", type=int, nargs="*", default=None, metavar="HEAD",
                         help="domain transfer with the regulation heads' weights fixed, only per-entry biases "
                              "(and quantized steps) learning in them (TSAR's freeze_head_weights; suffix '-fw'): "
@@ -275,7 +280,8 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
         name = f"hashed-p{args.pool}" if args.pool_total is None else f"hashed-t{args.pool_total}"
         name += f"-k{args.hashes}" if args.hashes != 1 else ""
     elif head == "quantized":
-        name = f"quantized-b{'.'.join(map(str, args.bits))}" + ("-cal" if args.calibrate else "")
+        name = f"quantized-b{'.'.join(map(str, args.bits))}" + ("-cal" if args.calibrate else "") \
+            + ("-dq" if args.dequantize else "")
     else:
         name = f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
     return name + ("-fs" if transfer and args.freeze_shared and head != "full" else "") \
@@ -303,10 +309,11 @@ def head_name(head: str, settings: Dict[str, Any]) -> str:
     if head.endswith("-fs"):
         head, suffix = head[:-3], ", shared maps frozen in transfer" + suffix
     if head.startswith("quantized"):
-        bits, _, calibrated = head.partition("-b")[2].partition("-")
+        bits, _, rest = head.partition("-b")[2].partition("-")
         bits = bits if "." not in bits else f"{bits.replace('.', ' / ')} (per layer)"
         return (f"quantized heads ({bits} bits per weight, from the meta-learned full heads"
-                + (", biases calibrated" if calibrated else "") + f"{suffix})")
+                + (", biases calibrated" if "cal" in rest.split("-") else "")
+                + (", decoded to float rows for transfer" if "dq" in rest.split("-") else "") + f"{suffix})")
     if head == "low_rank":
         return f"low-rank heads (rank {settings['rank']}{suffix})"
     if head.startswith("sparse"):
@@ -391,6 +398,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     Omniglot transfer of a regulated method, under ``"method/head, meta seed N"``.
     """
     from avalanche_neuromod.analysis import RegulationRecorder
+    from avalanche_neuromod.models import TSARNet
     from avalanche_neuromod.training import TSARMetaLearner
 
     model = fresh_model(method, head, args, meta_seed)
@@ -405,6 +413,9 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     if ((args.prune_full and meta_head.startswith("sparse")) or meta_head.startswith("quantized")) \
             and method in META_LEARNED:
         model, checkpoint = converted_model(method, meta_head.split("-")[0], args, meta_seed, images, labels)
+        if args.dequantize and meta_head.startswith("quantized"):
+            run["stored_regulator_bytes"] = regulator_bytes(model)
+            model = TSARNet(model.classifier, model.regulator.dequantized())
         run.update(regulator_bytes=regulator_bytes(model), meta_resumed_at=args.meta_iterations,
                    converted_from=checkpoint.name)
         progress(f"  {method}/{head} meta seed {meta_seed}: converted from {run['converted_from']}")

@@ -608,6 +608,12 @@ def test_regulator_quantized_converts_every_head_round_trips_and_is_10x_smaller(
     torch.testing.assert_close(again(x), mixed(x))
     with pytest.raises(ValueError, match="bits has 2 values for 4 regulated weights"):
         net.regulator.quantized(bits=[3, 2])
+    restored = TSARNet(net.classifier, mixed.regulator.dequantized())
+    assert restored.config == net.config and all(isinstance(h, FullHead) for h in restored.regulator.heads)
+    for head, quantized in zip(restored.regulator.heads, mixed.regulator.heads):
+        torch.testing.assert_close(head.logits(f), quantized.logits(f))  # the decoded rows, now floats
+    with pytest.raises(ValueError, match="only quantized regulation heads"):
+        net.regulator.dequantized()
     full = FullHead(1728, (64, 32), 0.0)  # the paper's 1,728 features
     stored = [sum(t.numel() * t.element_size() for t in [*h.parameters(), *h.buffers()])
               for h in (full, QuantizedHead.from_full(full, 3))]
@@ -1203,6 +1209,12 @@ def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mni
     assert quantized["regulator_bytes"]["parameters"] * 5 < first["regulator_bytes"]["parameters"]
     assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--freeze-head-weights",
                                 "--out", str(tmp_path / "fw.json")]) == 0
+    assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--heads", "quantized", "--dequantize",
+                                "--out", str(tmp_path / "dq.json")]) == 0
+    decoded = json.loads((tmp_path / "dq.json").read_text())["runs"][0]
+    assert decoded["head"] == "quantized-b3-dq"
+    assert decoded["regulator_bytes"] == first["regulator_bytes"]  # float rows again, for the transfer
+    assert decoded["stored_regulator_bytes"]["parameters"] * 5 < first["regulator_bytes"]["parameters"]
     frozen_weights = json.loads((tmp_path / "fw.json").read_text())["runs"][0]
     assert frozen_weights["head"] == "full-fw" and frozen_weights["meta_resumed_at"] == 3
     with pytest.raises(SystemExit, match="holds 3 meta-iterations, more than --meta-iterations 2"):
@@ -1302,6 +1314,8 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert tsar_benchmark.head_name("quantized-b3-cal-fw", {}) == (
         "quantized heads (3 bits per weight, from the meta-learned full heads, biases calibrated, head weights "
         "frozen in transfer)")
+    assert tsar_benchmark.head_name("quantized-b3-dq", {}) == (
+        "quantized heads (3 bits per weight, from the meta-learned full heads, decoded to float rows for transfer)")
     assert tsar_benchmark.head_name("quantized-b3.3.3.2", {}) == (
         "quantized heads (3 / 3 / 3 / 2 (per layer) bits per weight, from the meta-learned full heads)")
     assert tsar_benchmark.strategy_for("grow", freeze_head_weights=True).keywords == {

@@ -937,12 +937,28 @@ class Regulator(nn.Module):
         return self._converted("quantized", {"bits": bits},
                                lambda h: QuantizedHead.from_full(h, next(layer_bits), mean))
 
-    def _converted(self, head: str, settings: Dict[str, Any], convert) -> "Regulator":
-        """A copy with the trunk copied and every full head replaced by ``convert(head)``."""
-        if self.config["head"] != "full":
-            raise ValueError(f"only full regulation heads can be made {head}; this regulator's heads are "
-                             f"{self.config['head']!r}. Fix: convert a regulator built with head='full'.")
-        config = {k: v for k, v in self.config.items() if k != "regulated_shapes"}
+    def dequantized(self) -> "Regulator":
+        """A copy whose quantized heads are full heads holding the decoded rows (floats, every weight learns).
+
+        The logits are the quantized heads'. What a quantized regulator stores,
+        in float again: for a transfer that learns every weight, from rows that
+        were kept in a few bits.
+        """
+        def full(head: "QuantizedHead") -> FullHead:
+            restored = FullHead(head.features, head.shape, 0.0)
+            with torch.no_grad():
+                restored.linear.weight.copy_(head.weight())
+                restored.linear.bias.copy_(head.bias)
+            return restored
+
+        return self._converted("full", {}, full, source="quantized")
+
+    def _converted(self, head: str, settings: Dict[str, Any], convert, source: str = "full") -> "Regulator":
+        """A copy with the trunk copied and every ``source`` head replaced by ``convert(head)``."""
+        if self.config["head"] != source:
+            raise ValueError(f"only {source} regulation heads can be made {head}; this regulator's heads are "
+                             f"{self.config['head']!r}. Fix: convert a regulator built with head={source!r}.")
+        config = {k: v for k, v in self.config.items() if k not in ("regulated_shapes", "bits")}
         config.update(head=head, **settings)
         converted = Regulator(self.config["regulated_shapes"], **config)
         converted.convs.load_state_dict(self.convs.state_dict())
