@@ -121,9 +121,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--bits", type=int, nargs="+", default=[3],
                         help="bits per weight of the quantized regulation heads (QuantizedHead; the head "
                              "'quantized-bB'), one number for all heads or one per regulated weight (the head "
-                             "'quantized-bB1.B2.B3.B4'). Quantized heads are never meta-learned: they are the full-head run's "
-                             "checkpoint (same method, meta seed and settings, in --checkpoint-dir) with every head "
-                             "row quantised (Regulator.quantized).")
+                             "'quantized-bB1.B2.B3.B4'). Quantized heads are never meta-learned: they are the "
+                             "full-head run's checkpoint (same method, meta seed and settings, in --checkpoint-dir) "
+                             "with every head row quantised (Regulator.quantized).")
     parser.add_argument("--calibrate", action="store_true",
                         help="quantized heads: correct each entry's bias for its row's mean quantisation error "
                              "over the meta-training images (Regulator.quantized's calibration; suffix '-cal').")
@@ -270,8 +270,9 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
     (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
     entry), ``sparse-s16-g18`` for sparse heads of 16 inputs and gain 18 (``-pruned`` added for
-    ``--prune-full``), ``quantized-b3`` for quantized heads of 3 bits (``-cal`` added for ``--calibrate``); ``-fs``
-    for a low-memory head transferred with ``--freeze-shared`` and ``-fw`` for any head transferred with
+    ``--prune-full``), ``quantized-b3`` for quantized heads of 3 bits (``quantized-b3.3.3.2`` for bits per layer;
+    ``-cal`` added for ``--calibrate``, ``-dq`` for ``--dequantize``); ``-fs`` for a low-memory head transferred
+    with ``--freeze-shared`` and ``-fw`` (``-fw0.1.2`` for heads 0 to 2) for any head transferred with
     ``--freeze-head-weights``, unless ``transfer`` is False)."""
     if head == "sparse":
         name = f"sparse-s{args.inputs}" + (f"-g{args.gain:g}" if args.gain != 1.0 else "")
@@ -373,8 +374,8 @@ def converted_model(method: str, head: str, args: argparse.Namespace, meta_seed:
 
     checkpoint = checkpoint_file(args, method, "full", meta_seed)
     if checkpoint is None or not checkpoint.exists():
-        raise SystemExit(f"--heads {head} from the full heads needs the full-head run's checkpoint {checkpoint}. Fix: run "
-                         f"--heads full with the same settings and --checkpoint-dir first.")
+        raise SystemExit(f"--heads {head} from the full heads needs the full-head run's checkpoint {checkpoint}. "
+                         f"Fix: run --heads full with the same settings and --checkpoint-dir first.")
     learner = TSARMetaLearner(fresh_model(method, "full", args, meta_seed), images, labels, seed=meta_seed,
                               second_order=args.second_order)
     done = learner.load_checkpoint(checkpoint)
@@ -568,7 +569,7 @@ def draw_memory_recall(summary: List[Dict[str, Any]], folder: Path, label: str) 
     if full is not None:  # the issue's target region: 10x smaller, at most 2 points lost
         ax.axvline(full["megabytes"] / 10, color="tab:red", lw=0.8, ls="--", label="10x smaller")
         ax.axhline(full["recall_mean"] - 2, color="tab:green", lw=0.8, ls="--", label="2 points below full")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center right")  # clear of the points near 0 % and near the full head
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ScalarFormatter())  # 3, 10, 30 MB rather than powers of ten
     ax.xaxis.set_minor_formatter(ScalarFormatter())

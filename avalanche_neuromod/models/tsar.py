@@ -16,7 +16,7 @@ Sizes follow the paper (classifier: three 112-channel 3x3 convolutions and a
 class prediction layer; regulator: three 192-channel convolutions and one
 head per classifier weight) and every one is a parameter. A full head is a
 linear map from the features to every mask entry: with 1,000 classes the
-four heads hold ~589M parameters. Three low-memory options:
+four heads hold ~589M parameters. The low-memory options:
 :class:`FactoredHead` factors the head's map through a small code,
 ``sigmoid(A (P f) + b)`` (every mask entry keeps its own read-out and bias);
 :class:`LowRankHead` makes each mask matrix rank ``r`` around a static bias,
@@ -56,8 +56,8 @@ __all__ = [
     "SingleImageNorm",
     "SparseHead",
     "TSARNet",
-    "regulated_conv2d",
     "quantize_rows",
+    "regulated_conv2d",
     "regulated_linear",
     "regulation_bias",
 ]
