@@ -960,9 +960,11 @@ class Regulator(nn.Module):
                              f"{self.config['head']!r}. Fix: convert a regulator built with head={source!r}.")
         config = {k: v for k, v in self.config.items() if k not in ("regulated_shapes", "bits")}
         config.update(head=head, **settings)
-        converted = Regulator(self.config["regulated_shapes"], **config)
-        converted.convs.load_state_dict(self.convs.state_dict())
-        converted.norms.load_state_dict(self.norms.state_dict())
+        with torch.device("meta"):  # no initialisation to compute: the heads are replaced, the trunk loaded
+            converted = Regulator(self.config["regulated_shapes"], **config)
+        device = self.convs[0].weight.device
+        for trunk, source_trunk in ((converted.convs, self.convs), (converted.norms, self.norms)):
+            trunk.to_empty(device=device).load_state_dict(source_trunk.state_dict())
         converted.heads = nn.ModuleList([convert(h) for h in self.heads])
         return converted
 
