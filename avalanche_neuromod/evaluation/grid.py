@@ -52,7 +52,7 @@ from .results import ContinualResults, accuracy_matrix
 
 __all__ = ["Grid", "GridCell", "METHOD_KINDS", "STREAM_KINDS", "EVAL_PROTOCOLS", "StreamInfo", "register_method",
            "register_stream", "build_stream", "build_strategy", "params_per_task", "run_cell", "run_grid", "summarize",
-           "summary_table", "PeakMemory", "AfterTraining"]
+           "summary_table", "PeakMemory", "AfterTraining", "EXECUTORS", "TASK_SEEDED_KINDS"]
 
 EVAL_PROTOCOLS = ("seen", "final")
 
@@ -132,9 +132,12 @@ class Grid:
 
     def cell_spec(self, cell: GridCell) -> Dict[str, Any]:
         """Everything that determines a cell's result (what its cache key hashes)."""
-        return {"method": self.methods[cell.method], "stream": self.streams[cell.stream], "seed": cell.seed,
+        spec = {"method": self.methods[cell.method], "stream": self.streams[cell.stream], "seed": cell.seed,
                 "n_iterations": self.n_iterations, "batch_size": self.batch_size,
                 "eval_protocol": self.eval_protocol}
+        if self.methods[cell.method]["kind"] in TASK_SEEDED_KINDS:
+            spec["batch_order"] = "per-task seed"  # not the order of cells cached before it was
+        return spec
 
     def cell_key(self, cell: GridCell) -> str:
         """A file-name-safe key: the cell's names and a hash of :meth:`cell_spec`."""
@@ -248,7 +251,8 @@ def _crwn(settings, info, seed, common):
                        local_only=local_only, seed=seed)
     else:
         model = _task_net(settings, info, NeuroModNet, NeuroModResNet18, local_only=local_only, seed=seed)
-    return _ours(CRWN, model, settings, common)
+    # Task t's batch order comes from (seed, t): a task trains the same alone, so its tasks may train in parallel.
+    return _ours(CRWN, model, settings, {**common, "batch_seed": seed})
 
 
 def _psp(settings, info, seed, common):
@@ -383,6 +387,10 @@ agents): ``preset`` (a Table 5 stream, default ``"mnist360"``),
 JOINT_KINDS = {"mtl"}
 """Kinds trained once on the whole stream (the others: task by task)."""
 
+TASK_SEEDED_KINDS = {"crwn"}
+"""Kinds whose task ``t`` draws its batch order from ``(seed, t)`` (``batch_seed``): their tasks are
+independent, so a cell may train them in parallel (``task_backend``) with the sequential result."""
+
 
 def register_method(kind: str, builder: MethodBuilder, joint: bool = False) -> None:
     """Add a method kind: ``builder(settings, stream_info, seed, common)`` returns a strategy.
@@ -488,7 +496,9 @@ AfterTraining = Callable[[GridCell, Any, Any], Optional[Mapping[str, Any]]]
 
 
 def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = None, device: Any = "cpu",
-             benchmark: Any = None, after_training: Optional[AfterTraining] = None) -> Dict[str, Any]:
+             benchmark: Any = None, after_training: Optional[AfterTraining] = None, threads: Optional[int] = None,
+             task_backend: Optional[str] = None, task_workers: Optional[int] = None,
+             ray_address: Optional[str] = None) -> Dict[str, Any]:
     """Train and measure one cell; return its result (JSON-able).
 
     :param grid: the grid.
@@ -497,42 +507,54 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
     :param device: torch device.
     :param benchmark: the stream's ``(benchmark, StreamInfo)``, if already built.
     :param after_training: see :data:`AfterTraining` (e.g. a figure of the trained model).
+    :param threads: torch threads while the cell runs (None: as set); the
+        same count gives bit-identical results wherever the cell runs.
+    :param task_backend: for kinds with independent tasks
+        (:data:`TASK_SEEDED_KINDS`) under the ``"final"`` protocol: train
+        the tasks in parallel (``"processes"``, ``"ray"``, ``"serial"``; see
+        :func:`~avalanche_neuromod.training.train_tasks_parallel`) with the
+        sequential result; each task is measured in its worker right after
+        training, the final row on the merged model. Ignored for other kinds.
+    :param task_workers: parallel workers of ``task_backend``.
+    :param ray_address: the Ray cluster of ``task_backend="ray"``.
     """
     stream_spec = grid.streams[cell.stream]
     method_spec = grid.methods[cell.method]
-    benchmark, info = benchmark or build_stream(stream_spec, dataset_root)
-    _seed_everything(cell.seed)
-    strategy = build_strategy(method_spec, info, cell.seed, n_iterations=grid.n_iterations,
-                              batch_size=grid.batch_size, eval_batch_size=grid.eval_batch_size, device=device)
-    n = min(int(method_spec.get("tasks", info.n_experiences)), info.n_experiences)
-    if n < 1:
-        raise ValueError(f"method {cell.method!r}: 'tasks' must be at least 1, got {method_spec['tasks']}.")
-    train, test = list(benchmark.train_stream)[:n], list(benchmark.test_stream)[:n]
-    matrix = np.full((n, n), np.nan)
-    seconds: List[float] = []
-    cpu_seconds: List[float] = []
-    # Other processes inflate wall time, not CPU time: both, and the load before each
-    # task, tell a busy machine apart from a slow method.
-    load: List[Optional[float]] = []
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        benchmark, info = benchmark or build_stream(stream_spec, dataset_root)
+        _seed_everything(cell.seed)
+        strategy = build_strategy(method_spec, info, cell.seed, n_iterations=grid.n_iterations,
+                                  batch_size=grid.batch_size, eval_batch_size=grid.eval_batch_size, device=device)
+        n = min(int(method_spec.get("tasks", info.n_experiences)), info.n_experiences)
+        if n < 1:
+            raise ValueError(f"method {cell.method!r}: 'tasks' must be at least 1, got {method_spec['tasks']}.")
+        train, test = list(benchmark.train_stream)[:n], list(benchmark.test_stream)[:n]
+        parallel = task_backend is not None and method_spec["kind"] in TASK_SEEDED_KINDS
+        if parallel and grid.eval_protocol != "final":
+            raise ValueError(f"parallel tasks measure the 'final' protocol (each task right after training, then "
+                             f"all at the end); this grid's is {grid.eval_protocol!r}. Fix: eval_protocol='final', "
+                             f"or no task_backend.")
+        with PeakMemory() as memory, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Avalanche's deprecation chatter, once per experience
+            if parallel:
+                timing = _train_parallel(strategy, train, test, n, task_backend, task_workers, ray_address,
+                                         threads or previous_threads)
+            else:
+                timing = _train_in_order(grid, method_spec, strategy, train, test, n)
+            matrix = timing.pop("matrix")
+            matrix[n - 1] = _eval_row(strategy, test, n)
+        extra = after_training(cell, strategy, benchmark) if after_training is not None else None
+        params = params_per_task(strategy.model)
+    finally:
+        torch.set_num_threads(previous_threads)
     joint = method_spec["kind"] in JOINT_KINDS
-    with PeakMemory() as memory, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Avalanche's deprecation chatter, once per experience
-        for i, experience in enumerate([train] if joint else train):
-            load.append(_load_average())
-            start, start_cpu = time.perf_counter(), time.process_time()
-            strategy.train(experience)
-            seconds.append(time.perf_counter() - start)
-            cpu_seconds.append(time.process_time() - start_cpu)
-            if not joint:
-                seen = test[: i + 1] if grid.eval_protocol == "seen" else [test[i]]
-                matrix[i] = _eval_row(strategy, seen, n)
-        if joint:
-            seconds, cpu_seconds, load = [seconds[0] / n] * n, [cpu_seconds[0] / n] * n, load * n
-        matrix[n - 1] = _eval_row(strategy, test, n)
-    extra = after_training(cell, strategy, benchmark) if after_training is not None else None
     results = ContinualResults(matrix, cell.method)
     final = results.final_accuracies
     forgetting = results.forgetting if not joint else np.full(n - 1, np.nan)
+    seconds = timing["seconds"]
     return {
         "method": cell.method, "stream": cell.stream, "seed": cell.seed, "kind": method_spec["kind"],
         "settings": dict(method_spec), "stream_settings": dict(stream_spec),
@@ -544,14 +566,68 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
         "forgetting": [None if math.isnan(v) else float(v) for v in forgetting],
         "avg_forgetting": None if joint or n < 2 else float(np.nanmean(forgetting)),
         "bwt": None if joint or n < 2 else -float(np.nanmean(forgetting)),
-        "params_per_task": params_per_task(strategy.model),
+        "params_per_task": params,
         "seconds_per_task": float(np.mean(seconds)),
-        "seconds": [float(s) for s in seconds],
-        "cpu_seconds": [float(s) for s in cpu_seconds],
-        "load_average_before_task": load,
-        "peak_rss_mb": float(memory.peak_mb),
+        "seconds": [float(v) for v in seconds],
+        "cpu_seconds": [float(v) for v in timing["cpu_seconds"]],
+        "load_average_before_task": timing["load"],
+        "peak_rss_mb": float(max(memory.peak_mb, timing.get("worker_peak_rss_mb", float("nan")))),
+        "threads": threads or previous_threads,
+        **({"task_backend": task_backend, "task_workers": timing["workers"]} if parallel else {}),
         **({"extra": dict(extra)} if extra else {}),
     }
+
+
+def _train_in_order(grid: Grid, method_spec: Mapping[str, Any], strategy: Any, train: List[Any], test: List[Any],
+                    n: int) -> Dict[str, Any]:
+    """Train task after task (or once on all, for joint kinds), measuring as the protocol says."""
+    matrix = np.full((n, n), np.nan)
+    seconds: List[float] = []
+    cpu_seconds: List[float] = []
+    # Other processes inflate wall time, not CPU time: both, and the load before each
+    # task, tell a busy machine apart from a slow method.
+    load: List[Optional[float]] = []
+    joint = method_spec["kind"] in JOINT_KINDS
+    for i, experience in enumerate([train] if joint else train):
+        load.append(_load_average())
+        start, start_cpu = time.perf_counter(), time.process_time()
+        strategy.train(experience)
+        seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - start_cpu)
+        if not joint:
+            seen = test[: i + 1] if grid.eval_protocol == "seen" else [test[i]]
+            matrix[i] = _eval_row(strategy, seen, n)
+    if joint:
+        seconds, cpu_seconds, load = [seconds[0] / n] * n, [cpu_seconds[0] / n] * n, load * n
+    return {"matrix": matrix, "seconds": seconds, "cpu_seconds": cpu_seconds, "load": load}
+
+
+def _accuracy_evaluator() -> Any:
+    """The evaluator of a worker's strategy: accuracy only, as :func:`build_strategy`'s default."""
+    return make_evaluator(forgetting=False, bwt=False, timing=False, progress_bar=False)
+
+
+def _task_accuracy(strategy: Any, experience: Any) -> float:
+    """A task's accuracy as the grid's evaluator records it (the sequential run's diagonal)."""
+    index = int(experience.current_experience)
+    return float(_eval_row(strategy, [experience], index + 1)[index])
+
+
+def _train_parallel(strategy: Any, train: List[Any], test: List[Any], n: int, backend: str,
+                    workers: Optional[int], ray_address: Optional[str], threads: int) -> Dict[str, Any]:
+    """Train the tasks in parallel workers (merged into ``strategy.model``); the diagonal from the workers."""
+    from ..training import train_tasks_parallel
+
+    load = _load_average()
+    results = train_tasks_parallel(strategy, train, eval_experiences=test, workers=workers, backend=backend,
+                                   ray_address=ray_address, threads_per_worker=threads, progress=False,
+                                   evaluator_factory=_accuracy_evaluator, eval_fn=_task_accuracy)
+    matrix = np.full((n, n), np.nan)
+    for i, r in enumerate(results):
+        matrix[i, i] = r.accuracy
+    return {"matrix": matrix, "seconds": [r.seconds for r in results], "cpu_seconds": [r.cpu_seconds for r in results],
+            "load": [load] * n, "workers": len({r.worker for r in results}),
+            "worker_peak_rss_mb": max(r.peak_rss_mb for r in results)}
 
 
 def _load_average() -> Optional[float]:
@@ -569,48 +645,144 @@ def _eval_row(strategy: Any, experiences: Sequence[Any], n: int) -> np.ndarray:
     return np.array([row[j] if j in evaluated else np.nan for j in range(n)])
 
 
+EXECUTORS = ("serial", "ray")
+"""How :func:`run_grid` runs its cells: one after the other here, or as Ray tasks."""
+
+
+def _cache_path(cache: Optional[Path], grid: Grid, cell: GridCell) -> Optional[Path]:
+    return cache / f"{grid.cell_key(cell)}.json" if cache is not None else None
+
+
+def _write_cached(path: Optional[Path], result: Mapping[str, Any]) -> None:
+    if path is not None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, path)
+
+
 def run_grid(grid: Grid, *, dataset_root: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None,
              device: Any = "cpu", progress: bool = True,
              on_cell: Optional[Callable[[GridCell, Dict[str, Any], bool], None]] = None,
-             after_training: Optional[AfterTraining] = None) -> List[Dict[str, Any]]:
+             after_training: Optional[AfterTraining] = None, executor: str = "serial",
+             ray_address: Optional[str] = None, threads: Optional[int] = None, max_retries: int = 3,
+             task_backend: Optional[str] = None, task_workers: Optional[int] = None) -> List[Dict[str, Any]]:
     """Run every cell of ``grid`` (cached ones are loaded, not rerun); return their results in cell order.
 
+    With ``executor="ray"`` every cell not cached is a Ray task (one CPU per
+    torch thread), on a local Ray started here (and stopped at the end) or
+    on the cluster at ``ray_address`` (or an already initialised Ray). A
+    task whose worker dies is retried up to ``max_retries`` times. Finished
+    cells are written to the cache by this process as they come back, so a
+    grid killed mid-way resumes where it stopped, whichever executor ran it.
+    The results are those of ``executor="serial"`` with the same ``threads``.
+
     :param grid: the grid.
-    :param dataset_root: data root of the streams that read files.
+    :param dataset_root: data root of the streams that read files (on a
+        cluster: a path every node has).
     :param cache_dir: folder of finished cells (one JSON each); None keeps nothing.
     :param device: torch device.
     :param progress: show a progress bar over cells.
-    :param on_cell: called after each cell with ``(cell, result, was_cached)``.
-    :param after_training: passed to :func:`run_cell` (not called for cached cells).
+    :param on_cell: called after each cell with ``(cell, result, was_cached)``
+        (in the order cells finish).
+    :param after_training: passed to :func:`run_cell` (not called for cached
+        cells; with Ray it runs in the worker, so it must be picklable).
+    :param executor: ``"serial"`` or ``"ray"`` (:data:`EXECUTORS`).
+    :param ray_address: the Ray cluster to use (``executor="ray"``).
+    :param threads: torch threads per cell (default: 1 with Ray, as set
+        serially); the same count gives the same results either way.
+    :param max_retries: Ray retries of a cell whose worker died.
+    :param task_backend: train the tasks of independent-task kinds in
+        parallel inside a cell (see :func:`run_cell`); with Ray, ``"ray"``
+        spreads them over the cluster.
+    :param task_workers: parallel workers of ``task_backend``.
     """
     from tqdm.auto import tqdm
 
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}.")
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    streams: Dict[str, Tuple[Any, StreamInfo]] = {}
-    results = []
     cells = grid.cells()
-    bar = tqdm(cells, desc="grid", unit="cell", disable=not progress)
-    for cell in bar:
-        bar.set_postfix_str(cell.label)
-        path = cache / f"{grid.cell_key(cell)}.json" if cache is not None else None
-        cached = path is not None and path.is_file()
-        if cached:
-            result = json.loads(path.read_text())
+    results: Dict[GridCell, Dict[str, Any]] = {}
+    todo = []
+    bar = tqdm(total=len(cells), desc="grid", unit="cell", disable=not progress)
+    for cell in cells:
+        path = _cache_path(cache, grid, cell)
+        if path is not None and path.is_file():
+            results[cell] = json.loads(path.read_text())
+            bar.update()
+            if on_cell is not None:
+                on_cell(cell, results[cell], True)
         else:
+            todo.append(cell)
+    options = {"dataset_root": dataset_root, "device": device, "after_training": after_training,
+               "task_backend": task_backend, "task_workers": task_workers, "ray_address": ray_address}
+
+    def finish(cell: GridCell, result: Dict[str, Any]) -> None:
+        _write_cached(_cache_path(cache, grid, cell), result)
+        results[cell] = result
+        bar.update()
+        if on_cell is not None:
+            on_cell(cell, result, False)
+
+    if executor == "serial":
+        streams: Dict[str, Tuple[Any, StreamInfo]] = {}
+        for cell in todo:
+            bar.set_postfix_str(cell.label)
             if cell.stream not in streams:
                 streams[cell.stream] = build_stream(grid.streams[cell.stream], dataset_root)
-            result = run_cell(grid, cell, dataset_root=dataset_root, device=device, benchmark=streams[cell.stream],
-                              after_training=after_training)
-            if path is not None:
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(result, indent=1))
-                os.replace(tmp, path)
-        results.append(result)
-        if on_cell is not None:
-            on_cell(cell, result, cached)
-    return results
+            finish(cell, run_cell(grid, cell, benchmark=streams[cell.stream], threads=threads, **options))
+    elif todo:
+        _run_on_ray(grid, todo, finish, options, 1 if threads is None else int(threads), max_retries, ray_address)
+    bar.close()
+    return [results[cell] for cell in cells]
+
+
+def _kinds_of(grid: Grid, cell: GridCell) -> Dict[str, Any]:
+    """The builders a worker needs for a cell: kinds registered in this process may be unknown there."""
+    kind, stream_kind = grid.methods[cell.method]["kind"], grid.streams[cell.stream]["kind"]
+    return {"method": (kind, METHOD_KINDS[kind], kind in JOINT_KINDS, kind in TASK_SEEDED_KINDS),
+            "stream": (stream_kind, STREAM_KINDS[stream_kind])}
+
+
+def _ray_cell(grid_data: Dict[str, Any], cell: GridCell, kinds: Dict[str, Any], threads: int,
+              options: Dict[str, Any]) -> Dict[str, Any]:
+    """One cell in a Ray worker."""
+    kind, builder, joint, seeded = kinds["method"]
+    METHOD_KINDS.setdefault(kind, builder)
+    if joint:
+        JOINT_KINDS.add(kind)
+    if seeded:
+        TASK_SEEDED_KINDS.add(kind)
+    STREAM_KINDS.setdefault(*kinds["stream"])
+    import ray
+    result = run_cell(Grid.from_dict(grid_data), cell, threads=threads, **options)
+    result["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    return result
+
+
+def _run_on_ray(grid: Grid, cells: List[GridCell], finish: Callable[[GridCell, Dict[str, Any]], None],
+                options: Dict[str, Any], threads: int, max_retries: int, ray_address: Optional[str]) -> None:
+    try:
+        import ray
+    except ImportError as error:
+        raise ImportError("executor='ray' needs Ray: pip install 'avalanche-neuromod[ray]' (or run the grid "
+                          "serially, without --ray).") from error
+    from ..training import init_ray
+
+    started = init_ray(ray_address)
+    try:
+        remote = ray.remote(num_cpus=threads, max_retries=max_retries)(_ray_cell)
+        grid_data = grid.to_dict()
+        pending = {remote.remote(grid_data, cell, _kinds_of(grid, cell), threads, options): cell for cell in cells}
+        waiting = list(pending)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            finish(pending[done[0]], ray.get(done[0]))
+    finally:
+        if started:
+            ray.shutdown()
 
 
 # Summaries -------------------------------------------------------------------------------------

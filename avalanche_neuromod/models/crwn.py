@@ -35,6 +35,9 @@ class CRWNModule(TaskIncrementalModule):
     """
 
     pretrained: bool = False
+    # Given the fixed weights, a task reads and writes only its own contexts and strengths
+    # (in pretrained mode: once the first task has trained the shared weights).
+    independent_tasks = True
 
     def _finish_init(self, pretrained: bool) -> None:
         """Create the first task's parameters and set up the pretrained mode.

@@ -21,6 +21,8 @@ from .dynamos import (PAPER_SETTINGS, ConsistencyReplay, ConsistencyReplayPlugin
 from .dynamos_losses import consistency_loss, keep_ratio_reward, prototype_loss, reinforce_loss
 from .loaders import WholeBatchLoaderPlugin, whole_batch_loader
 from .online import train_online
+from .parallel import (BACKENDS, TaskResult, experience_accuracy, init_ray, merge_task_results, ray_available,
+                       train_tasks_parallel)
 from .reservoir import ReservoirBuffer
 from .synaptic_intelligence import SynapticIntelligence, SynapticIntelligencePlugin
 from .task_incremental import TaskIncrementalStrategy, TaskParametersPlugin, experience_task, task_optimizer_groups
@@ -29,6 +31,13 @@ from .tsar import (TRANSFER_CP_BIAS, TRANSFER_OPTIMIZERS, TSAR, TSARMetaLearner,
 from .untrained import SkipUntrainedEvalMixin, SkipUntrainedEvalPlugin, UntrainedTaskWarning
 
 __all__ = [
+    "BACKENDS",
+    "TaskResult",
+    "experience_accuracy",
+    "init_ray",
+    "merge_task_results",
+    "ray_available",
+    "train_tasks_parallel",
     "BatchE",
     "checkpoint_compat",
     "CheckpointError",

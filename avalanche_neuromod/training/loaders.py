@@ -16,8 +16,9 @@ Avalanche strategy; CRWN builds such a loader itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
+import torch
 from torch.utils.data import DataLoader
 
 from avalanche.benchmarks.utils.data_loader import TaskBalancedDataLoader
@@ -28,7 +29,7 @@ __all__ = ["WholeBatchLoaderPlugin", "whole_batch_loader"]
 
 def whole_batch_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, num_workers: int = 0,
                        drop_last: bool = False, pin_memory: Any = False,
-                       persistent_workers: bool = False) -> DataLoader:
+                       persistent_workers: bool = False, generator: Optional[torch.Generator] = None) -> DataLoader:
     """A plain ``DataLoader`` that reads whole mini-batches (``__getitems__``).
 
     :param dataset: an Avalanche dataset (ours read whole batches; any other
@@ -39,6 +40,7 @@ def whole_batch_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, n
     :param drop_last: drop the last incomplete batch.
     :param pin_memory: pin batches in memory for a GPU (Avalanche passes None for "no").
     :param persistent_workers: keep the workers between epochs.
+    :param generator: draws the batch order (default: torch's global random state).
     """
     return DataLoader(
         dataset,
@@ -49,6 +51,7 @@ def whole_batch_loader(dataset: Any, batch_size: int, *, shuffle: bool = True, n
         pin_memory=bool(pin_memory),
         persistent_workers=persistent_workers and num_workers > 0,
         collate_fn=getattr(dataset, "collate_fn", None),
+        generator=generator,
     )
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
+from ..models.modulated import derive_generator
 from ..models.task_incremental import TaskIncrementalModule
 from .checkpoint import CheckpointMixin
 from .loaders import whole_batch_loader
@@ -148,6 +149,11 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
     :param plugins: Avalanche plugins.
     :param evaluator: Avalanche evaluation plugin.
     :param eval_every: Avalanche's periodic evaluation setting.
+    :param batch_seed: when set, task ``t``'s batch order is drawn from
+        ``(batch_seed, t)`` alone, not from torch's global random state: a
+        task then trains the same whatever ran before it, which lets
+        independent tasks train in parallel
+        (:func:`~avalanche_neuromod.training.train_tasks_parallel`).
     """
 
     method: str = "task-incremental training"
@@ -175,6 +181,7 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
         plugins: Optional[Sequence[Any]] = None,
         evaluator: Any = default_evaluator,
         eval_every: int = -1,
+        batch_seed: Optional[int] = None,
         **base_kwargs: Any,
     ):
         _require_model(model, self.model_type, self.model_names, self.method)
@@ -185,6 +192,7 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
                                      else self.default_optimizer_kwargs)
         self.shared_lr = self.default_shared_lr if shared_lr is self._UNSET else shared_lr
         self.n_iterations = n_iterations
+        self.batch_seed = None if batch_seed is None else int(batch_seed)
         self._epochs_per_task = train_epochs
         self._iterations_in_task = 0
         # A real optimiser is built per task in make_optimizer; until the first
@@ -223,9 +231,11 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
         """A plain shuffled loader: an experience holds one task, so Avalanche's
         task-balanced loader would only add per-sample overhead (our datasets
         hand over whole mini-batches to a plain loader)."""
+        generator = None if self.batch_seed is None else derive_generator(self.batch_seed, self.current_task)
         self.dataloader = whole_batch_loader(
             self.adapted_dataset, self.train_mb_size, shuffle=shuffle, num_workers=num_workers,
             drop_last=drop_last, pin_memory=pin_memory, persistent_workers=persistent_workers,
+            generator=generator,
         )
 
     def _before_training_exp(self, **kwargs: Any) -> None:
