@@ -68,7 +68,8 @@ EMBEDDED_DIGITS = "scikit-learn's digits (embedded, no download)"
 __all__ = ["REPO_ROOT", "RESULTS_MD", "DATA_ROOT_ENV", "DATA_ROOT_TEXT", "OUTSIDE_REPO", "EMBEDDED_DIGITS",
            "add_dataset_root_argument", "check_mnist_root", "machine_info", "git_info", "command_line", "portable_path", "portable", "shell_quote",
            "data_files", "update_results_md", "write_json", "result_header", "machine_line", "section_opening",
-           "markdown_table", "text_table", "target", "target_lines", "machine_was_busy", "publish"]
+           "markdown_table", "text_table", "target", "target_lines", "machine_was_busy", "publish",
+           "add_scaling_arguments", "scaling_options", "scaling_text"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -521,3 +522,38 @@ def publish(result: Dict[str, Any], out: Path, section: Optional[str], start: st
     if section is not None:
         update_results_md(section, start, end)
         print(f"Updated {portable_path(RESULTS_MD)}")
+
+
+def add_scaling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that run a grid script's cells on Ray and its CRWN tasks in parallel (docs/scaling.rst)."""
+    group = parser.add_argument_group("scaling (docs/scaling.rst)")
+    group.add_argument("--ray", action="store_true",
+                       help="run the grid's cells as Ray tasks: on a local Ray (all of this machine's cores) "
+                            "unless --ray-address names a cluster. Needs pip install 'avalanche-neuromod[ray]'.")
+    group.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="the Ray cluster to run on (implies --ray), e.g. auto or ray://head:10001; every "
+                            "node needs the package and the data at the same --dataset-root.")
+    group.add_argument("--threads", type=int, default=1,
+                       help="torch threads per cell (default 1); the same value gives the same results serially "
+                            "and on Ray.")
+    group.add_argument("--parallel-tasks", choices=("processes", "ray"), default=None,
+                       help="CRWN cells (final protocol) train their tasks in parallel workers: a local process "
+                            "pool or Ray tasks; the results equal the sequential ones.")
+    group.add_argument("--task-workers", type=int, default=None,
+                       help="workers of --parallel-tasks processes (default: the CPU count).")
+
+
+def scaling_options(args: argparse.Namespace) -> Dict[str, Any]:
+    """``run_grid``'s keyword arguments from :func:`add_scaling_arguments`'s options."""
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be at least 1, got {args.threads}.")
+    return {"executor": "ray" if args.ray or args.ray_address else "serial", "ray_address": args.ray_address,
+            "threads": args.threads, "task_backend": args.parallel_tasks, "task_workers": args.task_workers}
+
+
+def scaling_text(options: Dict[str, Any]) -> str:
+    """How a grid ran, in words, for the results' scale line."""
+    where = ("cells as Ray tasks" + (" on a cluster" if options.get("ray_address") else " on a local Ray")
+             if options["executor"] == "ray" else "cells one after the other")
+    tasks = f"; CRWN tasks in parallel ({options['task_backend']})" if options.get("task_backend") else ""
+    return f"{where}, {options['threads']} torch thread(s) per cell{tasks}"

@@ -51,8 +51,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from _report import (EMBEDDED_DIGITS, REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, figure_lines,
-                     portable_path, publish, result_header, section_markers, section_opening, target, target_lines)
+from _report import (EMBEDDED_DIGITS, REPO_ROOT, add_dataset_root_argument, add_scaling_arguments, check_label,
+                     check_mnist_root, figure_lines, portable_path, publish, result_header, scaling_options, scaling_text,
+                     section_markers, section_opening, target, target_lines)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "compare.json"
 DEFAULT_CACHE = REPO_ROOT / "benchmarks" / "results" / "compare_cells"
@@ -92,7 +93,6 @@ CRWN_CONTENDERS = ("FlyNet-10d", "FlyNet-40d", "NeuroModNet-FC1024", "NeuroModNe
 SUPSUP_REFERENCES = (("SupSup-FC256", "the paper's Table 1 row"), ("SupSup-FC1024", "wider than the paper's"))
 """The SupSup rows target 3 checks against: the paper compares with SupSup on FC256; FC1024 is a stronger one."""
 SPEED_PAIRS = (("SupSup-FC256", "NeuroModNet-FC256"), ("SupSup-FC1024", "NeuroModNet-FC1024"))
-N_THREADS = 2
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -116,6 +116,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--label", default=None,
                         help="a grid of its own: writes compare_LABEL.json, figures compare_LABEL_*.png and its own "
                              "section of docs/results.md (default: compare.json and the 'compare' section).")
+    add_scaling_arguments(parser)
     args = parser.parse_args(argv)
     check_label(parser, args.label)
     if args.label is not None and args.out == DEFAULT_OUT:
@@ -265,27 +266,26 @@ def render_section(result: Dict[str, Any], label: Optional[str] = None) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    import torch
-
     from avalanche_neuromod.evaluation import run_grid, summarize, summary_table
 
-    torch.set_num_threads(N_THREADS)
     grid = build_grid(args)
+    options = scaling_options(args)
     full = (args.n_iterations == 1000 and not args.digits
             and all(grid.streams[s]["n_experiences"] == PAPER_STREAMS[s]["n_experiences"] for s in grid.streams))
     scale = (", ".join(f"{name} {spec['n_experiences']} tasks" for name, spec in grid.streams.items())
              + f", {args.n_iterations} mini-batches of 128 per task, seeds {args.seeds}, eval protocol "
                f"'{args.eval_protocol}'" + ("" if full else "; REDUCED from the paper's 36 rotated / 20+ permuted "
-                                                           "tasks of 1,000 mini-batches"))
+                                                           "tasks of 1,000 mini-batches")
+             + f"; {scaling_text(options)}")
     header = result_header(argv, __file__, args.root)
 
     def on_cell(cell, r, cached):
         print(f"{'cached' if cached else 'done'}: {cell.label}: {100 * r['avg_accuracy']:.2f}% "
               f"{r['seconds_per_task']:.1f} s/task", flush=True)
 
-    cells = run_grid(grid, dataset_root=args.root, cache_dir=args.cache_dir, on_cell=on_cell)
+    cells = run_grid(grid, dataset_root=args.root, cache_dir=args.cache_dir, on_cell=on_cell, **options)
     rows = summarize(cells)
-    result = {**header, "grid": grid.to_dict(), "scale": scale, "cells": cells, "summary": rows,
+    result = {**header, "grid": grid.to_dict(), "scale": scale, "scaling": options, "cells": cells, "summary": rows,
               "table": summary_table(rows), "targets": check_targets(rows),
               "notes": batch_notes(grid.methods) + list(args.note),
               "cache_dir": portable_path(args.cache_dir)}

@@ -63,9 +63,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from _report import (REPO_ROOT, add_dataset_root_argument, check_mnist_root, machine_was_busy, markdown_table,
-                     portable_path, publish, result_header, section_opening, shell_quote, target, target_lines,
-                     text_table)
+from _report import (REPO_ROOT, add_dataset_root_argument, add_scaling_arguments, check_mnist_root, machine_was_busy,
+                     markdown_table, portable_path, publish, result_header, scaling_options, scaling_text,
+                     section_opening, shell_quote, target, target_lines, text_table)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "crwn_mnist.json"
 DEFAULT_CACHE = REPO_ROOT / "benchmarks" / "results" / "compare_cells"
@@ -155,6 +155,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true",
                         help="do not touch docs/results.md nor the plot in docs/images.")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models and of the batch order.")
+    add_scaling_arguments(parser)
     args = parser.parse_args(argv)
     args.dataset_root = check_mnist_root(parser, args.dataset_root)
     for name, value in (("--tasks", args.tasks), ("--iterations", args.iterations)):
@@ -438,6 +439,8 @@ def scale_lines(result: Dict[str, Any]) -> List[str]:
     if result["settings"]["eval_protocol"] == "final":
         lines.append("Grid evaluation: each task right after training it, and every task after the last "
                      "(forgetting A[j,j] - A[T,j] as with the full protocol; no intermediate accuracy curve).")
+    if "scaling" in result:
+        lines.append(f"Ran as {scaling_text(result['scaling'])}.")
     if result["reference"]:
         lines.append(f"Reference curves: first {len(result['reference'][0]['final_accuracies'])} of "
                      f"{STREAM_LENGTHS['permuted']} Permuted-MNIST tasks (CRWN FC256 Local+Global, EWC, Naive), "
@@ -501,13 +504,11 @@ def markdown_section(result: Dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    import torch
-
     from avalanche_neuromod.evaluation import run_grid
 
-    torch.set_num_threads(2)
     started = time.perf_counter()
     grids = build_grids(args)
+    options = scaling_options(args)
 
     def on_cell(cell: Any, r: Dict[str, Any], cached: bool) -> None:
         forgetting = [v for v in r["forgetting"] if v is not None]
@@ -518,13 +519,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cells: Dict[str, List[Dict[str, Any]]] = {}
     for name, grid in grids.items():
         cells[name] = run_grid(grid, dataset_root=args.dataset_root, cache_dir=args.cache_dir, on_cell=on_cell,
-                               after_training=context_plotter(args.context_plot) if name != "reference" else None)
+                               after_training=context_plotter(args.context_plot) if name != "reference" else None,
+                               **options)
     result: Dict[str, Any] = {
         **result_header(argv, __file__, args.dataset_root),
         "settings": {"iterations": args.iterations, "batch_size": BATCH_SIZE, "optimizer": args.optimizer,
                      "seed": args.seed, "eval_protocol": EVAL_PROTOCOLS[args.eval_protocol]},
         "grids": {name: grid.to_dict() for name, grid in grids.items()},
-        "cache_dir": portable_path(args.cache_dir),
+        "cache_dir": portable_path(args.cache_dir), "scaling": options,
         "grid": [c for name, cs in cells.items() if name != "reference" for c in cs],
         "reference": cells.get("reference", []),
     }

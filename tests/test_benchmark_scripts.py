@@ -377,3 +377,59 @@ def test_machine_line_names_the_processor_family_and_vector_extensions():
     assert "(AMD EPYC, family 25 model 17, AVX-512 with BF16)" in _report.machine_line(machine)
     details = _report.cpu_details()  # this machine: whatever it is, the record has the fields the text reads
     assert details == {} or {"avx2", "avx512f", "avx512_bf16"} <= set(details)
+
+
+def test_grid_scripts_run_parallel_crwn_tasks_with_the_serial_results(fake_mnist_root, tmp_path):
+    """crwn_mnist.py --parallel-tasks processes: the same cells as the serial run (without Ray)."""
+    serial = _run_grid(fake_mnist_root, tmp_path / "a", "final")
+    parallel = _run_grid(fake_mnist_root, tmp_path / "b", "final", "--parallel-tasks", "processes",
+                         "--task-workers", "2")
+    assert parallel["scaling"] == {"executor": "serial", "ray_address": None, "threads": 1,
+                                   "task_backend": "processes", "task_workers": 2}
+    assert any("CRWN tasks in parallel (processes)" in line for line in parallel["scale"])
+    for a, b in zip(serial["grid"], parallel["grid"]):
+        assert a["accuracy_matrix"] == b["accuracy_matrix"] and a["forgetting"] == b["forgetting"]
+        assert b["task_backend"] == "processes" and "task_backend" not in a
+
+
+def test_scaling_options_from_the_command_line():
+    import argparse
+
+    from _report import add_scaling_arguments, scaling_options, scaling_text
+
+    parser = argparse.ArgumentParser()
+    add_scaling_arguments(parser)
+    options = scaling_options(parser.parse_args(["--ray-address", "auto", "--threads", "2"]))
+    assert options["executor"] == "ray" and options["ray_address"] == "auto" and options["threads"] == 2
+    assert scaling_text(options) == "cells as Ray tasks on a cluster, 2 torch thread(s) per cell"
+    assert scaling_options(parser.parse_args([]))["executor"] == "serial"
+    with pytest.raises(SystemExit):
+        scaling_options(parser.parse_args(["--threads", "0"]))
+
+
+def test_scaling_benchmark_reports_every_part(fake_mnist_root, tmp_path):
+    pytest.importorskip("ray")
+    import scaling
+
+    out = tmp_path / "scaling.json"
+    args = ["--dataset-root", str(fake_mnist_root), "--tasks", "2", "--iterations", "2", "--grid-tasks", "2",
+            "--grid-iterations", "2", "--grid-methods", "FlyNet-10d", "Naive", "--paper-rows", "FlyNet-10d",
+            "--paper-modes", "local+global", "--paper-streams", "rotated", "--paper-tasks", "2",
+            "--paper-iterations", "2", "--paper-task-backend", "ray", "--cache-dir", str(tmp_path / "cells"),
+            "--out", str(out), "--no-docs"]
+    assert scaling.main([*args, "--parts", "tasks", "grid"]) == 0
+    assert scaling.main([*args, "--parts", "paper"]) == 0  # keeps the other parts' figures
+    result = json.loads(out.read_text())
+    names = [r["name"] for r in result["tasks"]["runs"]]
+    assert names == ["in order, 1 thread(s)", "in order, 2 thread(s)", "processes, 1 worker(s)",
+                     "processes, 2 worker(s)", "Ray, 2 workers"]
+    equal = {r["name"]: r["equal_to_in_order_1_thread"] for r in result["tasks"]["runs"]}
+    assert all(equal[n] for n in names if "1 thread" in n or "worker" in n)
+    assert result["grid"]["identical"] is True
+    assert [c["method"] for c in result["paper"]["cells"]] == ["FlyNet-10d"]
+    assert result["paper"]["cells"][0]["task_backend"] == "ray"
+    section = scaling.markdown_section(result)
+    assert section.startswith(scaling.SECTION_START) and section.endswith(scaling.SECTION_END)
+    for heading in ("CRWN tasks in parallel", "serially and on Ray", "cells and their tasks as Ray tasks"):
+        assert heading in section
+    assert len(result["commands"]) == 2

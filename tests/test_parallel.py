@@ -84,6 +84,10 @@ def test_merged_model_is_an_ordinary_crwn_model(stream):
     ours = accuracy_matrix([strategy.eval(stream.test_stream)], n_experiences=4)
     theirs = accuracy_matrix([reference.eval(stream.test_stream)], n_experiences=4)
     assert (ours == theirs).all()
+    # A worker's accuracy is the evaluator's figure to the last bit (several mini-batches per experience).
+    assert len(stream.test_stream[0].dataset) > reference.eval_mb_size
+    assert [experience_accuracy(strategy.model, e, reference.eval_mb_size) for e in stream.test_stream] == list(
+        theirs[0])
 
 
 def test_pretrained_mode_trains_the_first_task_first(stream):

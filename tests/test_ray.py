@@ -65,6 +65,23 @@ def test_local_ray_grid_equals_serial_and_resumes_from_cache(serial, local_ray, 
     _same_results(again, serial)
 
 
+def test_a_grid_stopped_mid_way_resumes_with_the_cells_it_finished(serial, local_ray, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(cell, result, cached):
+        raise Stop(cell)
+
+    with pytest.raises(Stop):
+        run_grid(_grid(), executor="ray", cache_dir=tmp_path, progress=False, on_cell=stop_after_first)
+    assert len(list(tmp_path.glob("*.json"))) == 1  # written before the driver stopped
+    seen = []
+    results = run_grid(_grid(), cache_dir=tmp_path, threads=1, progress=False,
+                       on_cell=lambda cell, r, cached: seen.append(cached))
+    assert sorted(seen) == [False, False, False, True]
+    _same_results(results, serial)
+
+
 def test_parallel_crwn_tasks_on_ray_equal_sequential(local_ray):
     stream = RotatedMNIST(n_experiences=4, return_task_id=True, dataset="digits")
     previous = torch.get_num_threads()

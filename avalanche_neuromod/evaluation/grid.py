@@ -514,7 +514,9 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
         the tasks in parallel (``"processes"``, ``"ray"``, ``"serial"``; see
         :func:`~avalanche_neuromod.training.train_tasks_parallel`) with the
         sequential result; each task is measured in its worker right after
-        training, the final row on the merged model. Ignored for other kinds.
+        training, the final row on the merged model. Ignored for other kinds
+        and under the ``"seen"`` protocol (which evaluates every task seen
+        after each one, so trains them in order).
     :param task_workers: parallel workers of ``task_backend``.
     :param ray_address: the Ray cluster of ``task_backend="ray"``.
     """
@@ -532,11 +534,9 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
         if n < 1:
             raise ValueError(f"method {cell.method!r}: 'tasks' must be at least 1, got {method_spec['tasks']}.")
         train, test = list(benchmark.train_stream)[:n], list(benchmark.test_stream)[:n]
-        parallel = task_backend is not None and method_spec["kind"] in TASK_SEEDED_KINDS
-        if parallel and grid.eval_protocol != "final":
-            raise ValueError(f"parallel tasks measure the 'final' protocol (each task right after training, then "
-                             f"all at the end); this grid's is {grid.eval_protocol!r}. Fix: eval_protocol='final', "
-                             f"or no task_backend.")
+        # The "seen" protocol evaluates every earlier task after each one: that needs the tasks in order.
+        parallel = (task_backend is not None and method_spec["kind"] in TASK_SEEDED_KINDS
+                    and grid.eval_protocol == "final")
         with PeakMemory() as memory, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Avalanche's deprecation chatter, once per experience
             if parallel:
