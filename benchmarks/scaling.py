@@ -202,7 +202,7 @@ def part_grid(args: argparse.Namespace) -> Dict[str, Any]:
         print(f"grid {name}: {seconds:.1f} s", flush=True)
     serial, ray_cells = cells["serial"], cells[f"Ray, {args.workers} workers"]
     identical = all({k: a[k] for k in MEASURED} == {k: b[k] for k in MEASURED} for a, b in zip(serial, ray_cells))
-    return {"grid": grid.to_dict(), "runs": runs, "identical": identical,
+    return {"grid": grid.to_dict(), "runs": runs, "identical": identical, "workers": args.workers,
             "accuracy": {c["method"]: c["avg_accuracy"] for c in serial},
             "targets": [target("Ray grid results identical to the serial grid's", identical,
                                f"{len(serial)} cells, every accuracy, forgetting and parameter count compared")]}
@@ -299,16 +299,22 @@ def markdown_section(result: Dict[str, Any]) -> str:
                   "in the last bits (it is the old default).", "", *target_lines(tasks["targets"])]
     if grid:
         g = grid["grid"]
+        serial_seconds = grid["runs"][0]["seconds"]
+        slowest, slowest_seconds = max(grid["runs"][-1]["cell_seconds"].items(), key=lambda item: item[1])
         lines += ["", f"### The comparison grid serially and on Ray: {', '.join(g['methods'])} on "
                       f"{g['streams']['rotated']['n_experiences']} rotated tasks x {g['n_iterations']} "
                       f"mini-batches", "",
-                  *markdown_table(["run", "wall seconds", "Ray start-up s", "seconds per cell (training)"],
-                                  [[r["name"], f"{r['seconds']:.1f}",
+                  *markdown_table(["run", "wall seconds", "speed-up", "Ray start-up s", "seconds per cell (training)"],
+                                  [[r["name"], f"{r['seconds']:.1f}", f"{serial_seconds / r['seconds']:.2f}x",
                                     "-" if r["ray_start_seconds"] is None else f"{r['ray_start_seconds']:.1f}",
                                     ", ".join(f"{m} {s:.0f}" for m, s in r["cell_seconds"].items())]
-                                   for r in grid["runs"]], "lrrl"), "",
+                                   for r in grid["runs"]], "lrrrl"), "",
                   "- One torch thread per cell both ways; mean final accuracy: "
                   + ", ".join(f"{m} {100 * a:.2f}%" for m, a in grid["accuracy"].items()) + ".",
+                  f"- Cells are whole units of work: with cells of unequal cost on {grid.get('workers', 2)} workers "
+                  f"the wall time is at least the longest cell (here {slowest}, {slowest_seconds:.0f} s of training) "
+                  f"plus what shares its worker. Many cells per worker, or CRWN cells split into tasks (above), "
+                  f"even the load out.",
                   "", *target_lines(grid["targets"])]
     if paper:
         scope = (f"rows {', '.join(paper['rows'])}; modes {', '.join(paper['modes'])}; streams "

@@ -9,8 +9,8 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from avalanche_neuromod.benchmarks import RotatedMNIST
 from avalanche_neuromod.evaluation import accuracy_matrix, make_evaluator
-from avalanche_neuromod.models import FlyNet, NeuroModNet, NeuroModResNet18, PSPNet
-from avalanche_neuromod.training import CRWN, PSP, TaskResult, train_tasks_parallel
+from avalanche_neuromod.models import FlyNet, NeuroModNet, NeuroModResNet18, PSPNet, STLNet, SupSupNet
+from avalanche_neuromod.training import CRWN, PSP, STL, SupSup, TaskResult, train_tasks_parallel
 from avalanche_neuromod.training.parallel import experience_accuracy
 
 
@@ -116,6 +116,21 @@ def test_conv_tasks_with_per_task_batch_norm(stream):
     parallel, sequential = run(True), run(False)
     assert any("running_mean" in k for k in parallel.task_state_dict(1))
     assert_same_model(parallel, sequential)
+
+
+@pytest.mark.parametrize("strategy_cls, model_cls", [(SupSup, SupSupNet), (STL, STLNet)])
+def test_the_baselines_with_independent_tasks_train_in_parallel_too(stream, strategy_cls, model_cls):
+    def run(parallel):
+        strategy = strategy_cls(model=model_cls((16, 16), seed=1), n_iterations=5, train_mb_size=32, batch_seed=3,
+                                evaluator=EvaluationPlugin(loggers=[]))
+        if parallel:
+            train_tasks_parallel(strategy, stream.train_stream, backend="processes", workers=2, progress=False)
+        else:
+            for e in stream.train_stream:
+                strategy.train(e)
+        return strategy.model
+
+    assert_same_model(run(True), run(False))
 
 
 def test_batch_order_is_a_function_of_seed_and_task(stream):

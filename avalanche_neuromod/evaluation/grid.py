@@ -136,7 +136,8 @@ class Grid:
                 "n_iterations": self.n_iterations, "batch_size": self.batch_size,
                 "eval_protocol": self.eval_protocol}
         if self.methods[cell.method]["kind"] in TASK_SEEDED_KINDS:
-            spec["batch_order"] = "per-task seed"  # not the order of cells cached before it was
+            # cells cached before the batch order became a function of (seed, task) keep their own key
+            spec["batch_order"] = "per-task seed"
         return spec
 
     def cell_key(self, cell: GridCell) -> str:

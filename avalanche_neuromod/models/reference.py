@@ -117,6 +117,8 @@ class STLNet(TaskMLP):
     :param seed: seed of the weights (task ``t`` of layer ``i`` draws from ``(seed + 1000 i, t)``).
     """
 
+    independent_tasks = True  # a whole network per task, nothing shared
+
     def __init__(self, hidden_sizes: Sequence[int] = (256, 256), *, input_size: int = 784, n_classes: int = 10,
                  seed: int = 0):
         super().__init__(_stl_layer(seed), hidden_sizes, input_size=input_size, n_classes=n_classes)
@@ -131,6 +133,8 @@ class STLResNet18(TaskResNet18):
     :param in_channels: input channels.
     :param seed: seed of the weights.
     """
+
+    independent_tasks = True  # a whole network per task, nothing shared
 
     def __init__(self, width: int = 1, *, n_classes: int = 10, in_channels: int = 3, seed: int = 0):
         super().__init__(_stl_layer(seed), width, n_classes=n_classes, in_channels=in_channels)

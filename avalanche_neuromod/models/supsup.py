@@ -249,6 +249,9 @@ class SupSupLayer(TaskWeightLayer):
 
 
 class _SupSupMixin:
+    # A task trains only its own scores over fixed weights: its tasks may train in parallel.
+    independent_tasks = True
+
     def supsup_layers(self) -> List[SupSupLayer]:
         """The masked layers, in order."""
         return [m for m in self.modules() if isinstance(m, SupSupLayer)]

@@ -179,7 +179,7 @@ def _check(strategy: Any, experiences: Sequence[Any]) -> List[int]:
     if not getattr(model, "independent_tasks", False):
         raise ValueError(f"the tasks of a {type(model).__name__} are not independent (training one changes "
                          f"what others use), so they cannot train in parallel: use strategy.train() per "
-                         f"experience. CRWN networks can.")
+                         f"experience. CRWN, SupSup and STL networks can.")
     if strategy.batch_seed is None:
         raise ValueError("parallel tasks need a batch order that depends only on the task: build the strategy "
                          "with batch_seed=<int> (task t then draws its batches from (batch_seed, t)).")
@@ -250,7 +250,7 @@ def train_tasks_parallel(strategy: TaskIncrementalStrategy, experiences: Sequenc
     the CPU; the merged tasks land on the model's device.
 
     :param strategy: a task-incremental strategy whose model has independent
-        tasks (CRWN), built with ``batch_seed``.
+        tasks (CRWN; also SupSup and STL), built with ``batch_seed``.
     :param experiences: training experiences, one new task each.
     :param eval_experiences: test experiences aligned with ``experiences``
         (optional): :attr:`TaskResult.accuracy`.
