@@ -325,7 +325,8 @@ def markdown_section(result: Dict[str, Any]) -> str:
         lines += ["", f"### The CRWN paper's grid through this path ({how})", "",
                   f"- Scope run: {scope}; {paper['iterations']:,} mini-batches of 128 per task, seed 0, 2 Ray "
                   f"workers of one thread (seconds per task are a worker's, with the other worker busy). "
-                  f"Wall time {paper['wall_seconds'] / 60:.1f} min (cached cells load in seconds).",
+                  f"Wall time of the last invocation {paper['wall_seconds'] / 60:.1f} min (cells cached by earlier "
+                  f"ones load in seconds).",
                   f"- {not_run(paper)}",
                   "", *markdown_table(PAPER_HEADER, paper_rows(paper), "llrrrrr")]
     lines += ["", "How this extrapolates to N nodes, and the commands for a cluster: docs/scaling.rst.", SECTION_END]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from avalanche.training.plugins import EvaluationPlugin
+from conftest import assert_same_state
 
 from avalanche_neuromod.benchmarks import RotatedMNIST
 from avalanche_neuromod.evaluation import accuracy_matrix, make_evaluator
@@ -41,14 +42,18 @@ def _sequential(make_model, experiences):
     return strategy.model
 
 
+def _trained(strategy, experiences, parallel):
+    """The strategy's model after training ``experiences`` in 2 worker processes, or in order here."""
+    if parallel:
+        train_tasks_parallel(strategy, experiences, backend="processes", workers=2, progress=False)
+    else:
+        for e in experiences:
+            strategy.train(e)
+    return strategy.model
+
+
 def assert_same_model(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        if torch.is_tensor(sa[key]):
-            assert torch.equal(sa[key], sb[key]), key
-        else:
-            assert sa[key] == sb[key], key
+    assert_same_state(a.state_dict(), b.state_dict())
     assert [p.requires_grad for p in a.parameters()] == [p.requires_grad for p in b.parameters()]
     assert a.known_train_tasks_labels == b.known_train_tasks_labels
     assert a.max_class_label == b.max_class_label
@@ -106,12 +111,7 @@ def test_conv_tasks_with_per_task_batch_norm(stream):
     def run(parallel):
         strategy = CRWN(model=make(), n_iterations=2, train_mb_size=8, batch_seed=1,
                         evaluator=EvaluationPlugin(loggers=[]))
-        if parallel:
-            train_tasks_parallel(strategy, images.train_stream, backend="processes", workers=2, progress=False)
-        else:
-            for e in images.train_stream:
-                strategy.train(e)
-        return strategy.model
+        return _trained(strategy, images.train_stream, parallel)
 
     parallel, sequential = run(True), run(False)
     assert any("running_mean" in k for k in parallel.task_state_dict(1))
@@ -123,12 +123,7 @@ def test_the_baselines_with_independent_tasks_train_in_parallel_too(stream, stra
     def run(parallel):
         strategy = strategy_cls(model=model_cls((16, 16), seed=1), n_iterations=5, train_mb_size=32, batch_seed=3,
                                 evaluator=EvaluationPlugin(loggers=[]))
-        if parallel:
-            train_tasks_parallel(strategy, stream.train_stream, backend="processes", workers=2, progress=False)
-        else:
-            for e in stream.train_stream:
-                strategy.train(e)
-        return strategy.model
+        return _trained(strategy, stream.train_stream, parallel)
 
     assert_same_model(run(True), run(False))
 
