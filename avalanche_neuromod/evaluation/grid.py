@@ -770,17 +770,15 @@ def _run_on_ray(grid: Grid, cells: List[GridCell], finish: Callable[[GridCell, D
     except ImportError as error:
         raise ImportError("executor='ray' needs Ray: pip install 'avalanche-neuromod[ray]' (or run the grid "
                           "serially, without --ray).") from error
-    from ..training import init_ray
+    from ..training.parallel import init_ray, ray_completed
 
     started = init_ray(ray_address)
     try:
         remote = ray.remote(num_cpus=threads, max_retries=max_retries)(_ray_cell)
         grid_data = grid.to_dict()
         pending = {remote.remote(grid_data, cell, _kinds_of(grid, cell), threads, options): cell for cell in cells}
-        waiting = list(pending)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            finish(pending[done[0]], ray.get(done[0]))
+        for cell, result in ray_completed(pending):
+            finish(cell, result)
     finally:
         if started:
             ray.shutdown()

@@ -98,12 +98,8 @@ class TaskState(nn.Module):
         """Learnable scalars one task costs here."""
         return sum(p.numel() for p in self.task_parameters(0)) if self.n_tasks else 0
 
-    def _per_task_children(self) -> List[Tuple[str, Union[nn.ModuleList, nn.ParameterList]]]:
-        return [(name, child) for name, child in self.named_children()
-                if isinstance(child, (nn.ModuleList, nn.ParameterList))]
-
-    def task_state_dict(self, task: int) -> Dict[str, torch.Tensor]:
-        """Everything ``task`` holds here (parameters and buffers), as detached copies.
+    def task_entries(self, task: int) -> Dict[str, torch.Tensor]:
+        """``task``'s parameters and buffers here, by name: the live tensors (detached views, not copies).
 
         The default reads the subclass's per-task lists (``nn.ParameterList`` /
         ``nn.ModuleList`` children indexed by task), which is how every state
@@ -112,13 +108,21 @@ class TaskState(nn.Module):
         :param task: a task this state holds.
         """
         out: Dict[str, torch.Tensor] = {}
-        for name, child in self._per_task_children():
-            item = child[task]
-            if isinstance(item, torch.Tensor):
-                out[name] = item.detach().clone()
-            else:
-                out.update({f"{name}.{k}": v.detach().clone() for k, v in item.state_dict().items()})
+        for name, child in self.named_children():
+            if isinstance(child, (nn.ModuleList, nn.ParameterList)):
+                item = child[task]
+                if isinstance(item, torch.Tensor):
+                    out[name] = item.detach()
+                else:
+                    out.update({f"{name}.{k}": v for k, v in item.state_dict().items()})
         return out
+
+    def task_state_dict(self, task: int) -> Dict[str, torch.Tensor]:
+        """Everything ``task`` holds here (parameters and buffers), as copies.
+
+        :param task: a task this state holds.
+        """
+        return {k: v.clone() for k, v in self.task_entries(task).items()}
 
     def load_task_state_dict(self, task: int, state: Dict[str, torch.Tensor]) -> None:
         """Copy :meth:`task_state_dict`'s entries into ``task`` (which must exist here).
@@ -126,22 +130,22 @@ class TaskState(nn.Module):
         :param task: a task this state holds.
         :param state: the entries, e.g. from a copy of this network trained elsewhere.
         """
-        expected = self.task_state_dict(task)
-        if set(state) != set(expected):
-            raise ValueError(f"task {task}'s state has entries {sorted(state)}, this layer expects "
-                             f"{sorted(expected)}: it comes from another architecture.")
+        _copy_entries(self.task_entries(task), state, task, "this layer")
+
+
+def _copy_entries(live: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], task: int, owner: str) -> None:
+    """Copy ``state`` into the ``live`` tensors of the same names, after checking names and shapes."""
+    if set(state) != set(live):
+        odd = sorted(set(state) ^ set(live))
+        raise ValueError(f"task {task}'s state does not fit {owner} (entries {odd[:3]} differ): it comes from "
+                         f"another architecture.")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(live[key].shape):
+            raise ValueError(f"task {task}'s {key} has shape {tuple(value.shape)}, {owner}'s is "
+                             f"{tuple(live[key].shape)}: it comes from a network of another size.")
+    with torch.no_grad():
         for key, value in state.items():
-            if tuple(value.shape) != tuple(expected[key].shape):
-                raise ValueError(f"task {task}'s {key} has shape {tuple(value.shape)}, this layer's is "
-                                 f"{tuple(expected[key].shape)}: it comes from a network of another size.")
-        with torch.no_grad():
-            for name, child in self._per_task_children():
-                item = child[task]
-                if isinstance(item, torch.Tensor):
-                    item.copy_(state[name])
-                else:
-                    item.load_state_dict({k[len(name) + 1:]: v for k, v in state.items()
-                                          if k.startswith(name + ".")})
+            live[key].copy_(value)
 
 
 class TaskBatchNorm2d(TaskState):
@@ -198,14 +202,22 @@ class TaskIncrementalModule(MultiTaskModule):
         """Every per-task state holder of the network, in module order."""
         return [m for m in self.modules() if isinstance(m, TaskState)]
 
-    def task_state_dict(self, task: int) -> Dict[str, torch.Tensor]:
-        """Everything task ``task`` learned, keyed by module name: what a copy trained elsewhere hands back.
+    def task_entries(self, task: int) -> Dict[str, torch.Tensor]:
+        """Task ``task``'s live parameters and buffers, keyed by module name (see :meth:`TaskState.task_entries`).
 
         :param task: a task label the network holds.
         """
         self._check_known(task, allow_untrained=True)
         return {f"{name}.{key}": value for name, m in self.named_modules() if isinstance(m, TaskState)
-                for key, value in m.task_state_dict(task).items()}
+                for key, value in m.task_entries(task).items()}
+
+    def task_state_dict(self, task: int) -> Dict[str, torch.Tensor]:
+        """Everything task ``task`` learned, keyed by module name, as copies: what a copy trained elsewhere
+        hands back.
+
+        :param task: a task label the network holds.
+        """
+        return {k: v.clone() for k, v in self.task_entries(task).items()}
 
     def load_task_state_dict(self, task: int, state: Dict[str, torch.Tensor]) -> None:
         """Load one task's state (from :meth:`task_state_dict` of a copy of this network).
@@ -215,16 +227,7 @@ class TaskIncrementalModule(MultiTaskModule):
         :param task: a task label the network holds.
         :param state: the task's entries.
         """
-        self._check_known(task, allow_untrained=True)
-        expected = set(self.task_state_dict(task))
-        if set(state) != expected:
-            odd = sorted(set(state) ^ expected)
-            raise ValueError(f"task {task}'s state does not fit this {type(self).__name__} (entries {odd[:3]} "
-                             f"differ): it was trained on another architecture or size.")
-        states = {name: m for name, m in self.named_modules() if isinstance(m, TaskState)}
-        for name, m in states.items():
-            prefix = f"{name}."
-            m.load_task_state_dict(task, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        _copy_entries(self.task_entries(task), state, task, f"this {type(self).__name__}")
 
     @property
     def n_tasks(self) -> int:

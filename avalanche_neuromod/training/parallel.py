@@ -39,7 +39,7 @@ import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -51,7 +51,7 @@ from .loaders import whole_batch_loader
 from .task_incremental import TaskIncrementalStrategy, experience_task
 
 __all__ = ["BACKENDS", "TaskResult", "train_tasks_parallel", "merge_task_results", "experience_accuracy", "init_ray",
-           "ray_available"]
+           "ray_available", "ray_completed"]
 
 BACKENDS = ("auto", "processes", "ray", "serial")
 
@@ -136,14 +136,21 @@ def _train_one(payload: Dict[str, Any], index: int, threads: int) -> TaskResult:
         warnings.simplefilter("ignore")  # Avalanche's chatter (no loggers, deprecations), once per task
         strategy = payload["strategy_cls"](model=model, evaluator=payload["evaluator_factory"](), device="cpu",
                                            **payload["config"])
-        experience = payload["experiences"][index]
-        task = experience_task(experience, strategy.method)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        strategy.train(experience)
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         tests = payload["eval_experiences"]
-        accuracy = payload["eval_fn"](strategy, tests[index]) if tests is not None else None
-    return TaskResult(task, model.task_state_dict(task), seconds, cpu_seconds, accuracy, os.getpid(), _peak_rss_mb())
+        return _train_and_measure(strategy, payload["experiences"][index],
+                                  tests[index] if tests is not None else None, payload["eval_fn"])
+
+
+def _train_and_measure(strategy: TaskIncrementalStrategy, experience: Any, test: Any,
+                       eval_fn: Callable[[Any, Any], float]) -> TaskResult:
+    """``strategy.train(experience)``, timed; then the task's accuracy on ``test`` (if any) and its state."""
+    task = experience_task(experience, strategy.method)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    strategy.train(experience)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    accuracy = eval_fn(strategy, test) if test is not None else None
+    return TaskResult(task, strategy.model.task_state_dict(task), seconds, cpu_seconds, accuracy, os.getpid(),
+                      _peak_rss_mb())
 
 
 def _peak_rss_mb() -> float:
@@ -165,10 +172,6 @@ def _pool_init(payload: Dict[str, Any]) -> None:
 
 def _pool_task(index: int, threads: int) -> TaskResult:
     return _train_one(_PAYLOAD, index, threads)
-
-
-def _ray_task(payload: Dict[str, Any], index: int, threads: int) -> TaskResult:
-    return _train_one(payload, index, threads)
 
 
 def _check(strategy: Any, experiences: Sequence[Any]) -> List[int]:
@@ -226,6 +229,19 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> b
         kwargs["num_cpus"] = num_cpus
     ray.init(address=address, **kwargs)
     return True
+
+
+def ray_completed(pending: Dict[Any, Any]) -> Iterator[Tuple[Any, Any]]:
+    """``(label, result)`` of Ray tasks as each finishes, for ``{object_ref: label}``.
+
+    :param pending: the Ray object references of submitted tasks, each with a label of the caller's.
+    """
+    import ray
+
+    waiting = list(pending)
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        yield pending[done[0]], ray.get(done[0])
 
 
 def train_tasks_parallel(strategy: TaskIncrementalStrategy, experiences: Sequence[Any], *,
@@ -312,15 +328,13 @@ def train_tasks_parallel(strategy: TaskIncrementalStrategy, experiences: Sequenc
                 results[futures[future]] = future.result()
                 bar.update()
     else:
-        import ray  # noqa: F401
+        import ray
         init_ray(ray_address, num_cpus=workers)
-        remote = ray.remote(num_cpus=threads_per_worker, max_retries=max_retries)(_ray_task)
+        remote = ray.remote(num_cpus=threads_per_worker, max_retries=max_retries)(_train_one)
         ref = ray.put(payload)
         futures = {remote.remote(ref, i, threads_per_worker): i for i in pending}
-        waiting = list(futures)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            results[futures[done[0]]] = ray.get(done[0])
+        for i, result in ray_completed(futures):
+            results[i] = result
             bar.update()
     bar.close()
     merge_task_results(strategy, [experiences[i] for i in pending], [results[i] for i in pending])
@@ -332,15 +346,9 @@ def _train_here(strategy: TaskIncrementalStrategy, experience: Any, test: Any, t
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        strategy.train(experience)
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+        return _train_and_measure(strategy, experience, test, eval_fn)
     finally:
         torch.set_num_threads(previous)
-    task = experience_task(experience, strategy.method)
-    accuracy = eval_fn(strategy, test) if test is not None else None
-    return TaskResult(task, strategy.model.task_state_dict(task), seconds, cpu_seconds, accuracy, os.getpid(),
-                      _peak_rss_mb())
 
 
 def merge_task_results(strategy: TaskIncrementalStrategy, experiences: Sequence[Any],
