@@ -1,7 +1,8 @@
 """TSAR: meta-learn on Omniglot small1, then domain transfer one image at a time.
 
 For every meta-learning seed and every regulated method (Grow, Sculpt,
-with full or low-memory regulation heads: factored, low-rank, hashed, sparse) and
+with full or low-memory regulation heads: factored, low-rank, hashed, sparse;
+quantized and projected ones converted from the full heads' checkpoint) and
 for No Regulation, the script meta-learns for ``--meta-iterations`` with
 the OML protocol and evaluates transfer along the way (every
 ``--curve-every`` meta-iterations, on the first reported Omniglot sequence)
@@ -70,6 +71,9 @@ METHODS = ("grow", "sculpt", "no_regulation", "scratch", "reservoir")
 META_LEARNED = ("grow", "sculpt", "no_regulation")
 REGULATED = ("grow", "sculpt", "reservoir")
 TRANSFERS = ("omniglot", "omniglot_heldout", "mnist", "fashion_mnist")
+LOW_MEMORY_HEADS = ("low_rank", "factored", "hashed", "sparse", "quantized", "projected")
+DEFAULT_PROJECTED = (0, 1, 2)
+"""The heads ``--heads projected`` projects by default: the convolutions' (the class prediction layer's stays full)."""
 
 PAPER = {
     "ImageNet (data rich)": {"grow": 92.2, "sculpt": 57.5, "scratch": 0.97, "oml": 13.87},
@@ -93,7 +97,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--curve-lr", type=float, default=1e-4,
                         help="transfer learning rate of the curve points before the budget.")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--heads", nargs="+", choices=("full", "factored", "low_rank", "hashed", "sparse", "quantized"),
+    parser.add_argument("--heads", nargs="+",
+                        choices=("full", "factored", "low_rank", "hashed", "sparse", "quantized", "projected"),
                         default=["full"])
     parser.add_argument("--second-order", action="store_true",
                         help="second-order OML: differentiate through the inner loop (default: first-order).")
@@ -124,6 +129,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "'quantized-bB1.B2.B3.B4'). Quantized heads are never meta-learned: they are the "
                              "full-head run's checkpoint (same method, meta seed and settings, in --checkpoint-dir) "
                              "with every head row quantised (Regulator.quantized).")
+    parser.add_argument("--directions", type=int, default=24,
+                        help="feature directions each entry of the projected regulation heads reads (ProjectedHead; "
+                             "the head 'projected-kK'). Projected heads are never meta-learned: they are the "
+                             "full-head run's checkpoint (same method, meta seed and settings, in --checkpoint-dir) "
+                             "with the rows of --project-heads projected onto the top K singular directions of the "
+                             "trunk's features of the meta-training images (Regulator.projected).")
+    parser.add_argument("--project-heads", type=int, nargs="+", default=None, metavar="HEAD",
+                        help="the heads --heads projected projects (0-2 the convolutions, 3 the class prediction "
+                             "layer; default 0 1 2, any other set adds '-p0.1.2.3' to the head's name).")
     parser.add_argument("--calibrate", action="store_true",
                         help="quantized heads: correct each entry's bias for its row's mean quantisation error "
                              "over the meta-training images (Regulator.quantized's calibration; suffix '-cal').")
@@ -138,6 +152,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "every head without a value, or the heads given (0-2 the convolutions, 3 the class "
                              "prediction layer; suffix '-fw0.1.2'); the meta-learned checkpoint is the same as "
                              "without it.")
+    parser.add_argument("--class-head-lr-scale", type=float, default=1.0,
+                        help="Grow and Sculpt transfer with the class prediction layer's regulation head weights "
+                             "learning this many times faster than --lr-grid's rate (TSAR's class_head_lr_scale; "
+                             "suffix '-csS'); the meta-learned checkpoint is the same as without it.")
     parser.add_argument("--freeze-shared", action="store_true",
                         help="domain transfer with what low-memory regulation heads share among mask entries held "
                              "fixed (TSAR's freeze_shared; the head gets the suffix '-fs'); the meta-learned "
@@ -237,16 +255,19 @@ def transfer(strategy_cls, model, benchmark, lr: float, seed: int, plugins: Sequ
     return out
 
 
-def strategy_for(method: str, freeze_shared: bool = False, freeze_head_weights: Union[bool, List[int]] = False):
+def strategy_for(method: str, freeze_shared: bool = False, freeze_head_weights: Union[bool, List[int]] = False,
+                 class_head_lr_scale: float = 1.0):
     """The method's transfer strategy (``freeze_shared``: a meta-learned regulator's shared head maps fixed;
-    ``freeze_head_weights``: every head's weights fixed, or those of the heads listed)."""
+    ``freeze_head_weights``: every head's weights fixed, or those of the heads listed; ``class_head_lr_scale``:
+    the class prediction layer's regulation head learning that many times faster)."""
     from avalanche_neuromod.training import TSAR, TSARNoRegulation, TSARReservoir, TSARScratch
 
     strategy = {"grow": TSAR, "sculpt": TSAR, "no_regulation": TSARNoRegulation, "scratch": TSARScratch,
                 "reservoir": TSARReservoir}[method]
-    if strategy is not TSAR or not (freeze_shared or freeze_head_weights):
+    if strategy is not TSAR or not (freeze_shared or freeze_head_weights or class_head_lr_scale != 1):
         return strategy
-    return functools.partial(strategy, freeze_shared=freeze_shared, freeze_head_weights=freeze_head_weights)
+    scale = {"class_head_lr_scale": class_head_lr_scale} if class_head_lr_scale != 1 else {}
+    return functools.partial(strategy, freeze_shared=freeze_shared, freeze_head_weights=freeze_head_weights, **scale)
 
 
 def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
@@ -263,7 +284,8 @@ def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
     bias = {"grow": "grow", "sculpt": "sculpt", "reservoir": "sculpt"}.get(method)
     return TSARNet.build(args.n_classes, classifier_channels=args.classifier_channels,
                          regulator_channels=args.regulator_channels, bias=bias, head=head, rank=args.rank,
-                         code=args.code, gain=args.gain, pool=pool, hashes=args.hashes, inputs=args.inputs)
+                         code=args.code, gain=args.gain, pool=pool, hashes=args.hashes, inputs=args.inputs,
+                         directions=args.directions, project=args.project_heads)
 
 
 def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> str:
@@ -271,9 +293,12 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
     entry), ``sparse-s16-g18`` for sparse heads of 16 inputs and gain 18 (``-pruned`` added for
     ``--prune-full``), ``quantized-b3`` for quantized heads of 3 bits (``quantized-b3.3.3.2`` for bits per layer;
-    ``-cal`` added for ``--calibrate``, ``-dq`` for ``--dequantize``); ``-fs`` for a low-memory head transferred
-    with ``--freeze-shared`` and ``-fw`` (``-fw0.1.2`` for heads 0 to 2) for any head transferred with
-    ``--freeze-head-weights``, unless ``transfer`` is False)."""
+    ``-cal`` added for ``--calibrate``, ``-dq`` for ``--dequantize``), ``projected-k24`` for the convolutions'
+    heads projected onto 24 feature directions (``-p0.1.2.3`` added when ``--project-heads`` names other heads);
+    ``-fs`` for a low-memory head transferred
+    with ``--freeze-shared``, ``-fw`` (``-fw0.1.2`` for heads 0 to 2) for any head transferred with
+    ``--freeze-head-weights`` and ``-cs3`` for a class prediction head learning 3 times faster
+    (``--class-head-lr-scale 3``), unless ``transfer`` is False)."""
     if head == "sparse":
         name = f"sparse-s{args.inputs}" + (f"-g{args.gain:g}" if args.gain != 1.0 else "")
         name += "-pruned" if args.prune_full else ""
@@ -283,10 +308,15 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     elif head == "quantized":
         name = f"quantized-b{'.'.join(map(str, args.bits))}" + ("-cal" if args.calibrate else "") \
             + ("-dq" if args.dequantize else "")
+    elif head == "projected":
+        name = f"projected-k{args.directions}"
+        if args.project_heads is not None and sorted(set(args.project_heads)) != list(DEFAULT_PROJECTED):
+            name += "-p" + ".".join(map(str, sorted(set(args.project_heads))))
     else:
         name = f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
     return name + ("-fs" if transfer and args.freeze_shared and head != "full" else "") \
-        + (frozen_weights_suffix(args.freeze_head_weights) if transfer else "")
+        + (frozen_weights_suffix(args.freeze_head_weights) if transfer else "") \
+        + (f"-cs{args.class_head_lr_scale:g}" if transfer and args.class_head_lr_scale != 1 else "")
 
 
 def frozen_weights_suffix(heads: Optional[List[int]]) -> str:
@@ -304,11 +334,20 @@ def frozen_head_weights(args: argparse.Namespace) -> Union[bool, List[int]]:
 def head_name(head: str, settings: Dict[str, Any]) -> str:
     """A low-memory head's description for the targets (``head`` as :func:`head_label` names it)."""
     suffix = ""
+    head, scaled, scale = head.partition("-cs")
+    if scaled:
+        suffix = f", class prediction head learning {scale}x faster in transfer"
     head, frozen, layers = head.partition("-fw")
     if frozen:
-        suffix = ", head weights frozen in transfer" + (f" (heads {layers.replace('.', ', ')})" if layers else "")
+        suffix = ", head weights frozen in transfer" + (f" (heads {layers.replace('.', ', ')})" if layers else "") \
+            + suffix
     if head.endswith("-fs"):
         head, suffix = head[:-3], ", shared maps frozen in transfer" + suffix
+    if head.startswith("projected"):
+        directions, _, heads = head.partition("-k")[2].partition("-p")
+        which = (f"heads {heads.replace('.', ', ')}" if heads else "the convolutions' heads") + " projected"
+        return (f"projected heads ({which} onto {directions} feature directions, from the meta-learned full "
+                f"heads{suffix})")
     if head.startswith("quantized"):
         bits, _, rest = head.partition("-b")[2].partition("-")
         bits = bits if "." not in bits else f"{bits.replace('.', ' / ')} (per layer)"
@@ -367,8 +406,8 @@ def choose_lr(strategy, model, selection, grid: Sequence[float], optimizer_name:
 
 def converted_model(method: str, head: str, args: argparse.Namespace, meta_seed: int, images, labels):
     """The full-head run's meta-learned networks at the budget with the heads converted (``sparse``: each row
-    pruned to ``--inputs`` weights; ``quantized``: each row in ``--bits`` bits), and the checkpoint they came
-    from."""
+    pruned to ``--inputs`` weights; ``quantized``: each row in ``--bits`` bits; ``projected``: the rows of
+    ``--project-heads`` on ``--directions`` feature directions), and the checkpoint they came from."""
     from avalanche_neuromod.models import TSARNet
     from avalanche_neuromod.training import TSARMetaLearner
 
@@ -386,6 +425,10 @@ def converted_model(method: str, head: str, args: argparse.Namespace, meta_seed:
     if head == "quantized":
         bits = args.bits[0] if len(args.bits) == 1 else args.bits
         regulator = full.regulator.quantized(bits, learner.images if args.calibrate else None)
+    elif head == "projected":
+        regulator = full.regulator.projected(learner.images, args.directions,
+                                             args.project_heads if args.project_heads is not None
+                                             else DEFAULT_PROJECTED)
     else:
         regulator = full.regulator.sparsified(args.inputs, args.gain)
     return TSARNet(full.classifier, regulator), checkpoint
@@ -405,13 +448,13 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     model = fresh_model(method, head, args, meta_seed)
     meta_head = head_label(head, args, transfer=False)  # the meta-learned networks: the checkpoint's name
     head = head_label(head, args)
-    strategy = strategy_for(method, args.freeze_shared, frozen_head_weights(args))
+    strategy = strategy_for(method, args.freeze_shared, frozen_head_weights(args), args.class_head_lr_scale)
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
     selection = transfers[("selection", args.selection_seed)]
     first = transfers.get(("omniglot", args.transfer_seeds[0]))
     optimizer = args.transfer_optimizer
-    if ((args.prune_full and meta_head.startswith("sparse")) or meta_head.startswith("quantized")) \
+    if ((args.prune_full and meta_head.startswith("sparse")) or meta_head.startswith(("quantized", "projected"))) \
             and method in META_LEARNED:
         model, checkpoint = converted_model(method, meta_head.split("-")[0], args, meta_seed, images, labels)
         if args.dequantize and meta_head.startswith("quantized"):
@@ -658,10 +701,11 @@ def targets(summary: List[Dict[str, Any]], runs: List[Dict[str, Any]],
     if scratch and "omniglot" in scratch:
         mean = scratch["omniglot"]["recall_mean"]
         checked.append(target("Scratch recall below 5%", mean < 5, f"{mean:.1f}%"))
-    full = by.get(("grow", "full"))
     for head in sorted(h for m, h in by
-                       if m == "grow" and h.startswith(("low_rank", "factored", "hashed", "sparse", "quantized"))):
+                       if m == "grow" and h.startswith(LOW_MEMORY_HEADS)):
         light, name = by[("grow", head)], head_name(head, settings)
+        scaled, scale = head.partition("-cs")[1:]
+        full = by.get(("grow", "full" + scaled + scale))  # transferred the same way: a class head rate for both
         if full and "omniglot" in light and "omniglot" in full:
             ratio = full["regulator_bytes"]["parameters"] / max(light["regulator_bytes"]["parameters"], 1)
             lost = full["omniglot"]["recall_mean"] - light["omniglot"]["recall_mean"]

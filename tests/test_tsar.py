@@ -35,12 +35,14 @@ from avalanche_neuromod.models import (
     HashedHead,
     FullHead,
     LowRankHead,
+    ProjectedHead,
     QuantizedHead,
     RegulatedClassifier,
     Regulator,
     SingleImageNorm,
     SparseHead,
     TSARNet,
+    feature_directions,
     proportional_pools,
     quantize_rows,
     regulated_conv2d,
@@ -620,6 +622,95 @@ def test_regulator_quantized_converts_every_head_round_trips_and_is_10x_smaller(
     assert 10 < stored[0] / stored[1] < 32 / 3  # 3 bits per weight, plus a float step and bias per entry
 
 
+
+def test_feature_directions_are_the_top_singular_vectors():
+    torch.manual_seed(0)
+    f = torch.relu(torch.randn(60, 10)) * torch.linspace(0.2, 2.0, 10)  # features of very different scales
+    basis = feature_directions(f, 4)
+    assert basis.shape == (4, 10)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(4), atol=1e-5, rtol=0)
+    singular = torch.linalg.svdvals(f.double())
+    # The energy of f along the basis is the top 4 singular values' squares, more than along any other 4 directions.
+    torch.testing.assert_close((f @ basis.T).pow(2).sum().double(), singular[:4].pow(2).sum(), rtol=1e-4, atol=0)
+    for seed in range(5):
+        other = torch.linalg.qr(torch.randn(10, 4, generator=torch.Generator().manual_seed(seed))).Q.T
+        assert (f @ other.T).pow(2).sum() < (f @ basis.T).pow(2).sum()
+    with pytest.raises(ValueError, match="between 1 and the 10 features"):
+        feature_directions(f, 11)
+
+
+def test_projected_head_formula_keeps_mean_logits_and_memory():
+    torch.manual_seed(0)
+    full = FullHead(10, (4, 3), bias=-2.0)
+    full.linear.bias.data.normal_()
+    f = torch.relu(torch.randn(50, 10))
+    basis, mean = feature_directions(f, 4), f.mean(0)
+    head = ProjectedHead.from_full(full, basis, mean)
+    weight, bias = full.linear.weight.detach(), full.linear.bias.detach()
+    kept = weight @ basis.T @ basis  # each row's part on the 4 directions
+    expected = (f @ kept.T + bias + (weight - kept) @ mean).view(50, 4, 3)
+    torch.testing.assert_close(head.logits(f), expected)
+    torch.testing.assert_close(head(f), torch.sigmoid(expected))
+    torch.testing.assert_close(head.logits(f).mean(0), full.logits(f).mean(0))  # the mean logits are the full head's
+    assert not torch.allclose(head.logits(f), full.logits(f), atol=1e-3)
+    # With every direction the projection leaves nothing out: the full head's logits.
+    every = ProjectedHead.from_full(full, feature_directions(f, 10), mean)
+    torch.testing.assert_close(every.logits(f), full.logits(f), atol=1e-5, rtol=1e-5)
+    assert [n for n, _ in head.named_parameters()] == ["coef", "bias"] and head.coef.shape == (12, 4)
+    assert head.map_parameters() == [head.coef] and head.shared_parameters() == []
+    assert {n for n, _ in head.named_buffers()} == {"basis", "mean_features"}  # fixed: they never learn
+    # A reset draws full rows and projects them: the mean logits of a full head reset with the same random draw.
+    head.reset(-1.0, generator=torch.Generator().manual_seed(3))
+    full.reset(-1.0, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(head.logits(f).mean(0), full.logits(f).mean(0))
+    fresh = ProjectedHead(10, (4, 3), bias=-8.0, directions=3)
+    torch.testing.assert_close(fresh.basis @ fresh.basis.T, torch.eye(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fresh.bias, torch.full((12,), -8.0))  # mean_features 0: nothing to correct
+    with pytest.raises(ValueError, match="between 1 and the 10 regulator features"):
+        ProjectedHead(10, (2,), 0.0, directions=0)
+    with pytest.raises(ValueError, match=r"basis must be \(k, 10\)"):
+        ProjectedHead.from_full(full, torch.zeros(3, 9), mean)
+    n_full, n_projected, entries = _head_parameters_at_paper_size(head="projected", directions=24, project=[0, 1, 2, 3])
+    assert n_projected == 25 * entries and n_projected * 60 < n_full  # 25 of 1,729 floats per entry
+
+
+def test_regulator_projected_converts_the_convolutions_heads_and_round_trips():
+    torch.manual_seed(0)
+    net = TSARNet.build(7, **SMALL)
+    x = torch.randn(30, 3, 28, 28)
+    small = TSARNet(net.classifier, net.regulator.projected(x, directions=5))
+    config = small.config["regulator"]
+    assert config["head"] == "projected" and config["directions"] == 5 and config["project"] == [0, 1, 2]
+    heads = small.regulator.heads
+    assert [type(h) for h in heads] == [ProjectedHead] * 3 + [FullHead]  # the class prediction layer's stays full
+    f = net.regulator.encode(x)
+    torch.testing.assert_close(small.regulator.encode(x), f)  # the trunk is the full regulator's
+    basis = feature_directions(f, 5)
+    for full_head, head in zip(net.regulator.heads[:3], heads[:3]):
+        torch.testing.assert_close(head.logits(f), ProjectedHead.from_full(full_head, basis, f.mean(0)).logits(f))
+    torch.testing.assert_close(heads[3].logits(f), net.regulator.heads[3].logits(f))
+    assert heads[3] is not net.regulator.heads[3]  # a copy: transfer on one leaves the other as it was
+    again = TSARNet.from_config(small.config)
+    assert [type(h) for h in again.regulator.heads] == [ProjectedHead] * 3 + [FullHead]
+    again.load_state_dict(small.state_dict())  # the directions travel with the weights
+    torch.testing.assert_close(again(x), small(x))
+    every = net.regulator.projected(x, directions=f.shape[1], heads=[0, 1, 2, 3])
+    assert all(isinstance(h, ProjectedHead) for h in every.heads)
+    for a, b in zip(every(x), net.regulator(x)):  # every direction: the full regulator's masks
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="indices 0 to 3"):
+        net.regulator.projected(x, heads=[4])
+    with pytest.raises(ValueError, match="head='full'"):
+        small.regulator.projected(x)
+    # Transfer: the coefficients and biases learn, the directions stay; the class prediction head is reset full.
+    bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
+    learning = TSAR(model=copy.deepcopy(small), seed=0, evaluator=make_evaluator(progress_bar=False))
+    before = [(h.basis.clone(), h.coef.detach().clone()) for h in learning.model.regulator.heads[:3]]
+    learning.train(bench.train_stream[0])
+    for (basis, coef), head in zip(before, learning.model.regulator.heads[:3]):
+        assert torch.equal(basis, head.basis) and not torch.equal(coef, head.coef)
+
+
 def test_proportional_pools_split_the_read_outs_by_entries():
     shapes = [(32, 3, 3, 3), (32, 32, 3, 3), (32, 32, 3, 3), (200, 32)]  # 864, 9216, 9216, 6400 entries
     pools = proportional_pools(shapes, 2048)
@@ -931,6 +1022,32 @@ def test_transfer_with_frozen_shared_maps_trains_only_per_entry_head_parameters(
     assert all(len(h.shared_parameters()) == 2 for h in low_rank.regulator.heads)
 
 
+def test_transfer_class_head_lr_scale_moves_the_class_heads_weights_faster():
+    bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
+    evaluator = make_evaluator(progress_bar=False)
+    torch.manual_seed(0)
+    model = TSARNet.build(4, **SMALL)
+    lr = 1e-3
+    strategy = TSAR(model=copy.deepcopy(model), lr=lr, class_head_lr_scale=3.0, seed=0, evaluator=evaluator)
+    heads = strategy.model.regulator.heads
+    assert [g["lr"] for g in strategy.optimizer.param_groups] == [lr, 3 * lr]
+    assert strategy.optimizer.param_groups[1]["params"] == [heads[3].linear.weight]
+    before = {n: p.detach().clone() for n, p in strategy.model.named_parameters()}
+    strategy.train(bench.train_stream[0], drop_last=False)
+    steps = len(bench.train_stream[0].dataset)
+    moved = {n: (p - before[n]).abs().max().item() for n, p in strategy.model.named_parameters()}
+    # Adam moves a weight by about its rate per step (a little more where gradients change sign): 3 lr for the
+    # class head's weights, lr for the rest.
+    assert 2 * lr * steps < moved["regulator.heads.3.linear.weight"] <= 3 * lr * steps * 1.05
+    assert max(v for n, v in moved.items() if n != "regulator.heads.3.linear.weight") <= lr * steps * 1.05
+    assert moved["regulator.heads.3.linear.bias"] > 0 and moved["regulator.heads.0.linear.weight"] > 0
+    assert all(moved[n] == 0 for n in moved if n.startswith("regulator.convs"))  # the trunk stays frozen
+    with pytest.raises(ValueError, match="positive number"):
+        TSAR(model=copy.deepcopy(model), class_head_lr_scale=0, evaluator=evaluator)
+    with pytest.raises(ValueError, match="TSARScratch does not train"):
+        TSARScratch(model=TSARNet.build(4, bias=None, **SMALL), class_head_lr_scale=2.0, evaluator=evaluator)
+
+
 def test_transfer_with_frozen_head_weights_trains_only_biases_and_steps():
     bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
     evaluator = make_evaluator(progress_bar=False)
@@ -1078,7 +1195,8 @@ def test_example_meta_learns_transfers_and_draws_the_figures(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("tsar_domain_transfer", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    results = example.main(["--meta-iterations", "3", "--channels", "4", "--out", str(tmp_path)])
+    results = example.main(["--meta-iterations", "3", "--channels", "4", "--class-head-lr-scale", "3",
+                            "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert "digits 0-4 -> digits 5-9" in printed and "scratch" in printed
     assert set(results) == {"grow", "sculpt", "scratch"}
@@ -1217,6 +1335,14 @@ def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mni
     assert decoded["stored_regulator_bytes"]["parameters"] * 5 < first["regulator_bytes"]["parameters"]
     frozen_weights = json.loads((tmp_path / "fw.json").read_text())["runs"][0]
     assert frozen_weights["head"] == "full-fw" and frozen_weights["meta_resumed_at"] == 3
+    # Projected heads from the same checkpoint: the convolutions' heads on 3 directions, the class head full.
+    assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--heads", "projected", "--directions", "3",
+                                "--out", str(tmp_path / "pj.json")]) == 0
+    projected = json.loads((tmp_path / "pj.json").read_text())
+    run = projected["runs"][0]
+    assert run["head"] == "projected-k3" and run["converted_from"] == pruned["converted_from"]
+    assert run["regulator_bytes"]["parameters"] < first["regulator_bytes"]["parameters"]
+    assert not projected["targets"]  # no full head in this file to compare it with
     with pytest.raises(SystemExit, match="holds 3 meta-iterations, more than --meta-iterations 2"):
         tsar_benchmark.main([*common, "--meta-iterations", "2", "--out", str(tmp_path / "c.json")])
     # Adam and SGD transfers are not merged into one file.
@@ -1257,6 +1383,18 @@ def test_benchmark_checks_each_low_memory_head_against_the_full_one():
     checked = {t["target"].split(":")[0]: t for t in
                tsar_benchmark.targets(summary, [], {"rank": 2, "code": 24})}
     assert checked["hashed heads (pool 512)"]["met"]
+    summary.append(row("projected-k24", 300, 30.5))  # a projected head is checked too: 3.7x smaller, no loss
+    checked = {t["target"].split(":")[0]: t for t in
+               tsar_benchmark.targets(summary, [], {"rank": 2, "code": 24})}
+    projected = checked["projected heads (the convolutions' heads projected onto 24 feature directions, from the "
+                        "meta-learned full heads)"]
+    assert not projected["met"] and projected["measured"] == "3.7x smaller, -0.5 points lost"
+    # A head transferred with a faster class head is checked against the full head transferred the same way.
+    summary += [row("projected-k24-cs3", 100, 50.0), row("full-cs3", 1100, 51.0)]
+    checked = {t["target"].split(":")[0]: t for t in
+               tsar_benchmark.targets(summary, [], {"rank": 2, "code": 24})}
+    scaled = next(t for name, t in checked.items() if name.startswith("projected") and "3x faster" in name)
+    assert scaled["met"] and scaled["measured"] == "11.0x smaller, +1.0 points lost"
 
 
 def test_benchmark_head_labels_and_labelled_result_files():
@@ -1308,6 +1446,17 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert tsar_benchmark.head_label("sparse", pruned) == "sparse-s16-pruned"
     assert tsar_benchmark.head_name("sparse-s16-pruned", {}) == (
         "sparse heads (16 inputs per entry, pruned from the meta-learned full heads)")
+    projected = tsar_benchmark.parse_args(["--heads", "projected", "--directions", "8"])
+    assert tsar_benchmark.head_label("projected", projected) == "projected-k8"
+    every = tsar_benchmark.parse_args(["--heads", "projected", "--project-heads", "3", "0", "1", "2"])
+    assert tsar_benchmark.head_label("projected", every) == "projected-k24-p0.1.2.3"
+    assert tsar_benchmark.head_label("projected", tsar_benchmark.parse_args(["--project-heads", "2", "1", "0"])) == (
+        "projected-k24")  # the default set, in any order
+    assert tsar_benchmark.head_name("projected-k8", {}) == (
+        "projected heads (the convolutions' heads projected onto 8 feature directions, from the meta-learned full "
+        "heads)")
+    assert tsar_benchmark.head_name("projected-k24-p0.1.2.3", {}) == (
+        "projected heads (heads 0, 1, 2, 3 projected onto 24 feature directions, from the meta-learned full heads)")
     quantized = tsar_benchmark.parse_args(["--heads", "quantized", "--calibrate", "--freeze-head-weights"])
     assert tsar_benchmark.head_label("quantized", quantized) == "quantized-b3-cal-fw"
     assert tsar_benchmark.head_label("quantized", quantized, transfer=False) == "quantized-b3-cal"
@@ -1318,6 +1467,15 @@ def test_benchmark_head_labels_and_labelled_result_files():
         "quantized heads (3 bits per weight, from the meta-learned full heads, decoded to float rows for transfer)")
     assert tsar_benchmark.head_name("quantized-b3.3.3.2", {}) == (
         "quantized heads (3 / 3 / 3 / 2 (per layer) bits per weight, from the meta-learned full heads)")
+    scaled = tsar_benchmark.parse_args(["--heads", "full", "projected", "--class-head-lr-scale", "3"])
+    assert [tsar_benchmark.head_label(h, scaled) for h in scaled.heads] == ["full-cs3", "projected-k24-cs3"]
+    assert tsar_benchmark.head_label("full", scaled, transfer=False) == "full"  # the same meta-learned checkpoint
+    assert tsar_benchmark.head_name("projected-k24-cs3", {}) == (
+        "projected heads (the convolutions' heads projected onto 24 feature directions, from the meta-learned full "
+        "heads, class prediction head learning 3x faster in transfer)")
+    assert tsar_benchmark.strategy_for("grow", class_head_lr_scale=3.0).keywords == {
+        "freeze_shared": False, "freeze_head_weights": False, "class_head_lr_scale": 3.0}
+    assert tsar_benchmark.strategy_for("reservoir", class_head_lr_scale=3.0) is tsar_benchmark.strategy_for("reservoir")
     assert tsar_benchmark.strategy_for("grow", freeze_head_weights=True).keywords == {
         "freeze_shared": False, "freeze_head_weights": True}
     convs = tsar_benchmark.parse_args(["--freeze-head-weights", "0", "1", "2"])

@@ -4,9 +4,9 @@ TSAR's regulator and regulated classifier, and the task-incremental baselines (P
 from .batch_ensemble import BatchELayer, BatchENet, BatchEResNet18, RankOneFactors
 from .crwn import CRWNModule, FlyNet, NeuroModNet, NeuroModResNet18, SparseFlyEncoder
 from .dynamos import AgentDecision, ChannelAgent, DynamosResNet18, GateRecord, require_agents
-from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, QuantizedHead,
-                   RegulatedClassifier, Regulator, SingleImageNorm, SparseHead, TSARNet, proportional_pools,
-                   quantize_rows, regulated_conv2d, regulated_linear, regulation_bias)
+from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, ProjectedHead, QuantizedHead,
+                   RegulatedClassifier, Regulator, SingleImageNorm, SparseHead, TSARNet, feature_directions,
+                   proportional_pools, quantize_rows, regulated_conv2d, regulated_linear, regulation_bias)
 from .psp import PSP_CONTEXTS, PSPContexts, PSPLayer, PSPNet, PSPResNet18, random_orthogonal
 from .reference import IndependentLayer, MTLNet, MTLResNet18, SharedLayer, STLNet, STLResNet18, TaskWeights
 from .supsup import SupermaskScores, SupSupLayer, SupSupNet, SupSupResNet18, topk_mask
@@ -25,6 +25,7 @@ __all__ = [
     "DynamosResNet18",
     "FlyNet",
     "FactoredHead",
+    "feature_directions",
     "FullHead",
     "GateRecord",
     "HashedHead",
@@ -37,6 +38,7 @@ __all__ = [
     "MTLResNet18",
     "NeuroModNet",
     "NeuroModResNet18",
+    "ProjectedHead",
     "proportional_pools",
     "PSP_CONTEXTS",
     "PSPContexts",

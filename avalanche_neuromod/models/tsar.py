@@ -26,7 +26,9 @@ among the entries, each entry keeping its own scale and bias;
 :class:`SparseHead` shares nothing: every entry reads its own few fixed
 random features through its own weights and bias; :class:`QuantizedHead`
 keeps a full head's rows in a few bits per weight (fixed codes, one float
-step and bias per entry).
+step and bias per entry); :class:`ProjectedHead` keeps each row's
+coefficients on a few fixed directions of the features (the top singular
+vectors of the features of calibration images).
 
 Normalisation is the original's "instance norm" (batch norm in training mode
 applied to one image): :class:`SingleImageNorm`.
@@ -34,6 +36,7 @@ applied to one image): :class:`SingleImageNorm`.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -50,19 +53,21 @@ __all__ = [
     "FullHead",
     "HashedHead",
     "LowRankHead",
+    "ProjectedHead",
     "QuantizedHead",
     "RegulatedClassifier",
     "Regulator",
     "SingleImageNorm",
     "SparseHead",
     "TSARNet",
+    "feature_directions",
     "quantize_rows",
     "regulated_conv2d",
     "regulated_linear",
     "regulation_bias",
 ]
 
-HEADS = ("full", "factored", "low_rank", "hashed", "sparse", "quantized")
+HEADS = ("full", "factored", "low_rank", "hashed", "sparse", "quantized", "projected")
 """The regulation head kinds: the original, and the low-memory ones."""
 
 REGULATION_BIAS: Dict[str, float] = {"grow": -8.0, "sculpt": 0.0}
@@ -646,6 +651,119 @@ class SparseHead(_RegulationHead):
         return torch.add(self.bias, summed, alpha=self.gain).view(f.shape[0], *self.shape)
 
 
+class ProjectedHead(_RegulationHead):
+    """A low-memory regulation head whose entries read ``k`` fixed directions of the features: ``sigmoid(C (P f) + b)``.
+
+    ``P`` (``k x features``, orthonormal rows, a buffer) holds ``k`` fixed
+    directions of the regulator's feature space: for a meta-learned full head,
+    :meth:`from_full` takes the top ``k`` right singular vectors of the
+    features of calibration images (the meta-training images, say) and
+    projects every row onto them, so ``C = W P^T``. Each entry keeps its own
+    row of ``C`` and its own bias (nothing learnable is shared; ``P`` does not
+    learn), and its bias also takes the mean over those images of what the
+    projection leaves out, ``(W - C P) . mean(f)``, so the logits keep their
+    mean. Parameters: ``(k + 1) * entries`` instead of
+    ``(features + 1) * entries``, plus ``P`` and the mean features
+    (``(k + 1) * features`` floats in buffers).
+
+    A :class:`FactoredHead` has the same form but learns its ``P`` in
+    meta-learning and transfer; here the meta-learning is a full head's, and
+    only the entries' coefficients and biases learn in transfer. A fresh head
+    (no full head to project) has a random orthonormal ``P``; :meth:`reset`
+    projects kaiming-normal full rows, so the logits have a reset full head's
+    mean.
+
+    :param features: regulator features.
+    :param shape: shape of the regulated weight.
+    :param bias: the regulation bias every entry starts at.
+    :param directions: ``k``, the directions every entry reads (1 to ``features``).
+    :param generator: random source of ``P`` and of the rows (default: torch's global one).
+    """
+
+    def __init__(self, features: int, shape: Sequence[int], bias: float, directions: int = 24,
+                 generator: Optional[torch.Generator] = None):
+        super().__init__()
+        if not (isinstance(directions, numbers.Integral) and 1 <= directions <= features):
+            raise ValueError(f"directions (feature directions each projected-head entry reads) must be an integer "
+                             f"between 1 and the {features} regulator features, got {directions!r}.")
+        self.shape = tuple(shape)
+        self.features = features
+        self.directions = int(directions)
+        basis = torch.linalg.qr(torch.randn(features, self.directions, generator=generator)).Q.t()
+        self.register_buffer("basis", basis.contiguous())
+        self.register_buffer("mean_features", torch.zeros(features))
+        self.coef = nn.Parameter(torch.empty(math.prod(self.shape), self.directions))
+        self.bias = nn.Parameter(torch.empty(math.prod(self.shape)))
+        self.reset(bias, generator)
+
+    def _maps(self) -> List[torch.Tensor]:
+        return [self.coef]
+
+    def _bias(self) -> torch.Tensor:
+        return self.bias
+
+    def _project(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Coefficients ``W P^T``, biases ``bias + (W - C P) . mean_features``."""
+        with torch.no_grad():
+            self.coef.copy_(weight @ self.basis.t())
+            self.bias.copy_(bias + (weight - self.coef @ self.basis) @ self.mean_features)
+
+    @classmethod
+    def from_full(cls, full: FullHead, basis: torch.Tensor, mean_features: torch.Tensor) -> "ProjectedHead":
+        """A full head's rows projected onto ``basis``, its biases corrected for the mean of what is left out.
+
+        :param full: the full head.
+        :param basis: ``(k, features)`` with orthonormal rows (e.g. :func:`feature_directions`).
+        :param mean_features: the regulator's mean features over the images ``basis`` came from.
+        """
+        weight = full.linear.weight.detach()
+        if basis.dim() != 2 or basis.shape[1] != weight.shape[1] or mean_features.shape != (weight.shape[1],):
+            raise ValueError(f"basis must be (k, {weight.shape[1]}) and mean_features ({weight.shape[1]},) for this "
+                             f"head's {weight.shape[1]} features, got {tuple(basis.shape)} and "
+                             f"{tuple(mean_features.shape)}.")
+        with torch.device("meta"):  # no random basis or rows to draw: both are replaced
+            head = cls(weight.shape[1], full.shape, 0.0, basis.shape[0])
+        head.to_empty(device=weight.device)
+        with torch.no_grad():
+            head.basis.copy_(basis)
+            head.mean_features.copy_(mean_features)
+        head._project(weight, full.linear.bias.detach())
+        return head
+
+    def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
+        """Kaiming-normal full rows projected onto ``P``, every bias at ``bias`` plus the left-out mean.
+
+        :param bias: the regulation bias.
+        :param generator: random source of the rows (``P`` stays).
+        """
+        if self.coef.is_meta:
+            return
+        rows = torch.empty(self.coef.shape[0], self.features, device=self.coef.device)
+        nn.init.kaiming_normal_(rows, generator=generator)
+        self._project(rows, torch.full_like(self.bias, bias))
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid regulation ``(B, *shape)``.
+
+        :param f: features ``(B, features)``.
+        """
+        return torch.addmm(self.bias, f @ self.basis.t(), self.coef.t()).view(f.shape[0], *self.shape)
+
+
+def feature_directions(features: torch.Tensor, k: int) -> torch.Tensor:
+    """The top ``k`` right singular vectors of ``features`` (``(N, F)``, not centred), as ``(k, F)`` orthonormal rows.
+
+    The directions along which the features vary most around 0, which is how
+    a head's logits ``W f`` see them (for :class:`ProjectedHead`).
+
+    :param features: the regulator's features of some images.
+    :param k: directions to keep (at most ``F``).
+    """
+    if not 1 <= k <= features.shape[1]:
+        raise ValueError(f"k must be between 1 and the {features.shape[1]} features, got {k}.")
+    return torch.linalg.svd(features.double(), full_matrices=False).Vh[:k].to(features.dtype).contiguous()
+
+
 def _pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Integer codes in ``[0, 2**bits)`` as ``bits`` bit planes of 8 codes per byte, ``(bits, ceil(n / 8))`` uint8."""
     flat = codes.flatten().to(torch.uint8)
@@ -796,6 +914,15 @@ class QuantizedHead(_RegulationHead):
         return torch.addcmul(self.bias, self.step, f @ self.levels().t()).view(f.shape[0], *self.shape)
 
 
+def _projected_heads(project: Optional[Sequence[int]], n: int) -> set:
+    """The indices ``project`` names (None: every head but the last, the class prediction layer's), checked."""
+    listed = set(range(n - 1)) if project is None else {int(i) for i in project}
+    if not listed <= set(range(n)):
+        raise ValueError(f"project names heads {sorted(listed)}, but the regulator has {n} (indices 0 to {n - 1}, "
+                         f"the class prediction layer's last).")
+    return listed
+
+
 def _per_weight(value: Union[int, Sequence[int]], n: int, name: str) -> List[int]:
     """``value`` for each of ``n`` regulated weights: one number for all, or a sequence of ``n``."""
     values = [int(value)] * n if isinstance(value, numbers.Integral) else [int(v) for v in value]
@@ -845,7 +972,8 @@ class Regulator(nn.Module):
     :class:`FactoredHead` (``head="factored"``), :class:`LowRankHead`
     (``head="low_rank"``), :class:`HashedHead` (``head="hashed"``) or
     :class:`SparseHead` (``head="sparse"``) or :class:`QuantizedHead`
-    (``head="quantized"``).
+    (``head="quantized"``) or :class:`ProjectedHead` (``head="projected"``,
+    for the heads listed in ``project``, full heads for the others).
 
     :param regulated_shapes: shapes of the classifier's regulated weights
         (:attr:`RegulatedClassifier.regulated_shapes`).
@@ -853,7 +981,8 @@ class Regulator(nn.Module):
     :param channels: channels of the trunk (paper: 192).
     :param input_size: image side length.
     :param bias: regulation bias of every head: ``"grow"`` (-8), ``"sculpt"`` (0) or a float.
-    :param head: ``"full"``, ``"factored"``, ``"low_rank"``, ``"hashed"``, ``"sparse"`` or ``"quantized"``.
+    :param head: ``"full"``, ``"factored"``, ``"low_rank"``, ``"hashed"``, ``"sparse"``, ``"quantized"`` or
+        ``"projected"``.
     :param rank: rank of the low-rank heads.
     :param code: code size of the factored heads.
     :param gain: read-out gain of the factored and sparse heads (:class:`FactoredHead`, :class:`SparseHead`).
@@ -864,12 +993,17 @@ class Regulator(nn.Module):
     :param inputs: features each mask entry of the sparse heads reads (:class:`SparseHead`).
     :param bits: bits per weight of the quantized heads (:class:`QuantizedHead`): one number for every head,
         or one per regulated weight.
+    :param directions: feature directions each entry of the projected heads reads (:class:`ProjectedHead`).
+    :param project: with ``head="projected"``, the indices of the heads that are projected; the others are
+        full heads. None (default): every head but the last, the class prediction layer's, whose rows are
+        drawn again before every transfer and learn it there (see :meth:`projected`).
     """
 
     def __init__(self, regulated_shapes: Sequence[Sequence[int]], *, in_channels: int = 3, channels: int = 192,
                  input_size: int = 28, bias: Union[str, float] = "grow", head: str = "full", rank: int = 4,
                  code: int = 32, gain: float = 1.0, pool: Union[int, Sequence[int]] = 512, hashes: int = 1,
-                 inputs: int = 16, bits: Union[int, Sequence[int]] = 3):
+                 inputs: int = 16, bits: Union[int, Sequence[int]] = 3, directions: int = 24,
+                 project: Optional[Sequence[int]] = None):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(map(repr, HEADS))}, got {head!r}.")
@@ -892,6 +1026,9 @@ class Regulator(nn.Module):
         layer_bits = _per_weight(bits, len(regulated_shapes), "bits")
         if head == "quantized":
             self.config["bits"] = int(bits) if isinstance(bits, numbers.Integral) else layer_bits
+        projected = _projected_heads(project, len(regulated_shapes))
+        if head == "projected":
+            self.config.update(directions=int(directions), project=sorted(projected))
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
                                     nn.Conv2d(channels, channels, 3)])
         self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
@@ -904,7 +1041,9 @@ class Regulator(nn.Module):
                 "low_rank": lambda s, _: LowRankHead(self.features, s, value, rank),
                 "hashed": lambda s, i: HashedHead(self.features, s, value, pools[i], hashes=hashes),
                 "sparse": lambda s, _: SparseHead(self.features, s, value, inputs, gain),
-                "quantized": lambda s, i: QuantizedHead(self.features, s, value, layer_bits[i])}[head]
+                "quantized": lambda s, i: QuantizedHead(self.features, s, value, layer_bits[i]),
+                "projected": lambda s, i: (ProjectedHead(self.features, s, value, directions) if i in projected
+                                           else FullHead(self.features, s, value))}[head]
         self.heads = nn.ModuleList([make(s, i) for i, s in enumerate(regulated_shapes)])
 
     def sparsified(self, inputs: int = 16, gain: float = 1.0) -> "Regulator":
@@ -936,6 +1075,37 @@ class Regulator(nn.Module):
         layer_bits = iter(_per_weight(bits, len(self.heads), "bits"))
         return self._converted("quantized", {"bits": bits},
                                lambda h: QuantizedHead.from_full(h, next(layer_bits), mean))
+
+    def projected(self, calibration: torch.Tensor, directions: int = 24, heads: Optional[Sequence[int]] = None
+                  ) -> "Regulator":
+        """A copy whose full heads (those of ``heads``) read only ``directions`` directions of the features.
+
+        The directions are the top right singular vectors of the trunk's
+        features of ``calibration`` (:func:`feature_directions`); each listed
+        head becomes :meth:`ProjectedHead.from_full` of it, the others are
+        copied, and so is the trunk. For a meta-learned regulator this is a
+        smaller one for domain transfer: the convolutions' heads keep their
+        transfer recall with a few dozen directions, the class prediction
+        layer's head does not (its rows are drawn again before every transfer
+        and learn the new classes through every feature; docs/tsar.rst), so
+        by default it stays full.
+
+        :param calibration: images whose features give the directions (e.g. the meta-training images).
+        :param directions: directions each entry reads.
+        :param heads: indices of the heads to project (None: every head but the last).
+        """
+        listed = _projected_heads(heads, len(self.heads))
+        with torch.no_grad():
+            features = torch.cat([self.encode(chunk) for chunk in calibration.split(256)])
+        basis, mean = feature_directions(features, directions), features.mean(0)
+        heads_in_order = iter(range(len(self.heads)))
+
+        def convert(head: FullHead) -> _RegulationHead:
+            if next(heads_in_order) in listed:
+                return ProjectedHead.from_full(head, basis, mean)
+            return copy.deepcopy(head)
+
+        return self._converted("projected", {"directions": directions, "project": sorted(listed)}, convert)
 
     def dequantized(self) -> "Regulator":
         """A copy whose quantized heads are full heads holding the decoded rows (floats, every weight learns).
@@ -1023,7 +1193,8 @@ class TSARNet(nn.Module):
               classifier_channels: int = 112, regulator_channels: int = 192,
               bias: Union[str, float, None] = "grow", head: str = "full", rank: int = 4, code: int = 32,
               gain: float = 1.0, pool: Union[int, Sequence[int]] = 512, hashes: int = 1, inputs: int = 16,
-              pool_before_norm: bool = False, bits: Union[int, Sequence[int]] = 3) -> "TSARNet":
+              pool_before_norm: bool = False, bits: Union[int, Sequence[int]] = 3, directions: int = 24,
+              project: Optional[Sequence[int]] = None) -> "TSARNet":
         """Both networks at the given sizes (the defaults are the paper's).
 
         :param n_classes: class prediction outputs.
@@ -1033,8 +1204,8 @@ class TSARNet(nn.Module):
         :param regulator_channels: channels of the regulator's trunk.
         :param bias: regulation bias (``"grow"``, ``"sculpt"``, a float), or
             None for a classifier without regulator.
-        :param head: ``"full"``, ``"factored"``, ``"low_rank"``, ``"hashed"``, ``"sparse"`` or ``"quantized"``
-            regulation heads.
+        :param head: ``"full"``, ``"factored"``, ``"low_rank"``, ``"hashed"``, ``"sparse"``, ``"quantized"`` or
+            ``"projected"`` regulation heads.
         :param rank: rank of low-rank heads.
         :param code: code size of factored heads.
         :param gain: read-out gain of factored and sparse heads (:class:`FactoredHead`, :class:`SparseHead`).
@@ -1045,6 +1216,8 @@ class TSARNet(nn.Module):
         :param pool_before_norm: the paper's block order in the classifier.
         :param bits: bits per weight of quantized heads (:class:`QuantizedHead`), one number for all or one
             per regulated weight.
+        :param directions: feature directions each entry of projected heads reads (:class:`ProjectedHead`).
+        :param project: which heads ``head="projected"`` projects (None: all but the class prediction layer's).
         """
         classifier = RegulatedClassifier(n_classes, in_channels=in_channels, channels=classifier_channels,
                                          input_size=input_size, pool_before_norm=pool_before_norm)
@@ -1053,7 +1226,7 @@ class TSARNet(nn.Module):
             regulator = Regulator(classifier.regulated_shapes, in_channels=in_channels,
                                   channels=regulator_channels, input_size=input_size, bias=bias, head=head,
                                   rank=rank, code=code, gain=gain, pool=pool, hashes=hashes, inputs=inputs,
-                                  bits=bits)
+                                  bits=bits, directions=directions, project=project)
         return cls(classifier, regulator)
 
     @property

@@ -24,6 +24,7 @@ are the paper's baselines on the same streams.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -441,6 +442,14 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
         (or, given indices, those heads' only); only their per-entry biases
         (and a quantized head's steps) learn in the regulator
         (:func:`prepare_transfer`). Default False.
+    :param class_head_lr_scale: the learning rate of the class prediction
+        layer's regulation head's weights (:meth:`~avalanche_neuromod.models.FullHead.map_parameters`
+        of the last head; its biases keep ``lr``), as a multiple of ``lr``.
+        Those rows are drawn again before the sequence and learn the new
+        classes; under Adam a multiple ``s`` is the same as a head computing
+        ``s W f`` with ``W`` started ``s`` times smaller (the gain of the
+        sparse and factored heads). Default 1 (one rate for everything, as the
+        paper); docs/tsar.rst measures others.
     :param train_mb_size: must be 1: the method learns one image per step.
     :param train_epochs: passes over each experience (1).
     :param eval_mb_size: evaluation batch size.
@@ -456,7 +465,7 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
 
     def __init__(self, *, model: TSARNet, lr: float = 1e-3, optimizer_name: str = "adam",
                  cp_bias: Union[str, float] = TRANSFER_CP_BIAS, freeze_shared: bool = False,
-                 freeze_head_weights: Union[bool, Sequence[int]] = False,
+                 freeze_head_weights: Union[bool, Sequence[int]] = False, class_head_lr_scale: float = 1.0,
                  train_mb_size: int = 1, train_epochs: int = 1,
                  eval_mb_size: int = 256, device: Any = "cpu",
                  plugins: Optional[Sequence[Any]] = None, evaluator: Any = default_evaluator,
@@ -470,6 +479,12 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
                              f"Fix: drop train_mb_size (it defaults to 1).")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}.")
+        if not (isinstance(class_head_lr_scale, (int, float)) and math.isfinite(class_head_lr_scale)
+                and class_head_lr_scale > 0):
+            raise ValueError(f"class_head_lr_scale must be a positive number, got {class_head_lr_scale!r}.")
+        if class_head_lr_scale != 1 and (self._train != "regulated" or model.regulator is None):
+            raise ValueError(f"class_head_lr_scale applies to the class prediction layer's regulation head, which "
+                             f"{name} does not train. Fix: drop class_head_lr_scale, or use TSAR.")
         if optimizer_name not in TRANSFER_OPTIMIZERS:
             raise ValueError(f"optimizer_name must be one of {sorted(TRANSFER_OPTIMIZERS)}, got {optimizer_name!r}.")
         if self._needs_regulator is True and model.regulator is None:
@@ -485,7 +500,13 @@ class TSAR(CheckpointMixin, SupervisedTemplate):
         self.freeze_shared = freeze_shared
         self.freeze_head_weights = freeze_head_weights
         self.optimizer_name = optimizer_name
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.class_head_lr_scale = class_head_lr_scale
+        trainable: List[Any] = [p for p in model.parameters() if p.requires_grad]
+        if class_head_lr_scale != 1:  # two groups; frozen parameters in the first (no gradient, never stepped),
+            # so that Avalanche's optimizer update finds every parameter of the model in a group
+            fast = {id(p) for p in model.regulator.heads[-1].map_parameters() if p.requires_grad}
+            trainable = [{"params": [p for p in model.parameters() if id(p) not in fast]},
+                         {"params": [p for p in model.parameters() if id(p) in fast], "lr": lr * class_head_lr_scale}]
         super().__init__(model=model, optimizer=TRANSFER_OPTIMIZERS[optimizer_name](trainable, lr),
                          criterion=nn.CrossEntropyLoss(), train_mb_size=1, train_epochs=train_epochs,
                          eval_mb_size=eval_mb_size, device=device,
