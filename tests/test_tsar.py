@@ -694,6 +694,10 @@ def test_regulator_projected_converts_the_convolutions_heads_and_round_trips():
     assert [type(h) for h in again.regulator.heads] == [ProjectedHead] * 3 + [FullHead]
     again.load_state_dict(small.state_dict())  # the directions travel with the weights
     torch.testing.assert_close(again(x), small(x))
+    for regulator in (small.regulator, again.regulator):  # one basis and one mean, shared by the projected heads
+        assert len({id(h.basis) for h in regulator.heads[:3]}) == 1
+        assert len({id(h.mean_features) for h in regulator.heads[:3]}) == 1
+        assert sum(b.numel() for b in regulator.buffers()) == 5 * f.shape[1] + f.shape[1]
     every = net.regulator.projected(x, directions=f.shape[1], heads=[0, 1, 2, 3])
     assert all(isinstance(h, ProjectedHead) for h in every.heads)
     for a, b in zip(every(x), net.regulator(x)):  # every direction: the full regulator's masks

@@ -664,7 +664,8 @@ class ProjectedHead(_RegulationHead):
     projection leaves out, ``(W - C P) . mean(f)``, so the logits keep their
     mean. Parameters: ``(k + 1) * entries`` instead of
     ``(features + 1) * entries``, plus ``P`` and the mean features
-    (``(k + 1) * features`` floats in buffers).
+    (``(k + 1) * features`` floats in buffers, one pair that every projected
+    head of a :class:`Regulator` shares).
 
     A :class:`FactoredHead` has the same form but learns its ``P`` in
     meta-learning and transfer; here the meta-learning is a full head's, and
@@ -678,10 +679,13 @@ class ProjectedHead(_RegulationHead):
     :param bias: the regulation bias every entry starts at.
     :param directions: ``k``, the directions every entry reads (1 to ``features``).
     :param generator: random source of ``P`` and of the rows (default: torch's global one).
+    :param basis: a ``P`` to share with other heads (``(k, features)``; default: a random one of its own).
+    :param mean_features: mean features to share with other heads (default: zeros of its own).
     """
 
     def __init__(self, features: int, shape: Sequence[int], bias: float, directions: int = 24,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, basis: Optional[torch.Tensor] = None,
+                 mean_features: Optional[torch.Tensor] = None):
         super().__init__()
         if not (isinstance(directions, numbers.Integral) and 1 <= directions <= features):
             raise ValueError(f"directions (feature directions each projected-head entry reads) must be an integer "
@@ -689,9 +693,15 @@ class ProjectedHead(_RegulationHead):
         self.shape = tuple(shape)
         self.features = features
         self.directions = int(directions)
-        basis = torch.linalg.qr(torch.randn(features, self.directions, generator=generator)).Q.t()
-        self.register_buffer("basis", basis.contiguous())
-        self.register_buffer("mean_features", torch.zeros(features))
+        if basis is None:
+            basis = torch.linalg.qr(torch.randn(features, self.directions, generator=generator)).Q.t().contiguous()
+        if mean_features is None:
+            mean_features = torch.zeros(features)
+        if basis.shape != (self.directions, features) or mean_features.shape != (features,):
+            raise ValueError(f"basis must be ({self.directions}, {features}) and mean_features ({features},), got "
+                             f"{tuple(basis.shape)} and {tuple(mean_features.shape)}.")
+        self.register_buffer("basis", basis)
+        self.register_buffer("mean_features", mean_features)
         self.coef = nn.Parameter(torch.empty(math.prod(self.shape), self.directions))
         self.bias = nn.Parameter(torch.empty(math.prod(self.shape)))
         self.reset(bias, generator)
@@ -713,8 +723,9 @@ class ProjectedHead(_RegulationHead):
         """A full head's rows projected onto ``basis``, its biases corrected for the mean of what is left out.
 
         :param full: the full head.
-        :param basis: ``(k, features)`` with orthonormal rows (e.g. :func:`feature_directions`).
-        :param mean_features: the regulator's mean features over the images ``basis`` came from.
+        :param basis: ``(k, features)`` with orthonormal rows (e.g. :func:`feature_directions`); the head
+            keeps this tensor (no copy), so heads given the same one share it.
+        :param mean_features: the regulator's mean features over the images ``basis`` came from (kept, as ``basis``).
         """
         weight = full.linear.weight.detach()
         if basis.dim() != 2 or basis.shape[1] != weight.shape[1] or mean_features.shape != (weight.shape[1],):
@@ -724,9 +735,7 @@ class ProjectedHead(_RegulationHead):
         with torch.device("meta"):  # no random basis or rows to draw: both are replaced
             head = cls(weight.shape[1], full.shape, 0.0, basis.shape[0])
         head.to_empty(device=weight.device)
-        with torch.no_grad():
-            head.basis.copy_(basis)
-            head.mean_features.copy_(mean_features)
+        head.basis, head.mean_features = basis, mean_features  # the caller's tensors, shared with its other heads
         head._project(weight, full.linear.bias.detach())
         return head
 
@@ -1027,8 +1036,14 @@ class Regulator(nn.Module):
         if head == "quantized":
             self.config["bits"] = int(bits) if isinstance(bits, numbers.Integral) else layer_bits
         projected = _projected_heads(project, len(regulated_shapes))
+        shared: Dict[str, torch.Tensor] = {}
         if head == "projected":
             self.config.update(directions=int(directions), project=sorted(projected))
+            features = channels * _conv_out(input_size, 3, 2) ** 2
+            # one basis and one mean for every projected head (an invalid ``directions``: the head says why)
+            if isinstance(directions, numbers.Integral) and 1 <= directions <= features:
+                shared = {"basis": torch.linalg.qr(torch.randn(features, int(directions))).Q.t().contiguous(),
+                          "mean_features": torch.zeros(features)}
         self.convs = nn.ModuleList([nn.Conv2d(in_channels, channels, 3), nn.Conv2d(channels, channels, 3),
                                     nn.Conv2d(channels, channels, 3)])
         self.norms = nn.ModuleList([SingleImageNorm(channels) for _ in range(3)])
@@ -1042,8 +1057,8 @@ class Regulator(nn.Module):
                 "hashed": lambda s, i: HashedHead(self.features, s, value, pools[i], hashes=hashes),
                 "sparse": lambda s, _: SparseHead(self.features, s, value, inputs, gain),
                 "quantized": lambda s, i: QuantizedHead(self.features, s, value, layer_bits[i]),
-                "projected": lambda s, i: (ProjectedHead(self.features, s, value, directions) if i in projected
-                                           else FullHead(self.features, s, value))}[head]
+                "projected": lambda s, i: (ProjectedHead(self.features, s, value, directions, **shared)
+                                           if i in projected else FullHead(self.features, s, value))}[head]
         self.heads = nn.ModuleList([make(s, i) for i, s in enumerate(regulated_shapes)])
 
     def sparsified(self, inputs: int = 16, gain: float = 1.0) -> "Regulator":
@@ -1084,11 +1099,11 @@ class Regulator(nn.Module):
         features of ``calibration`` (:func:`feature_directions`); each listed
         head becomes :meth:`ProjectedHead.from_full` of it, the others are
         copied, and so is the trunk. For a meta-learned regulator this is a
-        smaller one for domain transfer: the convolutions' heads keep their
-        transfer recall with a few dozen directions, the class prediction
-        layer's head does not (its rows are drawn again before every transfer
-        and learn the new classes through every feature; docs/tsar.rst), so
-        by default it stays full.
+        smaller one for domain transfer. By default the class prediction
+        layer's head stays full: its rows are drawn again before every
+        transfer and learn the new classes there, which a few directions do
+        not allow (docs/tsar.rst measures both). The projected heads share one
+        basis and one mean.
 
         :param calibration: images whose features give the directions (e.g. the meta-training images).
         :param directions: directions each entry reads.
