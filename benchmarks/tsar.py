@@ -73,7 +73,7 @@ REGULATED = ("grow", "sculpt", "reservoir")
 TRANSFERS = ("omniglot", "omniglot_heldout", "mnist", "fashion_mnist")
 LOW_MEMORY_HEADS = ("low_rank", "factored", "hashed", "sparse", "quantized", "projected")
 DEFAULT_PROJECTED = (0, 1, 2)
-"""The heads ``--heads projected`` projects by default: the convolutions' (the class prediction layer's stays full)."""
+"""What ``Regulator.projected`` projects by default (the convolutions' heads): a head name says other sets only."""
 
 PAPER = {
     "ImageNet (data rich)": {"grow": 92.2, "sculpt": 57.5, "scratch": 0.97, "oml": 13.87},
@@ -426,9 +426,7 @@ def converted_model(method: str, head: str, args: argparse.Namespace, meta_seed:
         bits = args.bits[0] if len(args.bits) == 1 else args.bits
         regulator = full.regulator.quantized(bits, learner.images if args.calibrate else None)
     elif head == "projected":
-        regulator = full.regulator.projected(learner.images, args.directions,
-                                             args.project_heads if args.project_heads is not None
-                                             else DEFAULT_PROJECTED)
+        regulator = full.regulator.projected(learner.images, args.directions, args.project_heads)
     else:
         regulator = full.regulator.sparsified(args.inputs, args.gain)
     return TSARNet(full.classifier, regulator), checkpoint
