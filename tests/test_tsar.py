@@ -1401,6 +1401,33 @@ def test_benchmark_checks_each_low_memory_head_against_the_full_one():
     assert scaled["met"] and scaled["measured"] == "11.0x smaller, +1.0 points lost"
 
 
+def test_benchmark_checks_grow_above_sculpt_for_each_transfer_setting():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tsar as tsar_benchmark
+
+    def run(method, head, meta_seed, recalls):
+        return {"method": method, "head": head, "meta_seed": meta_seed,
+                "transfers": {f"omniglot/{i}": {"recall": r} for i, r in enumerate(recalls)}}
+
+    def row(method, head):
+        return {"method": method, "head": head, "regulator_bytes": {"parameters": 1}}
+
+    runs = [run("grow", "full", 0, [0.5, 0.5, 0.5]), run("sculpt", "full", 0, [0.2, 0.6, 0.2]),
+            run("grow", "full", 1, [0.5, 0.5, 0.5]), run("sculpt", "full", 1, [0.2, 0.2, 0.2]),
+            run("grow", "full-cs3", 0, [0.7, 0.7, 0.7]), run("sculpt", "full-cs3", 0, [0.3, 0.3, 0.3]),
+            run("grow", "full-cs3", 1, [0.7, 0.7, 0.7]), run("sculpt", "full-cs3", 1, [0.3, 0.3, 0.3])]
+    summary = [row(m, h) for m in ("grow", "sculpt") for h in ("full", "full-cs3")]
+    checked = [t for t in tsar_benchmark.targets(summary, runs, {}) if t["target"].startswith("Grow above Sculpt")]
+    plain, scaled = checked  # one target per transfer setting, each over its own runs
+    assert plain["target"].startswith("Grow above Sculpt on every") and not plain["met"]
+    assert plain["measured"] == "Grow above Sculpt on 5 of 6 (meta seed, transfer seed) pairs, 2 meta seed(s)"
+    assert "learning 3x faster in transfer" in scaled["target"] and scaled["met"]
+    assert scaled["measured"] == "Grow above Sculpt on 6 of 6 (meta seed, transfer seed) pairs, 2 meta seed(s)"
+    # A setting Sculpt was not run with has no target.
+    assert len([t for t in tsar_benchmark.targets(summary[:3], runs, {})
+                if t["target"].startswith("Grow above Sculpt")]) == 1
+
+
 def test_benchmark_head_labels_and_labelled_result_files():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import tsar as tsar_benchmark
