@@ -152,10 +152,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "every head without a value, or the heads given (0-2 the convolutions, 3 the class "
                              "prediction layer; suffix '-fw0.1.2'); the meta-learned checkpoint is the same as "
                              "without it.")
-    parser.add_argument("--class-head-lr-scale", type=float, default=1.0,
+    parser.add_argument("--class-head-lr-scale", type=float, nargs="+", default=[1.0],
                         help="Grow and Sculpt transfer with the class prediction layer's regulation head weights "
                              "learning this many times faster than --lr-grid's rate (TSAR's class_head_lr_scale; "
-                             "suffix '-csS'); the meta-learned checkpoint is the same as without it.")
+                             "suffix '-csS'); several values: each run chooses the scale with its rate on the "
+                             "selection sequence (suffix '-csA_B_C'). The meta-learned checkpoint is the same as "
+                             "without it.")
     parser.add_argument("--freeze-shared", action="store_true",
                         help="domain transfer with what low-memory regulation heads share among mask entries held "
                              "fixed (TSAR's freeze_shared; the head gets the suffix '-fs'); the meta-learned "
@@ -298,7 +300,8 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     ``-fs`` for a low-memory head transferred
     with ``--freeze-shared``, ``-fw`` (``-fw0.1.2`` for heads 0 to 2) for any head transferred with
     ``--freeze-head-weights`` and ``-cs3`` for a class prediction head learning 3 times faster
-    (``--class-head-lr-scale 3``), unless ``transfer`` is False)."""
+    (``--class-head-lr-scale 3``; ``-cs2_3_5`` for a scale chosen from 2, 3 and 5), unless ``transfer`` is
+    False)."""
     if head == "sparse":
         name = f"sparse-s{args.inputs}" + (f"-g{args.gain:g}" if args.gain != 1.0 else "")
         name += "-pruned" if args.prune_full else ""
@@ -316,7 +319,8 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
         name = f"factored-g{args.gain:g}" if head == "factored" and args.gain != 1.0 else head
     return name + ("-fs" if transfer and args.freeze_shared and head != "full" else "") \
         + (frozen_weights_suffix(args.freeze_head_weights) if transfer else "") \
-        + (f"-cs{args.class_head_lr_scale:g}" if transfer and args.class_head_lr_scale != 1 else "")
+        + (f"-cs{'_'.join(f'{v:g}' for v in args.class_head_lr_scale)}"
+           if transfer and args.class_head_lr_scale != [1.0] else "")
 
 
 def frozen_weights_suffix(heads: Optional[List[int]]) -> str:
@@ -331,12 +335,20 @@ def frozen_head_weights(args: argparse.Namespace) -> Union[bool, List[int]]:
     return False if args.freeze_head_weights is None else (args.freeze_head_weights or True)
 
 
+def scale_words(scale: str) -> str:
+    """``3`` -> ``3x faster``; ``2_3_5`` (a scale chosen per run) -> ``2x, 3x or 5x faster (chosen ...)``."""
+    values = scale.split("_")
+    if len(values) == 1:
+        return f"{scale}x faster"
+    return ", ".join(f"{v}x" for v in values[:-1]) + f" or {values[-1]}x faster (chosen on the selection sequence)"
+
+
 def head_name(head: str, settings: Dict[str, Any]) -> str:
     """A low-memory head's description for the targets (``head`` as :func:`head_label` names it)."""
     suffix = ""
     head, scaled, scale = head.partition("-cs")
     if scaled:
-        suffix = f", class prediction head learning {scale}x faster in transfer"
+        suffix = f", class prediction head learning {scale_words(scale)} in transfer"
     head, frozen, layers = head.partition("-fw")
     if frozen:
         suffix = ", head weights frozen in transfer" + (f" (heads {layers.replace('.', ', ')})" if layers else "") \
@@ -396,12 +408,19 @@ def write_curve(checkpoint: Path, points: List[Dict[str, Any]]) -> None:
     checkpoint.with_suffix(".curve.json").write_text(json.dumps(points, indent=1))
 
 
-def choose_lr(strategy, model, selection, grid: Sequence[float], optimizer_name: str = "adam") -> Dict[str, Any]:
-    """The rate of ``grid`` with the best recall of ``strategy`` (from :func:`strategy_for`) on ``selection``."""
-    scores = {lr: transfer(strategy, model, selection, lr, seed=0, optimizer_name=optimizer_name)["recall"]
-              for lr in grid}
-    best = max(scores, key=scores.get)
-    return {"lr": best, "selection_recall": {str(k): v for k, v in scores.items()}}
+def choose_lr(strategies: Dict[float, Any], model, selection, grid: Sequence[float],
+              optimizer_name: str = "adam") -> Dict[str, Any]:
+    """The rate of ``grid`` and the class head scale (a key of ``strategies``, each from :func:`strategy_for`) with
+    the best recall on ``selection``; with one scale the recalls are keyed by rate alone, with several
+    ``"rate@csS"``."""
+    scores = {(lr, scale): transfer(strategy, model, selection, lr, seed=0, optimizer_name=optimizer_name)["recall"]
+              for scale, strategy in strategies.items() for lr in grid}
+    lr, scale = max(scores, key=scores.get)
+    chosen: Dict[str, Any] = {"lr": lr}
+    if len(strategies) > 1:
+        chosen["class_head_lr_scale"] = scale
+    return {**chosen, "selection_recall": {(str(k) if len(strategies) == 1 else f"{k}@cs{c:g}"): v
+                                           for (k, c), v in scores.items()}}
 
 
 def converted_model(method: str, head: str, args: argparse.Namespace, meta_seed: int, images, labels):
@@ -446,7 +465,9 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     model = fresh_model(method, head, args, meta_seed)
     meta_head = head_label(head, args, transfer=False)  # the meta-learned networks: the checkpoint's name
     head = head_label(head, args)
-    strategy = strategy_for(method, args.freeze_shared, frozen_head_weights(args), args.class_head_lr_scale)
+    strategies = {scale: strategy_for(method, args.freeze_shared, frozen_head_weights(args), scale)
+                  for scale in args.class_head_lr_scale}
+    strategy = strategies[args.class_head_lr_scale[0]]  # the curve's; the transfers use the scale chosen below
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
     selection = transfers[("selection", args.selection_seed)]
@@ -498,10 +519,12 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
         run["meta_final_loss"] = statistics.mean(learner.history["loss"][-100:])
         run["meta_final_accuracy"] = statistics.mean(learner.history["accuracy"][-100:])
         model = learner.model
-    run.update(choose_lr(strategy, model, selection, args.lr_grid, optimizer))
+    run.update(choose_lr(strategies, model, selection, args.lr_grid, optimizer))
+    strategy = strategies[run.get("class_head_lr_scale", args.class_head_lr_scale[0])]
     run["transfer_optimizer"] = optimizer
-    progress(f"  {method}/{head} meta seed {meta_seed}: lr {run['lr']} chosen on sequence {args.selection_seed} "
-             f"({run['selection_recall']})")
+    scale = f", class head scale {run['class_head_lr_scale']:g}" if "class_head_lr_scale" in run else ""
+    progress(f"  {method}/{head} meta seed {meta_seed}: lr {run['lr']}{scale} chosen on sequence "
+             f"{args.selection_seed} ({run['selection_recall']})")
     run["transfers"] = {}
     for (name, seed), bench in transfers.items():
         if name == "selection":
@@ -636,7 +659,9 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for method, head in keys:
         group = [r for r in runs if (r["method"], r["head"]) == (method, head)]
         row: Dict[str, Any] = {"method": method, "head": head, "meta_seeds": [r["meta_seed"] for r in group],
-                               "lrs": [r["lr"] for r in group], "regulator_bytes": group[0]["regulator_bytes"]}
+                               "lrs": [r["lr"] if "class_head_lr_scale" not in r
+                                       else f"{r['lr']} (x{r['class_head_lr_scale']:g})" for r in group],
+                               "regulator_bytes": group[0]["regulator_bytes"]}
         for name in TRANSFERS:
             values = [(t["recall"], t.get("heldout"), t["train_seconds"]) for r in group
                       for k, t in r["transfers"].items() if k.split("/")[0] == name]
@@ -685,7 +710,7 @@ def grow_above_sculpt(runs: List[Dict[str, Any]], head: str) -> Dict[str, Any]:
                 wins += t["recall"] > s["transfers"][key]["recall"]
     meta_seeds = len({r["meta_seed"] for r in runs if (r["method"], r["head"]) == ("grow", head)})
     scale = head.partition("-cs")[2]
-    setting = f" (class prediction head learning {scale}x faster in transfer)" if scale else ""
+    setting = f" (class prediction head learning {scale_words(scale)} in transfer)" if scale else ""
     return target(f"Grow above Sculpt{setting} on every Omniglot transfer seed (at least 3) for at least 2 meta "
                   "seeds", total > 0 and wins == total and total >= 6 and meta_seeds >= 2,
                   f"Grow above Sculpt on {wins} of {total} (meta seed, transfer seed) pairs, "
@@ -756,7 +781,9 @@ def markdown_section(result: Dict[str, Any]) -> str:
         f"- Peak resident memory of the whole run: {result['peak_rss_mb']:.0f} MB.",
         f"- Transfer with {'plain SGD' if s.get('transfer_optimizer') == 'sgd' else 'Adam'} at batch 1; "
         f"learning rate per method and meta seed chosen from {s['lr_grid']} on Omniglot sequence "
-        f"{s['selection_seed']} (another class order and draw; never reported).",
+        f"{s['selection_seed']} (another class order and draw; never reported)"
+        + ("; for a head whose suffix lists several class head scales (-csA_B), the scale too, chosen with the "
+           "rate (the lr column's xS)" if any("class_head_lr_scale" in r for r in result["runs"]) else "") + ".",
         *machines_line(result["runs"]),
         "",
     ]

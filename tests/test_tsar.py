@@ -1347,6 +1347,16 @@ def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mni
     assert run["head"] == "projected-k3" and run["converted_from"] == pruned["converted_from"]
     assert run["regulator_bytes"]["parameters"] < first["regulator_bytes"]["parameters"]
     assert not projected["targets"]  # no full head in this file to compare it with
+    # Several class head scales: each run chooses its scale with its rate on the selection sequence.
+    assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--class-head-lr-scale", "2", "5",
+                                "--lr-grid", "1e-2", "1e-3", "--out", str(tmp_path / "cs.json")]) == 0
+    scaled = json.loads((tmp_path / "cs.json").read_text())
+    run = scaled["runs"][0]
+    assert run["head"] == "full-cs2_5" and run["meta_resumed_at"] == 3  # the full head's meta-learner again
+    assert set(run["selection_recall"]) == {"0.01@cs2", "0.001@cs2", "0.01@cs5", "0.001@cs5"}
+    best = max(run["selection_recall"], key=run["selection_recall"].get)
+    assert best == f"{run['lr']}@cs{run['class_head_lr_scale']:g}"
+    assert f"| {run['lr']} (x{run['class_head_lr_scale']:g}) |" in tsar_benchmark.markdown_section(scaled)
     with pytest.raises(SystemExit, match="holds 3 meta-iterations, more than --meta-iterations 2"):
         tsar_benchmark.main([*common, "--meta-iterations", "2", "--out", str(tmp_path / "c.json")])
     # Adam and SGD transfers are not merged into one file.
@@ -1504,6 +1514,10 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert tsar_benchmark.head_name("projected-k24-cs3", {}) == (
         "projected heads (the convolutions' heads projected onto 24 feature directions, from the meta-learned full "
         "heads, class prediction head learning 3x faster in transfer)")
+    chosen = tsar_benchmark.parse_args(["--class-head-lr-scale", "1.5", "2", "3"])
+    assert tsar_benchmark.head_label("full", chosen) == "full-cs1.5_2_3"
+    assert tsar_benchmark.head_name("projected-k24-cs1.5_2_3", {}).endswith(
+        "class prediction head learning 1.5x, 2x or 3x faster (chosen on the selection sequence) in transfer)")
     assert tsar_benchmark.strategy_for("grow", class_head_lr_scale=3.0).keywords == {
         "freeze_shared": False, "freeze_head_weights": False, "class_head_lr_scale": 3.0}
     assert tsar_benchmark.strategy_for("reservoir", class_head_lr_scale=3.0) is tsar_benchmark.strategy_for("reservoir")
