@@ -465,8 +465,11 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     model = fresh_model(method, head, args, meta_seed)
     meta_head = head_label(head, args, transfer=False)  # the meta-learned networks: the checkpoint's name
     head = head_label(head, args)
-    strategies = {scale: strategy_for(method, args.freeze_shared, frozen_head_weights(args), scale)
-                  for scale in args.class_head_lr_scale}
+    strategies: Dict[float, Any] = {}
+    for scale in args.class_head_lr_scale:  # the baselines ignore the scale: one strategy, one selection grid
+        candidate = strategy_for(method, args.freeze_shared, frozen_head_weights(args), scale)
+        if all(candidate is not s for s in strategies.values()):
+            strategies[scale] = candidate
     strategy = strategies[args.class_head_lr_scale[0]]  # the curve's; the transfers use the scale chosen below
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}

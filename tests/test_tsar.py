@@ -1349,9 +1349,13 @@ def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mni
     assert not projected["targets"]  # no full head in this file to compare it with
     # Several class head scales: each run chooses its scale with its rate on the selection sequence.
     assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--class-head-lr-scale", "2", "5",
-                                "--lr-grid", "1e-2", "1e-3", "--out", str(tmp_path / "cs.json")]) == 0
+                                "--lr-grid", "1e-2", "1e-3", "--methods", "grow", "scratch",
+                                "--out", str(tmp_path / "cs.json")]) == 0
     scaled = json.loads((tmp_path / "cs.json").read_text())
-    run = scaled["runs"][0]
+    run, scratch = scaled["runs"]
+    # Scratch has no regulation head to scale: one selection grid, no scale chosen.
+    assert scratch["method"] == "scratch" and "class_head_lr_scale" not in scratch
+    assert set(scratch["selection_recall"]) == {"0.01", "0.001"}
     assert run["head"] == "full-cs2_5" and run["meta_resumed_at"] == 3  # the full head's meta-learner again
     assert set(run["selection_recall"]) == {"0.01@cs2", "0.001@cs2", "0.01@cs5", "0.001@cs5"}
     best = max(run["selection_recall"], key=run["selection_recall"].get)
