@@ -17,6 +17,14 @@ the same stream and is evaluated on the test stream at the end:
   ``dynamos_separate_passes`` and ``consistency_separate_passes``, the
   buffer batch in a forward pass of its own (``separate_replay_pass=True``,
   batch-norm statistics per batch), as the authors' code does;
+  ``dynamos_no_policy``, ``dynamos_no_prototype`` and
+  ``dynamos_no_attention``, Dynamos without its REINFORCE term (``gamma=0``),
+  its prototype term (``w_p=0``) or its attention consistency
+  (``alpha_p=0``), and ``dynamos_gates_only`` without all three (the agents
+  gate but never learn: ``ConsistencyReplay``'s objective on the gated
+  network), to find the term that puts Dynamos below its ablation;
+  ``dynamos_keep90`` and ``dynamos_keep100``, Dynamos with the target keep
+  ratio ``kr`` at 0.9 or 1.0 instead of the paper's 0.7;
   ``der_low_lr``, Avalanche's DER at lr 0.01 (``DER_LOW_LR``), for the runs
   where it diverges at 0.03;
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
@@ -76,10 +84,22 @@ from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mn
                      target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
+TERM_ABLATIONS = {
+    "dynamos_no_policy": ("gamma",),
+    "dynamos_no_prototype": ("w_p",),
+    "dynamos_no_attention": ("alpha_p",),
+    "dynamos_gates_only": ("gamma", "w_p", "alpha_p"),
+}
+"""Dynamos with some of its own terms' weights set to 0 (Table 5's row otherwise): which term puts it below
+its ablation. ``dynamos_gates_only`` keeps the gated network and the agents' masks (untrained agents) under
+``ConsistencyReplay``'s objective."""
+KEEP_RATIO_VARIANTS = {"dynamos_keep90": 0.9, "dynamos_keep100": 1.0}
+"""Dynamos with another target keep ratio ``kr`` than the paper's 0.7: whether dropping channels is the cost."""
 METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
-           "consistency", "consistency_separate_passes", "sgd", "der", "der_low_lr", "er_ace", "replay")
+           *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, "consistency", "consistency_separate_passes", "sgd", "der",
+           "der_low_lr", "er_ace", "replay")
 DIAGNOSTICS = ("dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
-               "consistency_separate_passes", "der_low_lr")
+               *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, "consistency_separate_passes", "der_low_lr")
 """Variants that look for the gap to the paper (and a DER that does not diverge); not in the default ``--methods``."""
 STREAMS = {"mnist360": (100, 200, 500), "seq-mnist": (500, 1000, 2000)}
 N_THREADS = 2
@@ -121,6 +141,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--mixed-precision", action="store_true",
                         help="every method's network with DynamosResNet18(mixed_precision=True): bfloat16 "
                              "convolutions under autocast (default: float32).")
+    parser.add_argument("--device", default="cpu",
+                        help="where every network trains and is tested, e.g. cuda (default: cpu). Seconds and "
+                             "accuracies compare only between runs of one device.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
     parser.add_argument("--report", action="store_true",
@@ -169,7 +192,7 @@ def _torch_logprob_agent() -> type:
 
 
 def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_channels: int,
-                  mixed_precision: bool = False) -> Any:
+                  mixed_precision: bool = False, device: str = "cpu") -> Any:
     import torch
     from avalanche.training import DER, ER_ACE, Naive
     from avalanche.training.plugins import ReplayPlugin
@@ -178,7 +201,7 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
     from avalanche_neuromod.models import DynamosResNet18
     from avalanche_neuromod.training import ConsistencyReplay, Dynamos, paper_setting
 
-    quiet = dict(evaluator=None)
+    quiet = dict(evaluator=None, device=device)
     if method.startswith("dynamos"):
         model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=method == "dynamos_detached",
                                 mixed_precision=mixed_precision)
@@ -190,6 +213,9 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
             overrides["penalty"] = -paper_setting(stream, buffer)["penalty"]
         if method == "dynamos_separate_passes":
             overrides["separate_replay_pass"] = True
+        overrides.update(dict.fromkeys(TERM_ABLATIONS.get(method, ()), 0.0))
+        if method in KEEP_RATIO_VARIANTS:
+            overrides["keep_ratio"] = KEEP_RATIO_VARIANTS[method]
         return Dynamos.preset(stream, buffer, model, **quiet, **overrides)
     model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False, mixed_precision=mixed_precision)
     if method.startswith("consistency"):
@@ -199,7 +225,7 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
     lr = {"der": DER_LR, "der_low_lr": DER_LOW_LR}.get(method, LR)
     common = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
                   train_mb_size=settings["train_mb_size"], train_epochs=settings["train_epochs"],
-                  eval_mb_size=256, device="cpu", **quiet)
+                  eval_mb_size=256, **quiet)
     batch = settings["train_mb_size"]
     if method == "sgd":
         return Naive(**common)
@@ -231,7 +257,7 @@ def planned_runs(buffers: Sequence[int], seeds: Sequence[int], methods: Sequence
 
 
 def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, max_batches: Optional[int],
-            mixed_precision: bool = False) -> Dict[str, Any]:
+            mixed_precision: bool = False, device: str = "cpu") -> Dict[str, Any]:
     import torch
 
     from avalanche_neuromod.analysis import collect_gates, keep_ratios
@@ -242,7 +268,7 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     in_channels = 1 if stream == "mnist360" else 3
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
-        strategy = make_strategy(method, stream, buffer, benchmark.n_classes, in_channels, mixed_precision)
+        strategy = make_strategy(method, stream, buffer, benchmark.n_classes, in_channels, mixed_precision, device)
     experiences = training_experiences(benchmark, stream, max_batches)
     started = time.perf_counter()
     train_online(strategy, experiences, chunk_size=TRAIN_CHUNK, desc=f"{stream} {method} buffer {buffer} seed {seed}")
@@ -252,7 +278,8 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
         "training_experiences": len(experiences), "train_seconds": train_s,
         # Seconds compare only within one machine: runs of a result file may come from several.
         "cpu_model": cpu_model(), "cpu_details": cpu_details(), "load_average_after": list(os.getloadavg()),
-        "accuracy": stream_accuracy(strategy.model, benchmark.test_stream),
+        "device": device_name(device),
+        "accuracy": stream_accuracy(strategy.model, benchmark.test_stream, device=device),
         # A run whose weights became NaN predicts one class: its accuracy is a divergence, not a result.
         "weights_finite": all(bool(torch.isfinite(p).all()) for p in strategy.model.parameters()),
     }
@@ -260,11 +287,21 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     if buffer_obj is not None and hasattr(buffer_obj, "n_seen"):
         run["buffer_filled"] = len(buffer_obj)
     if method.startswith("dynamos"):
-        stats = collect_gates(strategy.model, benchmark.test_stream[0].dataset)
+        stats = collect_gates(strategy.model, benchmark.test_stream[0].dataset, device=device)
         run["keep_ratio_per_layer"] = keep_ratios(stats)
         with strategy.model.ungated():
-            run["accuracy_every_channel"] = stream_accuracy(strategy.model, benchmark.test_stream)
+            run["accuracy_every_channel"] = stream_accuracy(strategy.model, benchmark.test_stream, device=device)
     return run
+
+
+def device_name(device: str) -> str:
+    """``"cpu"``, or the accelerator's name with the device string (``"cuda: NVIDIA H200"``)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device.type}: {torch.cuda.get_device_name(device)}"
+    return device.type
 
 
 def _run_key(run: Dict[str, Any]) -> tuple:
@@ -306,8 +343,10 @@ NOT_RECORDED = "machine not recorded"
 
 
 def run_machine(run: Dict[str, Any]) -> str:
-    """The processor a run trained on (:data:`NOT_RECORDED` for older runs)."""
-    return run.get("cpu_model") or NOT_RECORDED
+    """The processor a run trained on (:data:`NOT_RECORDED` for older runs), with its accelerator if it had one."""
+    machine = run.get("cpu_model") or NOT_RECORDED
+    device = run.get("device", "cpu")
+    return machine if device == "cpu" else f"{machine} + {device}"
 
 
 def one_machine_seconds(runs: Sequence[Dict[str, Any]], stream: str, buffer: int) -> Optional[Dict[str, Any]]:
@@ -315,14 +354,15 @@ def one_machine_seconds(runs: Sequence[Dict[str, Any]], stream: str, buffer: int
 
     Seconds from different machines do not compare, so the machine is the one
     of the newest Dynamos run there, and only runs of that machine count.
-    None when no Dynamos run is there.
+    None when no Dynamos run is there, or when it ran on an accelerator: the
+    time targets are the issue's for two CPU cores.
     """
     def group(method: str, machine: Optional[str] = None) -> List[Dict[str, Any]]:
         return [r for r in runs if (r["stream"], r["buffer"], r["method"]) == (stream, buffer, method)
                 and machine in (None, run_machine(r))]
 
     dynamos = group("dynamos")
-    if not dynamos:
+    if not dynamos or dynamos[-1].get("device", "cpu") != "cpu":
         return None
     machine = run_machine(dynamos[-1])
     dynamos, der = group("dynamos", machine), group("der", machine)
@@ -396,6 +436,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
                                  f"{', '.join(sorted({r['stream'] for r in result['runs']}))}.")
     methods = {r["method"] for r in result["runs"]}
     lines.append(f"- Scale: {result['scale']}")
+    lines += [f"- {note}" for note in result.get("how_run", [])]
     if methods & {"der", "er_ace", "replay"}:
         lines.append(f"- Avalanche's DER, ER-ACE and Replay use the backbone without agents, plain SGD lr {LR} (DER: "
                      f"{DER_LR}; at {LR} its weights become NaN on MNIST-360), the memory size and memory batch of "
@@ -408,6 +449,10 @@ def markdown_section(result: Dict[str, Any]) -> str:
                      "+lambda (kr - k)^2 instead of -lambda (kr - k)^2), dynamos_separate_passes and "
                      "consistency_separate_passes (the buffer batch in a forward pass of its own, "
                      "`separate_replay_pass=True`, as the authors' code: batch-norm statistics per batch); "
+                     "dynamos_no_policy, dynamos_no_prototype, dynamos_no_attention (Dynamos with gamma, w_p or "
+                     "alpha_p set to 0) and dynamos_gates_only (all three 0: untrained agents gate, under the "
+                     "ablation's objective), dynamos_keep90 and dynamos_keep100 (target keep ratio 0.9 or 1.0 "
+                     "instead of 0.7); "
                      f"der_low_lr (Avalanche's DER at lr {DER_LOW_LR}).")
     machines = collections.Counter(run_machine(r) for r in result["runs"])
     if len(machines) > 1:
@@ -468,20 +513,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         **result_header(argv, __file__, args.dataset_root),
         "settings": {"streams": args.streams, "buffers": buffers, "seeds": args.seeds, "methods": args.methods,
                      "max_batches": args.max_batches, "replacement": args.replacement, "lr": LR,
-                     "mixed_precision": args.mixed_precision, "label": args.label},
+                     "mixed_precision": args.mixed_precision, "label": args.label, "device": args.device},
         "scale": ("full streams" if full else
                   f"REDUCED: MNIST-360 stopped after its first {args.max_batches} of 3,387 online mini-batches; "
                   f"accuracies are not comparable with the paper's")
                  + ("; MNIST-360 drawn with replacement inside each chunk (the authors' code)" if args.replacement
                     else "")
                  + ("; mixed precision: bfloat16 convolutions under autocast in every network" if args.mixed_precision
-                    else ""),
+                    else "")
+                 + ("" if args.device == "cpu" else f"; trained and tested on {args.device}"),
         "runs": [], "summary": [],
     }
     if args.append:
+        # A run of one device does not replace the same seed's run of another: the device is part of the scale.
         previous = load_previous(args.out, {"max_batches": args.max_batches, "replacement": args.replacement,
-                                            "mixed_precision": args.mixed_precision},
-                                 defaults={"replacement": False, "mixed_precision": False})
+                                            "mixed_precision": args.mixed_precision, "device": args.device},
+                                 defaults={"replacement": False, "mixed_precision": False, "device": "cpu"})
         result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]
         result["summary"] = summarise(result["runs"])
     else:
@@ -490,7 +537,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         benchmark = build_stream(stream, args.dataset_root, args.replacement)
         for buffer, seed, method in planned_runs(buffers[stream], args.seeds, args.methods):
             run = run_one(benchmark, stream, method, buffer, seed, args.max_batches if stream == "mnist360" else None,
-                          args.mixed_precision)
+                          args.mixed_precision, args.device)
             result["runs"] = [r for r in result["runs"] if _run_key(r) != _run_key(run)] + [run]
             print(f"{stream} buffer {buffer} seed {seed} {method}: accuracy {100 * run['accuracy']:.2f}%, "
                   f"{run['train_seconds']:.0f} s" + (f", keep ratios {run['keep_ratio_per_layer']}"

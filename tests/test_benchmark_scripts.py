@@ -284,6 +284,18 @@ def test_dynamos_time_targets_compare_runs_of_one_machine():
         "scale": "full streams"})
     assert "fast: 3 runs" in section and "machine not recorded: 2 runs" in section
     assert "| der | 0, 1 | 50.00 +- 0.00 (NaN weights: seed 1) |" in section
+    # Runs on an accelerator are another machine, and the 2-core time targets are not theirs.
+    gpu = [dict(r, cpu_model="fast", device="cuda: H200") for r in runs]
+    assert dynamos_benchmark.run_machine(gpu[0]) == "fast + cuda: H200"
+    assert dynamos_benchmark.run_machine(dict(gpu[0], device="cpu")) == "fast"
+    gpu_targets = dynamos_benchmark.check_targets(dynamos_benchmark.summarise(gpu), gpu)
+    assert gpu_targets and not [t for t in gpu_targets if "DER" in t["target"] or "5 min" in t["target"]]
+    section = dynamos_benchmark.markdown_section({
+        "settings": {"label": None}, "runs": gpu, "summary": dynamos_benchmark.summarise(gpu), "targets": gpu_targets,
+        "timestamp_utc": "2026-12-02T00:00:00", "command": "python benchmarks/dynamos.py", "dataset_root": "data",
+        "machine": {"cpu_count": 16, "cpu_model": "fast", "torch": "2", "avalanche": "0.6", "torch_threads": 2},
+        "scale": "full streams; trained and tested on cuda", "how_run": ["8 at a time on one GPU"]})
+    assert "- 8 at a time on one GPU" in section and "trained and tested on cuda" in section
 
 
 def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_path):
@@ -307,6 +319,9 @@ def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_p
     with pytest.raises(SystemExit, match="max-batches"):
         dynamos_benchmark.main([a if a != "2" else "3" for a in common] + ["--seeds", "0", "--methods", "sgd",
                                                                           "--append"])
+    # A run of another device would replace the same seed's run of this one: refused.
+    with pytest.raises(SystemExit, match="--device cpu, this invocation cuda"):
+        dynamos_benchmark.main(common + ["--seeds", "0", "--methods", "sgd", "--append", "--device", "cuda"])
 
 
 def test_every_dynamos_benchmark_method_trains(fake_mnist_root, tmp_path):
@@ -343,6 +358,21 @@ def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
         separate = dynamos_benchmark.make_strategy(method, "mnist360", 200, 10, 1)
         assert separate.replay_plugin.separate_replay_pass and separate.replay_plugin.penalty == (
             200 if method.startswith("dynamos") else 1.0)
+    for method in ("dynamos", "consistency", "der", "sgd", "replay", "er_ace"):  # --device reaches every method
+        assert dynamos_benchmark.make_strategy(method, "mnist360", 100, 10, 1, device="meta").device == torch.device(
+            "meta")
+    weights = ("alpha", "beta", "alpha_p", "penalty", "gamma", "w_p")
+    for method, zeroed in dynamos_benchmark.TERM_ABLATIONS.items():
+        ablated = dynamos_benchmark.make_strategy(method, "mnist360", 200, 10, 1).replay_plugin
+        for name in weights:
+            expected = 0.0 if name in zeroed else getattr(plain.replay_plugin, name)
+            assert getattr(ablated, name) == expected, (method, name)
+    assert {"gamma", "w_p", "alpha_p"} == set(dynamos_benchmark.TERM_ABLATIONS["dynamos_gates_only"])
+    for method, keep in dynamos_benchmark.KEEP_RATIO_VARIANTS.items():
+        variant = dynamos_benchmark.make_strategy(method, "mnist360", 200, 10, 1).replay_plugin
+        assert variant.keep_ratio == keep != plain.replay_plugin.keep_ratio == 0.7
+        assert all(getattr(variant, name) == getattr(plain.replay_plugin, name) for name in weights)
+    assert plain.replay_plugin.gamma > 0 and plain.replay_plugin.w_p > 0 and plain.replay_plugin.alpha_p > 0
     torch_lp = dynamos_benchmark.make_strategy("dynamos_torch_logprob", "mnist360", 200, 10, 1)
     agent = torch_lp.model.agents[0]
     assert type(agent).__name__ == "TorchLogProbAgent" and isinstance(agent, type(plain.model.agents[0]))
