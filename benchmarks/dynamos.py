@@ -25,6 +25,9 @@ the same stream and is evaluated on the test stream at the end:
   network), to find the term that puts Dynamos below its ablation;
   ``dynamos_keep90`` and ``dynamos_keep100``, Dynamos with the target keep
   ratio ``kr`` at 0.9 or 1.0 instead of the paper's 0.7;
+  ``dynamos_keep90_no_prototype``, ``dynamos_keep90_no_attention`` and
+  ``dynamos_keep90_detached``, ``kr`` at 0.9 with the prototype term off,
+  attention consistency off, or the agents' inputs detached;
   ``der_low_lr``, Avalanche's DER at lr 0.01 (``DER_LOW_LR``), for the runs
   where it diverges at 0.03;
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
@@ -43,7 +46,8 @@ experience each, no boundaries); Seq-MNIST on ``SplitMNIST(channels=3)``
 test accuracy, seconds, the keep ratio of each gated layer on the test
 stream (Dynamos), the test accuracy of the same network with every channel
 kept (``model.ungated()``: what the agents' dropping costs or gains at
-inference), and the buffer's fill. ``--max-batches N`` stops
+inference), the final accuracy on each class (``class_accuracy``; for
+Dynamos also with every channel kept), and the buffer's fill. ``--max-batches N`` stops
 MNIST-360 after its first N online mini-batches (a stated reduced scale;
 the accuracy of such a run is not comparable with the paper's).
 
@@ -95,11 +99,20 @@ its ablation. ``dynamos_gates_only`` keeps the gated network and the agents' mas
 ``ConsistencyReplay``'s objective."""
 KEEP_RATIO_VARIANTS = {"dynamos_keep90": 0.9, "dynamos_keep100": 1.0}
 """Dynamos with another target keep ratio ``kr`` than the paper's 0.7: whether dropping channels is the cost."""
+KEEP90_TERM_VARIANTS = {
+    "dynamos_keep90_no_prototype": ("w_p",),
+    "dynamos_keep90_no_attention": ("alpha_p",),
+    "dynamos_keep90_detached": (),
+}
+"""``dynamos_keep90`` with one more change: the prototype term or attention consistency off, or the agents'
+inputs detached (their terms train the agents only). Where ``kr`` = 0.9 still leaves Dynamos under its
+ablation (MNIST-360, buffer 200), whether a term that reaches the backbone is the rest of the cost."""
 METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
-           *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, "consistency", "consistency_separate_passes", "sgd", "der",
+           *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, "consistency", "consistency_separate_passes", "sgd", "der",
            "der_low_lr", "er_ace", "replay")
 DIAGNOSTICS = ("dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
-               *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, "consistency_separate_passes", "der_low_lr")
+               *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, "consistency_separate_passes",
+               "der_low_lr")
 """Variants that look for the gap to the paper (and a DER that does not diverge); not in the default ``--methods``."""
 STREAMS = {"mnist360": (100, 200, 500), "seq-mnist": (500, 1000, 2000)}
 N_THREADS = 2
@@ -203,7 +216,8 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
 
     quiet = dict(evaluator=None, device=device)
     if method.startswith("dynamos"):
-        model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=method == "dynamos_detached",
+        detach = method in ("dynamos_detached", "dynamos_keep90_detached")
+        model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=detach,
                                 mixed_precision=mixed_precision)
         if method == "dynamos_torch_logprob":
             for agent in model.agents:
@@ -213,9 +227,11 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
             overrides["penalty"] = -paper_setting(stream, buffer)["penalty"]
         if method == "dynamos_separate_passes":
             overrides["separate_replay_pass"] = True
-        overrides.update(dict.fromkeys(TERM_ABLATIONS.get(method, ()), 0.0))
+        overrides.update(dict.fromkeys(TERM_ABLATIONS.get(method, ()) + KEEP90_TERM_VARIANTS.get(method, ()), 0.0))
         if method in KEEP_RATIO_VARIANTS:
             overrides["keep_ratio"] = KEEP_RATIO_VARIANTS[method]
+        if method in KEEP90_TERM_VARIANTS:
+            overrides["keep_ratio"] = KEEP_RATIO_VARIANTS["dynamos_keep90"]
         return Dynamos.preset(stream, buffer, model, **quiet, **overrides)
     model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False, mixed_precision=mixed_precision)
     if method.startswith("consistency"):
@@ -261,7 +277,7 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     import torch
 
     from avalanche_neuromod.analysis import collect_gates, keep_ratios
-    from avalanche_neuromod.evaluation import stream_accuracy
+    from avalanche_neuromod.evaluation import class_accuracy, stream_accuracy
     from avalanche_neuromod.training import train_online
 
     torch.manual_seed(seed)
@@ -280,6 +296,8 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
         "cpu_model": cpu_model(), "cpu_details": cpu_details(), "load_average_after": list(os.getloadavg()),
         "device": device_name(device),
         "accuracy": stream_accuracy(strategy.model, benchmark.test_stream, device=device),
+        # Where the accuracy is lost: under class-incremental learning, the classes of early experiences.
+        "class_accuracy": class_accuracy(strategy.model, benchmark.test_stream, device=device),
         # A run whose weights became NaN predicts one class: its accuracy is a divergence, not a result.
         "weights_finite": all(bool(torch.isfinite(p).all()) for p in strategy.model.parameters()),
     }
@@ -291,6 +309,7 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
         run["keep_ratio_per_layer"] = keep_ratios(stats)
         with strategy.model.ungated():
             run["accuracy_every_channel"] = stream_accuracy(strategy.model, benchmark.test_stream, device=device)
+            run["class_accuracy_every_channel"] = class_accuracy(strategy.model, benchmark.test_stream, device=device)
     return run
 
 
@@ -306,6 +325,18 @@ def device_name(device: str) -> str:
 
 def _run_key(run: Dict[str, Any]) -> tuple:
     return run["stream"], run["method"], run["buffer"], run["seed"]
+
+
+def _mean_per_class(runs: Sequence[Dict[str, Any]], field: str) -> Dict[str, Any]:
+    """``{field}_mean`` (``{class: mean %}`` over the runs that recorded ``field``) and ``{field}_seeds``; or ``{}``."""
+    measured = [r for r in runs if field in r]
+    if not measured:
+        return {}
+    # A run's keys are ints when just measured, strings once read back from JSON.
+    per_run = [{int(c): 100 * v for c, v in r[field].items()} for r in measured]
+    classes = sorted({c for accs in per_run for c in accs})
+    return {f"{field}_mean": {c: statistics.mean(accs[c] for accs in per_run) for c in classes},
+            f"{field}_seeds": [r["seed"] for r in measured]}
 
 
 def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -329,6 +360,8 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             if ungated:
                 row["accuracy_every_channel_mean"] = statistics.mean(100 * r["accuracy_every_channel"] for r in ungated)
                 row["accuracy_every_channel_seeds"] = [r["seed"] for r in ungated]
+        row.update(_mean_per_class(group, "class_accuracy"))
+        row.update(_mean_per_class(group, "class_accuracy_every_channel"))
         rows.append(row)
     return rows
 
@@ -452,7 +485,9 @@ def markdown_section(result: Dict[str, Any]) -> str:
                      "dynamos_no_policy, dynamos_no_prototype, dynamos_no_attention (Dynamos with gamma, w_p or "
                      "alpha_p set to 0) and dynamos_gates_only (all three 0: untrained agents gate, under the "
                      "ablation's objective), dynamos_keep90 and dynamos_keep100 (target keep ratio 0.9 or 1.0 "
-                     "instead of 0.7); "
+                     "instead of 0.7), dynamos_keep90_no_prototype, dynamos_keep90_no_attention and "
+                     "dynamos_keep90_detached (keep ratio 0.9 and w_p = 0, alpha_p = 0 or the agents' inputs "
+                     "detached); "
                      f"der_low_lr (Avalanche's DER at lr {DER_LOW_LR}).")
     machines = collections.Counter(run_machine(r) for r in result["runs"])
     if len(machines) > 1:
@@ -478,10 +513,33 @@ def markdown_section(result: Dict[str, Any]) -> str:
     lines += markdown_table(["stream", "buffer", "method", "seeds", "final accuracy (%)", "paper (%)",
                              "train s (mean)", "keep ratio per gated layer", "every channel kept (%)"], rows,
                             align="lrllrrrlr")
+    lines += class_accuracy_lines(result["summary"])
     if result.get("targets"):
         lines += ["", *target_lines(result["targets"])]
     lines.append(end)
     return "\n".join(lines)
+
+
+def class_accuracy_lines(summary: Sequence[Dict[str, Any]]) -> List[str]:
+    """A table of the final accuracy on each class, for the rows whose runs recorded it (none: no lines).
+
+    A Dynamos row whose runs were also tested with every channel kept gets a second line, so named.
+    """
+    rows, classes = [], set()
+    for row in summary:
+        for field, suffix in (("class_accuracy", ""), ("class_accuracy_every_channel", " (every channel kept)")):
+            if row.get(f"{field}_mean"):
+                means = {int(c): v for c, v in row[f"{field}_mean"].items()}
+                classes |= set(means)
+                rows.append((row, row["method"] + suffix, row[f"{field}_seeds"], means))
+    if not rows:
+        return []
+    classes = sorted(classes)
+    cells = [[row["stream"], row["buffer"] or "none", method, ", ".join(map(str, seeds)),
+              *(f"{means[c]:.1f}" if c in means else "" for c in classes)] for row, method, seeds, means in rows]
+    return ["", "Final accuracy per class (%), mean over the seeds named (runs that recorded it):", "",
+            *markdown_table(["stream", "buffer", "method", "seeds", *map(str, classes)], cells,
+                            align="lrll" + "r" * len(classes))]
 
 
 def report(args: argparse.Namespace) -> int:

@@ -237,6 +237,14 @@ def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
     every = [100 * r["accuracy_every_channel"] for r in result["runs"] if r["method"] == "dynamos"]
     assert len(every) == 2 and rows["dynamos"]["accuracy_every_channel_mean"] == pytest.approx(sum(every) / 2)
     assert "accuracy_every_channel" not in next(r for r in result["runs"] if r["method"] == "der")
+    # Per class: the fake stream's classes, means over the seeds, in percent (JSON keys are strings).
+    first, second = (r["class_accuracy"] for r in result["runs"] if r["method"] == "dynamos")
+    assert set(first) == set(second) and all(0 <= v <= 1 for v in first.values())
+    means = rows["dynamos"]["class_accuracy_mean"]
+    assert set(means) == set(first)
+    assert all(means[c] == pytest.approx(50 * (first[c] + second[c])) for c in first)
+    assert set(rows["dynamos"]["class_accuracy_every_channel_mean"]) == set(first)
+    assert "class_accuracy_every_channel_mean" not in rows["der"]
     assert rows["dynamos"]["paper"] == [79.64, 2.85]
     speed = [t for t in result["targets"] if "DER" in t["target"]]
     assert len(speed) == 1 and speed[0]["buffer"] == 200
@@ -246,6 +254,33 @@ def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
                for r in result["runs"])
     # A reduced run is not held to the paper's accuracy.
     assert not [t for t in result["targets"] if "paper std" in t["target"]]
+
+
+def test_dynamos_class_accuracy_table_averages_the_runs_that_recorded_it():
+    import dynamos as dynamos_benchmark
+
+    def run(seed, per_class=None):
+        record = {"stream": "seq-mnist", "buffer": 500, "method": "consistency", "seed": seed, "accuracy": 0.5,
+                  "train_seconds": 1.0, "training_experiences": 10}
+        if per_class is not None:
+            record["class_accuracy"] = per_class
+        return record
+
+    # One run just measured (int keys), one read back from JSON (string keys), one from before the field existed.
+    runs = [run(0, {0: 1.0, 1: 0.5}), run(1, {"0": 0.5, "1": 0.25}), run(2)]
+    (row,) = dynamos_benchmark.summarise(runs)
+    assert row["seeds"] == [0, 1, 2] and row["class_accuracy_seeds"] == [0, 1]
+    assert row["class_accuracy_mean"] == {0: pytest.approx(75.0), 1: pytest.approx(37.5)}
+    lines = dynamos_benchmark.class_accuracy_lines([json.loads(json.dumps(row))])
+    assert lines[-3:] == ["| stream | buffer | method | seeds | 0 | 1 |", "|---|---:|---|---|---:|---:|",
+                          "| seq-mnist | 500 | consistency | 0, 1 | 75.0 | 37.5 |"]
+    # Dynamos tested with every channel kept too: a second line, and a class only one of them saw stays blank.
+    gated = dict(run(0, {0: 0.5, 1: 1.0}), method="dynamos", keep_ratio_per_layer=[0.7] * 4,
+                 class_accuracy_every_channel={0: 0.25, 2: 1.0})
+    lines = dynamos_benchmark.class_accuracy_lines(dynamos_benchmark.summarise([gated]))
+    assert lines[-2:] == ["| seq-mnist | 500 | dynamos | 0 | 50.0 | 100.0 |  |",
+                          "| seq-mnist | 500 | dynamos (every channel kept) | 0 | 25.0 |  | 100.0 |"]
+    assert dynamos_benchmark.class_accuracy_lines(dynamos_benchmark.summarise([run(3)])) == []
 
 
 def test_dynamos_time_targets_compare_runs_of_one_machine():
@@ -373,6 +408,15 @@ def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
         assert variant.keep_ratio == keep != plain.replay_plugin.keep_ratio == 0.7
         assert all(getattr(variant, name) == getattr(plain.replay_plugin, name) for name in weights)
     assert plain.replay_plugin.gamma > 0 and plain.replay_plugin.w_p > 0 and plain.replay_plugin.alpha_p > 0
+    for method, zeroed in dynamos_benchmark.KEEP90_TERM_VARIANTS.items():
+        strategy = dynamos_benchmark.make_strategy(method, "mnist360", 200, 10, 1)
+        variant = strategy.replay_plugin
+        assert variant.keep_ratio == 0.9
+        for name in weights:
+            expected = 0.0 if name in zeroed else getattr(plain.replay_plugin, name)
+            assert getattr(variant, name) == expected, (method, name)
+        assert all(agent.detach_input == (method == "dynamos_keep90_detached") for agent in strategy.model.agents)
+    assert not any(agent.detach_input for agent in plain.model.agents)
     torch_lp = dynamos_benchmark.make_strategy("dynamos_torch_logprob", "mnist360", 200, 10, 1)
     agent = torch_lp.model.agents[0]
     assert type(agent).__name__ == "TorchLogProbAgent" and isinstance(agent, type(plain.model.agents[0]))

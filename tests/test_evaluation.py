@@ -159,6 +159,52 @@ def test_stream_accuracy_counts_every_sample_once():
         stream_accuracy(model, [])
 
 
+def test_class_accuracy_is_each_class_share_right_and_averages_to_stream_accuracy():
+    from avalanche_neuromod.benchmarks import SplitMNIST
+    from avalanche_neuromod.evaluation import class_accuracy, stream_accuracy
+
+    bm = SplitMNIST(n_experiences=5, dataset="digits", seed=0)
+
+    # Answers 0 for images whose mean pixel is below the median, else 1: per class the share is countable by hand.
+    class Threshold(torch.nn.Module):
+        def __init__(self, cut):
+            super().__init__()
+            self.cut = cut
+
+        def forward(self, x):
+            bright = x.flatten(1).mean(dim=1) > self.cut
+            out = torch.zeros(len(x), 10)
+            out[bright, 1] = 1
+            out[~bright, 0] = 1
+            return out
+
+    images = torch.cat([torch.stack([e.dataset[i][0] for i in range(len(e.dataset))]) for e in bm.test_stream])
+    labels = torch.cat([torch.as_tensor(e.dataset.targets) for e in bm.test_stream])
+    cut = float(images.flatten(1).mean(dim=1).median())
+    bright = images.flatten(1).mean(dim=1) > cut
+    expected = {}
+    for label in sorted(set(labels.tolist())):
+        mine = labels == label
+        if label in (0, 1):
+            hit = bright[mine] if label == 1 else ~bright[mine]
+        else:
+            hit = torch.zeros(int(mine.sum()), dtype=torch.bool)
+        expected[label] = float(hit.float().mean())
+
+    model = Threshold(cut).train()
+    got = class_accuracy(model, bm.test_stream)
+    assert list(got) == sorted(expected) == list(range(10))
+    assert got == pytest.approx(expected)
+    assert all(got[label] == 0 for label in range(2, 10))
+    assert 0 < got[0] < 1 and 0 < got[1] < 1
+    sizes = {label: int((labels == label).sum()) for label in got}
+    weighted = sum(got[label] * sizes[label] for label in got) / sum(sizes.values())
+    assert weighted == pytest.approx(stream_accuracy(model, bm.test_stream))
+    assert model.training
+    with pytest.raises(ValueError, match="no samples"):
+        class_accuracy(model, [])
+
+
 def test_immediate_accuracy_is_measured_on_each_experience_right_after_it():
     from avalanche.core import SupervisedPlugin
 

@@ -1,4 +1,4 @@
-"""Accuracy of a model over a whole test stream, outside Avalanche's evaluator, and right after each experience."""
+"""Accuracy over a test stream, overall and per class, outside Avalanche's evaluator; and right after experiences."""
 
 from __future__ import annotations
 
@@ -8,10 +8,33 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch.utils.data import DataLoader
 
-__all__ = ["ImmediateAccuracyPlugin", "stream_accuracy"]
+__all__ = ["class_accuracy", "ImmediateAccuracyPlugin", "stream_accuracy"]
 
 
-@torch.no_grad()
+def _class_counts(model: torch.nn.Module, stream: Iterable[Any], batch_size: int,
+                  device: Any) -> Dict[int, List[int]]:
+    """``{class: [right, seen]}`` over every sample of ``stream``, ``model`` in eval mode, its mode given back."""
+    was_training = model.training
+    model.eval().to(device)
+    counts: Dict[int, List[int]] = {}
+    try:
+        with torch.no_grad():
+            for experience in stream:
+                dataset = experience.dataset.eval()
+                for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate_fn):
+                    labels = torch.as_tensor(batch[1])
+                    right = model(batch[0].to(device)).argmax(dim=1).cpu() == labels
+                    for label, hit in zip(labels.tolist(), right.tolist()):
+                        entry = counts.setdefault(int(label), [0, 0])
+                        entry[0] += int(hit)
+                        entry[1] += 1
+    finally:
+        model.train(was_training)
+    if not counts:
+        raise ValueError("the stream holds no samples: there is nothing to evaluate.")
+    return counts
+
+
 def stream_accuracy(model: torch.nn.Module, stream: Iterable[Any], *, batch_size: int = 512,
                     device: Any = "cpu") -> float:
     """Fraction of the samples of every experience of ``stream`` that ``model`` classifies right.
@@ -25,20 +48,28 @@ def stream_accuracy(model: torch.nn.Module, stream: Iterable[Any], *, batch_size
     :param batch_size: evaluation batch size.
     :param device: where to run the model.
     """
-    was_training = model.training
-    model.eval().to(device)
-    correct = total = 0
-    try:
-        for experience in stream:
-            dataset = experience.dataset.eval()
-            for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate_fn):
-                correct += int((model(batch[0].to(device)).argmax(dim=1).cpu() == batch[1]).sum())
-                total += len(batch[1])
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise ValueError("the stream holds no samples: there is nothing to evaluate.")
-    return correct / total
+    counts = _class_counts(model, stream, batch_size, device)
+    return sum(right for right, _ in counts.values()) / sum(seen for _, seen in counts.values())
+
+
+def class_accuracy(model: torch.nn.Module, stream: Iterable[Any], *, batch_size: int = 512,
+                   device: Any = "cpu") -> Dict[int, float]:
+    """Accuracy on each class's samples over every experience of ``stream``: ``{class: fraction right}``.
+
+    Under class-incremental learning the final accuracy hides where it is
+    lost; this says which classes (hence which experiences) the model
+    still recognises at the end. Classes come in increasing order; only
+    classes with test samples appear. Weighted by the classes' sizes its
+    values average to :func:`stream_accuracy`. Same evaluation as there
+    (eval mode, mode given back).
+
+    :param model: a classifier returning logits.
+    :param stream: experiences with a ``dataset`` of ``(x, y[, task])`` items, e.g. ``benchmark.test_stream``.
+    :param batch_size: evaluation batch size.
+    :param device: where to run the model.
+    """
+    counts = _class_counts(model, stream, batch_size, device)
+    return {label: counts[label][0] / counts[label][1] for label in sorted(counts)}
 
 
 class ImmediateAccuracyPlugin(SupervisedPlugin):
