@@ -373,14 +373,16 @@ def write_json(result: Dict[str, Any], path: Path) -> None:
 
 
 def load_previous(path: Path, settings: Dict[str, Any], defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The runs, commands, machine and figures of an earlier result file, for ``--append`` (none if there is no file).
+    """The runs, commands, machine, figures and notes (``how_run``) of an earlier result file, for ``--append``.
+
+    An empty record where there is no file.
 
     :param path: the result file.
     :param settings: this invocation's settings that decide the scale; the file's must be the same.
     :param defaults: the value of a setting in files written before it existed.
     """
     if not path.exists():
-        return {"runs": [], "commands": [], "machine": None, "figures": []}
+        return {"runs": [], "commands": [], "machine": None, "figures": [], "how_run": []}
     previous = json.loads(path.read_text())
     for name, value in settings.items():
         theirs = previous["settings"].get(name, (defaults or {}).get(name))
@@ -390,7 +392,8 @@ def load_previous(path: Path, settings: Dict[str, Any], defaults: Optional[Dict[
                              f"invocation {value}; runs of different streams or scales cannot be summarised "
                              f"together. Write to another --out.")
     return {"runs": previous["runs"], "commands": previous.get("commands", [previous["command"]]),
-            "machine": previous.get("machine"), "figures": previous.get("figures", [])}
+            "machine": previous.get("machine"), "figures": previous.get("figures", []),
+            "how_run": previous.get("how_run", [])}
 
 
 # Reporting -------------------------------------------------------------------------------------

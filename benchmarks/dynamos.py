@@ -167,6 +167,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--append", action="store_true",
                         help="keep the runs already in --out (same scale) and add these; a run of the same "
                              "stream, method, buffer and seed replaces the old one. The summary covers all.")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line on how the runs were made (stopped commands, other work beside them), kept "
+                             "in the result file and printed in its section; --append keeps earlier notes.")
     args = parser.parse_args(argv)
     check_label(parser, args.label)
     if args.label and args.out == DEFAULT_OUT:
@@ -588,9 +591,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                             "mixed_precision": args.mixed_precision, "device": args.device},
                                  defaults={"replacement": False, "mixed_precision": False, "device": "cpu"})
         result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]
+        result["how_run"] = previous["how_run"] + args.note
         result["summary"] = summarise(result["runs"])
     else:
         result["commands"] = [result["command"]]
+        result["how_run"] = list(args.note)
     for stream in args.streams:
         benchmark = build_stream(stream, args.dataset_root, args.replacement)
         for buffer, seed, method in planned_runs(buffers[stream], args.seeds, args.methods):

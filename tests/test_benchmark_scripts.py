@@ -339,10 +339,15 @@ def test_dynamos_benchmark_appends_runs_of_the_same_scale(fake_mnist_root, tmp_p
     out = tmp_path / "dynamos.json"
     common = ["--dataset-root", str(fake_mnist_root), "--streams", "mnist360", "--buffers", "100",
               "--max-batches", "2", "--no-docs", "--out", str(out)]
-    assert dynamos_benchmark.main(common + ["--seeds", "0", "--methods", "sgd", "consistency"]) == 0
+    assert dynamos_benchmark.main(common + ["--seeds", "0", "--methods", "sgd", "consistency",
+                                            "--note", "stopped once"]) == 0
     first = json.loads(out.read_text())
-    assert dynamos_benchmark.main(common + ["--seeds", "1", "0", "--methods", "sgd", "--append"]) == 0
+    assert first["how_run"] == ["stopped once"]
+    assert dynamos_benchmark.main(common + ["--seeds", "1", "0", "--methods", "sgd", "--append",
+                                            "--note", "beside other work"]) == 0
     result = json.loads(out.read_text())
+    assert result["how_run"] == ["stopped once", "beside other work"]  # an append keeps the earlier notes
+    assert "- stopped once\n- beside other work" in dynamos_benchmark.markdown_section(result)
     keys = [(r["method"], r["seed"]) for r in result["runs"]]
     assert sorted(keys) == [("consistency", 0), ("sgd", 0), ("sgd", 1)]  # sgd seed 0 replaced, not doubled
     kept = next(r for r in result["runs"] if r["method"] == "consistency")
