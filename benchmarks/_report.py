@@ -66,7 +66,8 @@ EMBEDDED_DIGITS = "scikit-learn's digits (embedded, no download)"
 """What a result records as its data when it read no data root."""
 
 __all__ = ["REPO_ROOT", "RESULTS_MD", "DATA_ROOT_ENV", "DATA_ROOT_TEXT", "OUTSIDE_REPO", "EMBEDDED_DIGITS",
-           "add_dataset_root_argument", "check_mnist_root", "machine_info", "git_info", "command_line", "portable_path", "portable", "shell_quote",
+           "add_dataset_root_argument", "check_mnist_root", "machine_info", "git_info", "command_line", "portable_path",
+           "portable", "shell_quote",
            "data_files", "update_results_md", "write_json", "result_header", "machine_line", "section_opening",
            "markdown_table", "text_table", "target", "target_lines", "machine_was_busy", "publish",
            "add_scaling_arguments", "scaling_options", "scaling_text"]

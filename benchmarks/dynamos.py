@@ -47,9 +47,10 @@ test accuracy, seconds, the keep ratio of each gated layer on the test
 stream (Dynamos), the test accuracy of the same network with every channel
 kept (``model.ungated()``: what the agents' dropping costs or gains at
 inference), the final accuracy on each class (``class_accuracy``; for
-Dynamos also with every channel kept), and the buffer's fill. ``--max-batches N`` stops
-MNIST-360 after its first N online mini-batches (a stated reduced scale;
-the accuracy of such a run is not comparable with the paper's).
+Dynamos also with every channel kept), and the buffer's fill.
+``--max-batches N`` stops MNIST-360 after its first N online mini-batches
+(a stated reduced scale; the accuracy of such a run is not comparable with
+the paper's).
 
 Run (full scale takes hours on 2 CPU cores)::
 
@@ -108,8 +109,8 @@ KEEP90_TERM_VARIANTS = {
 inputs detached (their terms train the agents only). Where ``kr`` = 0.9 still leaves Dynamos under its
 ablation (MNIST-360, buffer 200), whether a term that reaches the backbone is the rest of the cost."""
 METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
-           *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, "consistency", "consistency_separate_passes", "sgd", "der",
-           "der_low_lr", "er_ace", "replay")
+           *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, "consistency", "consistency_separate_passes",
+           "sgd", "der", "der_low_lr", "er_ace", "replay")
 DIAGNOSTICS = ("dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
                *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, "consistency_separate_passes",
                "der_low_lr")
@@ -191,7 +192,10 @@ def build_stream(name: str, root: Path, replacement: bool = False) -> Any:
 
 
 def _torch_logprob_agent() -> type:
-    """A ``ChannelAgent`` whose ``log pi`` is ``torch.distributions.Bernoulli(probs=p).log_prob(a)``, as in the authors' code."""
+    """A ``ChannelAgent`` whose ``log pi`` is ``torch.distributions.Bernoulli(probs=p).log_prob(a)``.
+
+    As in the authors' code.
+    """
     import torch
 
     from avalanche_neuromod.models import AgentDecision, ChannelAgent
@@ -299,7 +303,7 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
         "cpu_model": cpu_model(), "cpu_details": cpu_details(), "load_average_after": list(os.getloadavg()),
         "device": device_name(device),
         "accuracy": stream_accuracy(strategy.model, benchmark.test_stream, device=device),
-        # Where the accuracy is lost: under class-incremental learning, the classes of early experiences.
+        # Which classes the accuracy is lost on: early experiences' (forgetting), the last one's, or all alike.
         "class_accuracy": class_accuracy(strategy.model, benchmark.test_stream, device=device),
         # A run whose weights became NaN predicts one class: its accuracy is a divergence, not a result.
         "weights_finite": all(bool(torch.isfinite(p).all()) for p in strategy.model.parameters()),
