@@ -284,7 +284,7 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     import torch
 
     from avalanche_neuromod.analysis import collect_gates, keep_ratios
-    from avalanche_neuromod.evaluation import class_accuracy, stream_accuracy
+    from avalanche_neuromod.evaluation import accuracies
     from avalanche_neuromod.training import train_online
 
     torch.manual_seed(seed)
@@ -296,15 +296,15 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
     started = time.perf_counter()
     train_online(strategy, experiences, chunk_size=TRAIN_CHUNK, desc=f"{stream} {method} buffer {buffer} seed {seed}")
     train_s = time.perf_counter() - started
+    # Which classes the accuracy is lost on: early experiences' (forgetting), the last one's, or all alike.
+    accuracy, per_class = accuracies(strategy.model, benchmark.test_stream, device=device)
     run: Dict[str, Any] = {
         "stream": stream, "method": method, "buffer": buffer, "seed": seed,
         "training_experiences": len(experiences), "train_seconds": train_s,
         # Seconds compare only within one machine: runs of a result file may come from several.
         "cpu_model": cpu_model(), "cpu_details": cpu_details(), "load_average_after": list(os.getloadavg()),
         "device": device_name(device),
-        "accuracy": stream_accuracy(strategy.model, benchmark.test_stream, device=device),
-        # Which classes the accuracy is lost on: early experiences' (forgetting), the last one's, or all alike.
-        "class_accuracy": class_accuracy(strategy.model, benchmark.test_stream, device=device),
+        "accuracy": accuracy, "class_accuracy": per_class,
         # A run whose weights became NaN predicts one class: its accuracy is a divergence, not a result.
         "weights_finite": all(bool(torch.isfinite(p).all()) for p in strategy.model.parameters()),
     }
@@ -315,8 +315,8 @@ def run_one(benchmark: Any, stream: str, method: str, buffer: int, seed: int, ma
         stats = collect_gates(strategy.model, benchmark.test_stream[0].dataset, device=device)
         run["keep_ratio_per_layer"] = keep_ratios(stats)
         with strategy.model.ungated():
-            run["accuracy_every_channel"] = stream_accuracy(strategy.model, benchmark.test_stream, device=device)
-            run["class_accuracy_every_channel"] = class_accuracy(strategy.model, benchmark.test_stream, device=device)
+            run["accuracy_every_channel"], run["class_accuracy_every_channel"] = accuracies(
+                strategy.model, benchmark.test_stream, device=device)
     return run
 
 

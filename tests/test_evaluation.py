@@ -161,7 +161,7 @@ def test_stream_accuracy_counts_every_sample_once():
 
 def test_class_accuracy_is_each_class_share_right_and_averages_to_stream_accuracy():
     from avalanche_neuromod.benchmarks import SplitMNIST
-    from avalanche_neuromod.evaluation import class_accuracy, stream_accuracy
+    from avalanche_neuromod.evaluation import accuracies, class_accuracy, stream_accuracy
 
     bm = SplitMNIST(n_experiences=5, dataset="digits", seed=0)
 
@@ -200,6 +200,8 @@ def test_class_accuracy_is_each_class_share_right_and_averages_to_stream_accurac
     sizes = {label: int((labels == label).sum()) for label in got}
     weighted = sum(got[label] * sizes[label] for label in got) / sum(sizes.values())
     assert weighted == pytest.approx(stream_accuracy(model, bm.test_stream))
+    overall, both = accuracies(model, bm.test_stream)  # the two from one pass
+    assert overall == stream_accuracy(model, bm.test_stream) and both == got
     assert model.training
     with pytest.raises(ValueError, match="no samples"):
         class_accuracy(model, [])

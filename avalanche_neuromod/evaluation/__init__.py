@@ -1,6 +1,6 @@
 """Evaluation helpers: a ready evaluator, extra metrics, result tables and the comparison grid."""
 
-from .accuracy import class_accuracy, ImmediateAccuracyPlugin, stream_accuracy
+from .accuracy import accuracies, class_accuracy, ImmediateAccuracyPlugin, stream_accuracy
 from .evaluator import make_evaluator
 from .grid import Grid, GridCell, register_method, register_stream, run_grid, summarize, summary_table
 from .params import ParametersPerExperience, count_changed_parameters, parameters_per_experience_metrics
@@ -8,6 +8,7 @@ from .results import ACC_PREFIX, ContinualResults, accuracy_matrix, results_tabl
 
 __all__ = [
     "ACC_PREFIX",
+    "accuracies",
     "accuracy_matrix",
     "class_accuracy",
     "ContinualResults",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, Iterable, List, Tuple
 
 import torch
 from avalanche.core import SupervisedPlugin
 from torch.utils.data import DataLoader
 
-__all__ = ["class_accuracy", "ImmediateAccuracyPlugin", "stream_accuracy"]
+__all__ = ["accuracies", "class_accuracy", "ImmediateAccuracyPlugin", "stream_accuracy"]
 
 
 def _class_counts(model: torch.nn.Module, stream: Iterable[Any], batch_size: int,
@@ -24,15 +24,30 @@ def _class_counts(model: torch.nn.Module, stream: Iterable[Any], batch_size: int
                 for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate_fn):
                     labels = torch.as_tensor(batch[1])
                     right = model(batch[0].to(device)).argmax(dim=1).cpu() == labels
-                    for label, hit in zip(labels.tolist(), right.tolist()):
+                    for label in labels.unique().tolist():
+                        mine = labels == label
                         entry = counts.setdefault(int(label), [0, 0])
-                        entry[0] += int(hit)
-                        entry[1] += 1
+                        entry[0] += int(right[mine].sum())
+                        entry[1] += int(mine.sum())
     finally:
         model.train(was_training)
     if not counts:
         raise ValueError("the stream holds no samples: there is nothing to evaluate.")
     return counts
+
+
+def accuracies(model: torch.nn.Module, stream: Iterable[Any], *, batch_size: int = 512,
+               device: Any = "cpu") -> Tuple[float, Dict[int, float]]:
+    """:func:`stream_accuracy` and :func:`class_accuracy` from one pass over ``stream``: ``(overall, per class)``.
+
+    :param model: a classifier returning logits.
+    :param stream: experiences with a ``dataset`` of ``(x, y[, task])`` items, e.g. ``benchmark.test_stream``.
+    :param batch_size: evaluation batch size.
+    :param device: where to run the model.
+    """
+    counts = _class_counts(model, stream, batch_size, device)
+    overall = sum(right for right, _ in counts.values()) / sum(seen for _, seen in counts.values())
+    return overall, {label: counts[label][0] / counts[label][1] for label in sorted(counts)}
 
 
 def stream_accuracy(model: torch.nn.Module, stream: Iterable[Any], *, batch_size: int = 512,
@@ -48,8 +63,7 @@ def stream_accuracy(model: torch.nn.Module, stream: Iterable[Any], *, batch_size
     :param batch_size: evaluation batch size.
     :param device: where to run the model.
     """
-    counts = _class_counts(model, stream, batch_size, device)
-    return sum(right for right, _ in counts.values()) / sum(seen for _, seen in counts.values())
+    return accuracies(model, stream, batch_size=batch_size, device=device)[0]
 
 
 def class_accuracy(model: torch.nn.Module, stream: Iterable[Any], *, batch_size: int = 512,
@@ -61,15 +75,14 @@ def class_accuracy(model: torch.nn.Module, stream: Iterable[Any], *, batch_size:
     still recognises at the end. Classes come in increasing order; only
     classes with test samples appear. Weighted by the classes' sizes its
     values average to :func:`stream_accuracy`. Same evaluation as there
-    (eval mode, mode given back).
+    (eval mode, mode given back); :func:`accuracies` gives both from one pass.
 
     :param model: a classifier returning logits.
     :param stream: experiences with a ``dataset`` of ``(x, y[, task])`` items, e.g. ``benchmark.test_stream``.
     :param batch_size: evaluation batch size.
     :param device: where to run the model.
     """
-    counts = _class_counts(model, stream, batch_size, device)
-    return {label: counts[label][0] / counts[label][1] for label in sorted(counts)}
+    return accuracies(model, stream, batch_size=batch_size, device=device)[1]
 
 
 class ImmediateAccuracyPlugin(SupervisedPlugin):
