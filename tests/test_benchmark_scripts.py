@@ -237,6 +237,9 @@ def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
     every = [100 * r["accuracy_every_channel"] for r in result["runs"] if r["method"] == "dynamos"]
     assert len(every) == 2 and rows["dynamos"]["accuracy_every_channel_mean"] == pytest.approx(sum(every) / 2)
     assert "accuracy_every_channel" not in next(r for r in result["runs"] if r["method"] == "der")
+    sampled = [100 * r["accuracy_sampled"] for r in result["runs"] if r["method"] == "dynamos"]
+    assert len(sampled) == 2 and rows["dynamos"]["accuracy_sampled_mean"] == pytest.approx(sum(sampled) / 2)
+    assert "accuracy_sampled_mean" not in rows["der"]
     # Per class: the fake stream's classes, means over the seeds, in percent (JSON keys are strings).
     first, second = (r["class_accuracy"] for r in result["runs"] if r["method"] == "dynamos")
     assert set(first) == set(second) and all(0 <= v <= 1 for v in first.values())
@@ -281,6 +284,32 @@ def test_dynamos_class_accuracy_table_averages_the_runs_that_recorded_it():
     assert lines[-2:] == ["| seq-mnist | 500 | dynamos | 0 | 50.0 | 100.0 |  |",
                           "| seq-mnist | 500 | dynamos (every channel kept) | 0 | 25.0 |  | 100.0 |"]
     assert dynamos_benchmark.class_accuracy_lines(dynamos_benchmark.summarise([run(3)])) == []
+
+
+def test_dynamos_sampled_gates_column_only_where_runs_recorded_it():
+    import dynamos as dynamos_benchmark
+
+    def run(seed, **fields):
+        return dict({"stream": "mnist360", "buffer": 200, "method": "dynamos", "seed": seed, "accuracy": 0.5,
+                     "train_seconds": 1.0, "training_experiences": 10, "keep_ratio_per_layer": [0.7] * 4,
+                     "accuracy_every_channel": 0.25}, **fields)
+
+    def section(runs):
+        result = {"settings": {"label": None}, "runs": runs, "summary": dynamos_benchmark.summarise(runs),
+                  "timestamp_utc": "2026-12-04T00:00:00", "command": "python benchmarks/dynamos.py",
+                  "dataset_root": "data", "scale": "full streams",
+                  "machine": {"cpu_count": 2, "cpu_model": "fast", "torch": "2", "avalanche": "0.6",
+                              "torch_threads": 2}}
+        return [line for line in dynamos_benchmark.markdown_section(result).splitlines()
+                if line.startswith("| ")]
+
+    # Older runs: the table keeps its nine columns.
+    old = section([run(0), run(1)])
+    assert old[0].endswith("| every channel kept (%) |") and old[1].endswith("| 25.00 |")
+    # One of two seeds tested with sampled gates: a tenth column, its mean naming that seed.
+    new = section([run(0, accuracy_sampled=0.4), run(1)])
+    assert new[0].endswith("| every channel kept (%) | gates sampled (%) |")
+    assert new[1].endswith("| 25.00 | 40.00 (seed 0) |")
 
 
 def test_dynamos_time_targets_compare_runs_of_one_machine():

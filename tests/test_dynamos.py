@@ -231,6 +231,30 @@ def test_ungated_equals_keeping_every_channel():
     assert torch.allclose(model(x), ungated, atol=1e-6)
 
 
+def test_sampling_draws_actions_in_eval_mode_and_restores_the_rule():
+    torch.manual_seed(0)
+    model = DynamosResNet18(n_classes=5).eval()
+    x = torch.rand(4, 1, 28, 28)
+    model(x)
+    probs = [d.prob for d in model.last_gates.decisions]
+    deterministic = [d.actions for d in model.last_gates.decisions]
+    assert all(torch.equal(a, (p >= 0.5).float()) for a, p in zip(deterministic, probs))
+    undecided = [(p > 0.05) & (p < 0.95) for p in probs]
+    assert any(u.any() for u in undecided)  # a fresh network has channels a draw can flip
+    with model.sampling():
+        assert all(agent.sample_at_eval for agent in model.agents)
+        draws = []
+        for _ in range(20):
+            model(x)
+            draws.append([d.actions for d in model.last_gates.decisions])
+    # Some undecided channel's draw differs from the p >= 0.5 rule in 20 draws.
+    assert any(((layer != rule) & u).any()
+               for trial in draws for layer, rule, u in zip(trial, deterministic, undecided))
+    assert not any(agent.sample_at_eval for agent in model.agents)
+    model(x)
+    assert all(torch.equal(d.actions, a) for d, a in zip(model.last_gates.decisions, deterministic))
+
+
 def test_second_mask_gates_the_shortcut_too():
     torch.manual_seed(0)
     model = DynamosResNet18(n_classes=5).eval()

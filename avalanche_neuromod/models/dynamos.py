@@ -395,6 +395,26 @@ class DynamosResNet18(nn.Module):
         finally:
             self.gating = previous
 
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[None]:
+        """Let the agents sample their actions in eval mode too, as in training.
+
+        Inside the block each agent draws ``a ~ Bernoulli(p)`` instead of
+        keeping the channels with ``p >= 0.5``, so an evaluation there tests the
+        network under the gating it was trained with (draws follow torch's
+        global generator: seed it for repeatable numbers). Each agent's own
+        ``sample_at_eval`` is restored afterwards.
+        """
+        agents = self.agents
+        previous = [agent.sample_at_eval for agent in agents]
+        try:
+            for agent in agents:
+                agent.sample_at_eval = True
+            yield
+        finally:
+            for agent, flag in zip(agents, previous):
+                agent.sample_at_eval = flag
+
     def check_input(self, x: torch.Tensor) -> None:
         """``(B, in_channels, H, W)`` images in the weights' dtype."""
         owner = f"DynamosResNet18(in_channels={self.in_channels})"
