@@ -28,6 +28,9 @@ the same stream and is evaluated on the test stream at the end:
   ``dynamos_keep90_no_prototype``, ``dynamos_keep90_no_attention`` and
   ``dynamos_keep90_detached``, ``kr`` at 0.9 with the prototype term off,
   attention consistency off, or the agents' inputs detached;
+  ``dynamos_no_prototype_detached``, the prototype term off and the agents'
+  inputs detached (the paper's ``kr``), the two changes that each lifted
+  Dynamos on Seq-MNIST;
   ``der_low_lr``, Avalanche's DER at lr 0.01 (``DER_LOW_LR``), for the runs
   where it diverges at 0.03;
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
@@ -96,10 +99,11 @@ TERM_ABLATIONS = {
     "dynamos_no_prototype": ("w_p",),
     "dynamos_no_attention": ("alpha_p",),
     "dynamos_gates_only": ("gamma", "w_p", "alpha_p"),
+    "dynamos_no_prototype_detached": ("w_p",),
 }
 """Dynamos with some of its own terms' weights set to 0 (Table 5's row otherwise): which term puts it below
 its ablation. ``dynamos_gates_only`` keeps the gated network and the agents' masks (untrained agents) under
-``ConsistencyReplay``'s objective."""
+``ConsistencyReplay``'s objective; ``dynamos_no_prototype_detached`` also detaches the agents' inputs."""
 KEEP_RATIO_VARIANTS = {"dynamos_keep90": 0.9, "dynamos_keep100": 1.0}
 """Dynamos with another target keep ratio ``kr`` than the paper's 0.7: whether dropping channels is the cost."""
 KEEP90_TERM_VARIANTS = {
@@ -225,7 +229,7 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
 
     quiet = dict(evaluator=None, device=device)
     if method.startswith("dynamos"):
-        detach = method in ("dynamos_detached", "dynamos_keep90_detached")
+        detach = method in ("dynamos_detached", "dynamos_keep90_detached", "dynamos_no_prototype_detached")
         model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=detach,
                                 mixed_precision=mixed_precision)
         if method == "dynamos_torch_logprob":
@@ -502,7 +506,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
                      "ablation's objective), dynamos_keep90 and dynamos_keep100 (target keep ratio 0.9 or 1.0 "
                      "instead of 0.7), dynamos_keep90_no_prototype, dynamos_keep90_no_attention and "
                      "dynamos_keep90_detached (keep ratio 0.9 and w_p = 0, alpha_p = 0 or the agents' inputs "
-                     "detached); "
+                     "detached), dynamos_no_prototype_detached (w_p = 0 and the agents' inputs detached); "
                      f"der_low_lr (Avalanche's DER at lr {DER_LOW_LR}).")
     machines = collections.Counter(run_machine(r) for r in result["runs"])
     if len(machines) > 1:

@@ -432,10 +432,14 @@ def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
             "meta")
     weights = ("alpha", "beta", "alpha_p", "penalty", "gamma", "w_p")
     for method, zeroed in dynamos_benchmark.TERM_ABLATIONS.items():
-        ablated = dynamos_benchmark.make_strategy(method, "mnist360", 200, 10, 1).replay_plugin
+        strategy = dynamos_benchmark.make_strategy(method, "mnist360", 200, 10, 1)
+        ablated = strategy.replay_plugin
         for name in weights:
             expected = 0.0 if name in zeroed else getattr(plain.replay_plugin, name)
             assert getattr(ablated, name) == expected, (method, name)
+        assert ablated.keep_ratio == 0.7
+        detached = method == "dynamos_no_prototype_detached"
+        assert all(agent.detach_input == detached for agent in strategy.model.agents), method
     assert {"gamma", "w_p", "alpha_p"} == set(dynamos_benchmark.TERM_ABLATIONS["dynamos_gates_only"])
     for method, keep in dynamos_benchmark.KEEP_RATIO_VARIANTS.items():
         variant = dynamos_benchmark.make_strategy(method, "mnist360", 200, 10, 1).replay_plugin
