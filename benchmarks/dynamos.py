@@ -229,8 +229,7 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
 
     quiet = dict(evaluator=None, device=device)
     if method.startswith("dynamos"):
-        detach = method in ("dynamos_detached", "dynamos_keep90_detached", "dynamos_no_prototype_detached")
-        model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=detach,
+        model = DynamosResNet18(n_classes, in_channels=in_channels, detach_agent_inputs=method.endswith("_detached"),
                                 mixed_precision=mixed_precision)
         if method == "dynamos_torch_logprob":
             for agent in model.agents:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..models.dynamos import require_agents
+from ..models.dynamos import agents_sampling, require_agents
 from .plots import _figure
 
 __all__ = [
@@ -168,23 +168,18 @@ def trial_variability(model: Any, inputs: torch.Tensor, n_trials: int = 20, seed
     require_agents(model, "these figures")
     if n_trials < 2:
         raise ValueError(f"variability needs at least 2 trials, got n_trials={n_trials}.")
-    agents = list(model.agents)
-    previous = [a.sample_at_eval for a in agents]
     was_training = model.training
     model.eval()
     kept: Optional[List[np.ndarray]] = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            for agent in agents:
-                agent.sample_at_eval = True
-            for _ in range(n_trials):
-                model(inputs)
-                trial = [d.actions.cpu().numpy() for d in model.last_gates.decisions]
-                kept = trial if kept is None else [k + t for k, t in zip(kept, trial)]
+            with agents_sampling(list(model.agents)):
+                for _ in range(n_trials):
+                    model(inputs)
+                    trial = [d.actions.cpu().numpy() for d in model.last_gates.decisions]
+                    kept = trial if kept is None else [k + t for k, t in zip(kept, trial)]
         finally:
-            for agent, flag in zip(agents, previous):
-                agent.sample_at_eval = flag
             model.train(was_training)
     return [k / n_trials for k in kept]
 

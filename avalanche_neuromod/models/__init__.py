@@ -3,7 +3,7 @@ TSAR's regulator and regulated classifier, and the task-incremental baselines (P
 
 from .batch_ensemble import BatchELayer, BatchENet, BatchEResNet18, RankOneFactors
 from .crwn import CRWNModule, FlyNet, NeuroModNet, NeuroModResNet18, SparseFlyEncoder
-from .dynamos import AgentDecision, ChannelAgent, DynamosResNet18, GateRecord, require_agents
+from .dynamos import AgentDecision, agents_sampling, ChannelAgent, DynamosResNet18, GateRecord, require_agents
 from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, ProjectedHead, QuantizedHead,
                    RegulatedClassifier, Regulator, SingleImageNorm, SparseHead, TSARNet, feature_directions,
                    proportional_pools, quantize_rows, regulated_conv2d, regulated_linear, regulation_bias)
@@ -16,6 +16,7 @@ from .modulated import ModulatedConv2d, ModulatedLinear, TaskBatchNorm2d, TaskMo
 
 __all__ = [
     "AgentDecision",
+    "agents_sampling",
     "BatchELayer",
     "BatchENet",
     "BatchEResNet18",

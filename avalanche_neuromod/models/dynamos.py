@@ -34,7 +34,7 @@ from torch import nn
 
 from ._checks import check_dtype, check_images
 
-__all__ = ["AgentDecision", "ChannelAgent", "DynamosResNet18", "GateRecord", "require_agents"]
+__all__ = ["AgentDecision", "agents_sampling", "ChannelAgent", "DynamosResNet18", "GateRecord", "require_agents"]
 
 
 @dataclass
@@ -244,6 +244,22 @@ class GateRecord:
                 GateRecord([cut(d, tail) for d in self.decisions]))
 
 
+@contextlib.contextmanager
+def agents_sampling(agents: List[ChannelAgent]) -> Iterator[None]:
+    """Set ``sample_at_eval`` on every agent for the block, then give each its own setting back.
+
+    :param agents: the agents, e.g. ``model.agents`` of any network that has them.
+    """
+    previous = [agent.sample_at_eval for agent in agents]
+    try:
+        for agent in agents:
+            agent.sample_at_eval = True
+        yield
+    finally:
+        for agent, flag in zip(agents, previous):
+            agent.sample_at_eval = flag
+
+
 def require_agents(model: nn.Module, owner: str, alternative: str = "") -> None:
     """Raise a ``TypeError`` naming the fix unless ``model`` has agents and reports their decisions.
 
@@ -405,15 +421,8 @@ class DynamosResNet18(nn.Module):
         global generator: seed it for repeatable numbers). Each agent's own
         ``sample_at_eval`` is restored afterwards.
         """
-        agents = self.agents
-        previous = [agent.sample_at_eval for agent in agents]
-        try:
-            for agent in agents:
-                agent.sample_at_eval = True
+        with agents_sampling(self.agents):
             yield
-        finally:
-            for agent, flag in zip(agents, previous):
-                agent.sample_at_eval = flag
 
     def check_input(self, x: torch.Tensor) -> None:
         """``(B, in_channels, H, W)`` images in the weights' dtype."""
