@@ -30,7 +30,18 @@ the same stream and is evaluated on the test stream at the end:
   attention consistency off, or the agents' inputs detached;
   ``dynamos_no_prototype_detached``, the prototype term off and the agents'
   inputs detached (the paper's ``kr``), the two changes that each lifted
-  Dynamos on Seq-MNIST;
+  Dynamos on Seq-MNIST; ``dynamos_policy_only_detached``, the prototype
+  term and attention consistency off and the agents' inputs detached (the
+  backbone learns from the ablation's terms only, the agents from the
+  REINFORCE term only);
+  ``dynamos_wp_0.1`` and ``dynamos_wp_0.05``, the prototype weight ``w_p``
+  at 0.1 or 0.05 instead of Table 5's 0.3-0.5: whether a smaller weight keeps
+  what the term gives on MNIST-360 without what it costs on Seq-MNIST;
+  ``dynamos_keep100_policy_only_detached``, ``kr`` at 1.0 with the
+  prototype term and attention consistency off and the agents' inputs
+  detached: agents that learn to keep every channel and a backbone trained
+  by the ablation's terms only, so that what still separates it from
+  ``consistency`` is the training loop, not a term or the dropping;
   ``der_low_lr``, Avalanche's DER at lr 0.01 (``DER_LOW_LR``), for the runs
   where it diverges at 0.03;
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
@@ -100,10 +111,12 @@ TERM_ABLATIONS = {
     "dynamos_no_attention": ("alpha_p",),
     "dynamos_gates_only": ("gamma", "w_p", "alpha_p"),
     "dynamos_no_prototype_detached": ("w_p",),
+    "dynamos_policy_only_detached": ("w_p", "alpha_p"),
 }
 """Dynamos with some of its own terms' weights set to 0 (Table 5's row otherwise): which term puts it below
 its ablation. ``dynamos_gates_only`` keeps the gated network and the agents' masks (untrained agents) under
-``ConsistencyReplay``'s objective; ``dynamos_no_prototype_detached`` also detaches the agents' inputs."""
+``ConsistencyReplay``'s objective; ``dynamos_no_prototype_detached`` and ``dynamos_policy_only_detached`` also
+detach the agents' inputs (the backbone then learns from the ablation's terms only)."""
 KEEP_RATIO_VARIANTS = {"dynamos_keep90": 0.9, "dynamos_keep100": 1.0}
 """Dynamos with another target keep ratio ``kr`` than the paper's 0.7: whether dropping channels is the cost."""
 KEEP90_TERM_VARIANTS = {
@@ -114,12 +127,19 @@ KEEP90_TERM_VARIANTS = {
 """``dynamos_keep90`` with one more change: the prototype term or attention consistency off, or the agents'
 inputs detached (their terms train the agents only). Where ``kr`` = 0.9 still leaves Dynamos under its
 ablation (MNIST-360, buffer 200), whether a term that reaches the backbone is the rest of the cost."""
+PROTOTYPE_WEIGHT_VARIANTS = {"dynamos_wp_0.1": 0.1, "dynamos_wp_0.05": 0.05}
+"""Dynamos with a smaller prototype weight ``w_p`` than Table 5's (0.3 or 0.5), the rest of the row unchanged:
+the term helps on MNIST-360 and costs about a point on Seq-MNIST at its full weight."""
+KEEP100_TERM_VARIANTS = {"dynamos_keep100_policy_only_detached": ("w_p", "alpha_p")}
+"""``dynamos_keep100`` with terms off and the agents' inputs detached: the closest Dynamos gets to its ablation
+while its agents still learn (only the REINFORCE term, on the agents alone, and a few dropped channels)."""
 METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
-           *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, "consistency", "consistency_separate_passes",
-           "sgd", "der", "der_low_lr", "er_ace", "replay")
+           *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, *PROTOTYPE_WEIGHT_VARIANTS,
+           *KEEP100_TERM_VARIANTS, "consistency", "consistency_separate_passes", "sgd", "der", "der_low_lr", "er_ace",
+           "replay")
 DIAGNOSTICS = ("dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
-               *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, "consistency_separate_passes",
-               "der_low_lr")
+               *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, *PROTOTYPE_WEIGHT_VARIANTS,
+               *KEEP100_TERM_VARIANTS, "consistency_separate_passes", "der_low_lr")
 """Variants that look for the gap to the paper (and a DER that does not diverge); not in the default ``--methods``."""
 STREAMS = {"mnist360": (100, 200, 500), "seq-mnist": (500, 1000, 2000)}
 N_THREADS = 2
@@ -239,11 +259,17 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
             overrides["penalty"] = -paper_setting(stream, buffer)["penalty"]
         if method == "dynamos_separate_passes":
             overrides["separate_replay_pass"] = True
-        overrides.update(dict.fromkeys(TERM_ABLATIONS.get(method, ()) + KEEP90_TERM_VARIANTS.get(method, ()), 0.0))
+        zeroed = TERM_ABLATIONS.get(method, ()) + KEEP90_TERM_VARIANTS.get(method, ()) + KEEP100_TERM_VARIANTS.get(
+            method, ())
+        overrides.update(dict.fromkeys(zeroed, 0.0))
         if method in KEEP_RATIO_VARIANTS:
             overrides["keep_ratio"] = KEEP_RATIO_VARIANTS[method]
         if method in KEEP90_TERM_VARIANTS:
             overrides["keep_ratio"] = KEEP_RATIO_VARIANTS["dynamos_keep90"]
+        if method in KEEP100_TERM_VARIANTS:
+            overrides["keep_ratio"] = KEEP_RATIO_VARIANTS["dynamos_keep100"]
+        if method in PROTOTYPE_WEIGHT_VARIANTS:
+            overrides["w_p"] = PROTOTYPE_WEIGHT_VARIANTS[method]
         return Dynamos.preset(stream, buffer, model, **quiet, **overrides)
     model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False, mixed_precision=mixed_precision)
     if method.startswith("consistency"):
@@ -505,7 +531,10 @@ def markdown_section(result: Dict[str, Any]) -> str:
                      "ablation's objective), dynamos_keep90 and dynamos_keep100 (target keep ratio 0.9 or 1.0 "
                      "instead of 0.7), dynamos_keep90_no_prototype, dynamos_keep90_no_attention and "
                      "dynamos_keep90_detached (keep ratio 0.9 and w_p = 0, alpha_p = 0 or the agents' inputs "
-                     "detached), dynamos_no_prototype_detached (w_p = 0 and the agents' inputs detached); "
+                     "detached), dynamos_no_prototype_detached (w_p = 0 and the agents' inputs detached), "
+                     "dynamos_wp_0.1 and dynamos_wp_0.05 (w_p = 0.1 or 0.05 instead of Table 5's), "
+                     "dynamos_policy_only_detached and dynamos_keep100_policy_only_detached (w_p = 0, "
+                     "alpha_p = 0, the agents' inputs detached; keep ratio 0.7 or 1.0); "
                      f"der_low_lr (Avalanche's DER at lr {DER_LOW_LR}).")
     machines = collections.Counter(run_machine(r) for r in result["runs"])
     if len(machines) > 1:

@@ -438,7 +438,7 @@ def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
             expected = 0.0 if name in zeroed else getattr(plain.replay_plugin, name)
             assert getattr(ablated, name) == expected, (method, name)
         assert ablated.keep_ratio == 0.7
-        detached = method == "dynamos_no_prototype_detached"
+        detached = method in ("dynamos_no_prototype_detached", "dynamos_policy_only_detached")
         assert all(agent.detach_input == detached for agent in strategy.model.agents), method
     assert {"gamma", "w_p", "alpha_p"} == set(dynamos_benchmark.TERM_ABLATIONS["dynamos_gates_only"])
     for method, keep in dynamos_benchmark.KEEP_RATIO_VARIANTS.items():
@@ -455,6 +455,19 @@ def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
             assert getattr(variant, name) == expected, (method, name)
         assert all(agent.detach_input == (method == "dynamos_keep90_detached") for agent in strategy.model.agents)
     assert not any(agent.detach_input for agent in plain.model.agents)
+    for method, w_p in dynamos_benchmark.PROTOTYPE_WEIGHT_VARIANTS.items():
+        variant = dynamos_benchmark.make_strategy(method, "seq-mnist", 500, 10, 3).replay_plugin
+        table = dynamos_benchmark.make_strategy("dynamos", "seq-mnist", 500, 10, 3).replay_plugin
+        assert variant.w_p == w_p < table.w_p == 0.3 and variant.keep_ratio == table.keep_ratio == 0.7
+        assert all(getattr(variant, name) == getattr(table, name) for name in weights if name != "w_p"), method
+    for method, zeroed in dynamos_benchmark.KEEP100_TERM_VARIANTS.items():
+        strategy = dynamos_benchmark.make_strategy(method, "mnist360", 200, 10, 1)
+        variant = strategy.replay_plugin
+        assert variant.keep_ratio == 1.0 and variant.gamma == plain.replay_plugin.gamma > 0
+        for name in weights:
+            expected = 0.0 if name in zeroed else getattr(plain.replay_plugin, name)
+            assert getattr(variant, name) == expected, (method, name)
+        assert all(agent.detach_input for agent in strategy.model.agents), method
     torch_lp = dynamos_benchmark.make_strategy("dynamos_torch_logprob", "mnist360", 200, 10, 1)
     agent = torch_lp.model.agents[0]
     assert type(agent).__name__ == "TorchLogProbAgent" and isinstance(agent, type(plain.model.agents[0]))
