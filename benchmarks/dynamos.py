@@ -39,9 +39,8 @@ the same stream and is evaluated on the test stream at the end:
   what the term gives on MNIST-360 without what it costs on Seq-MNIST;
   ``dynamos_keep100_policy_only_detached``, ``kr`` at 1.0 with the
   prototype term and attention consistency off and the agents' inputs
-  detached: agents that learn to keep every channel and a backbone trained
-  by the ablation's terms only, so that what still separates it from
-  ``consistency`` is the training loop, not a term or the dropping;
+  detached: agents asked to keep every channel and a backbone trained by
+  the ablation's terms only;
   ``der_low_lr``, Avalanche's DER at lr 0.01 (``DER_LOW_LR``), for the runs
   where it diverges at 0.03;
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
@@ -133,6 +132,8 @@ the term helps on MNIST-360 and costs about a point on Seq-MNIST at its full wei
 KEEP100_TERM_VARIANTS = {"dynamos_keep100_policy_only_detached": ("w_p", "alpha_p")}
 """``dynamos_keep100`` with terms off and the agents' inputs detached: the closest Dynamos gets to its ablation
 while its agents still learn (only the REINFORCE term, on the agents alone, and a few dropped channels)."""
+ZEROED_TERMS = {**TERM_ABLATIONS, **KEEP90_TERM_VARIANTS, **KEEP100_TERM_VARIANTS}
+"""The weights each variant sets to 0; its keep ratio follows from its name (``dynamos_keep90_*``: 0.9)."""
 METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
            *TERM_ABLATIONS, *KEEP_RATIO_VARIANTS, *KEEP90_TERM_VARIANTS, *PROTOTYPE_WEIGHT_VARIANTS,
            *KEEP100_TERM_VARIANTS, "consistency", "consistency_separate_passes", "sgd", "der", "der_low_lr", "er_ace",
@@ -259,15 +260,10 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
             overrides["penalty"] = -paper_setting(stream, buffer)["penalty"]
         if method == "dynamos_separate_passes":
             overrides["separate_replay_pass"] = True
-        zeroed = TERM_ABLATIONS.get(method, ()) + KEEP90_TERM_VARIANTS.get(method, ()) + KEEP100_TERM_VARIANTS.get(
-            method, ())
-        overrides.update(dict.fromkeys(zeroed, 0.0))
-        if method in KEEP_RATIO_VARIANTS:
-            overrides["keep_ratio"] = KEEP_RATIO_VARIANTS[method]
-        if method in KEEP90_TERM_VARIANTS:
-            overrides["keep_ratio"] = KEEP_RATIO_VARIANTS["dynamos_keep90"]
-        if method in KEEP100_TERM_VARIANTS:
-            overrides["keep_ratio"] = KEEP_RATIO_VARIANTS["dynamos_keep100"]
+        overrides.update(dict.fromkeys(ZEROED_TERMS.get(method, ()), 0.0))
+        for prefix, keep in KEEP_RATIO_VARIANTS.items():  # dynamos_keep90_* runs at dynamos_keep90's ratio
+            if method == prefix or method.startswith(prefix + "_"):
+                overrides["keep_ratio"] = keep
         if method in PROTOTYPE_WEIGHT_VARIANTS:
             overrides["w_p"] = PROTOTYPE_WEIGHT_VARIANTS[method]
         return Dynamos.preset(stream, buffer, model, **quiet, **overrides)
