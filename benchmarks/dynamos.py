@@ -129,9 +129,13 @@ ablation (MNIST-360, buffer 200), whether a term that reaches the backbone is th
 PROTOTYPE_WEIGHT_VARIANTS = {"dynamos_wp_0.1": 0.1, "dynamos_wp_0.05": 0.05}
 """Dynamos with a smaller prototype weight ``w_p`` than Table 5's (0.3 or 0.5), the rest of the row unchanged:
 the term helps on MNIST-360 and costs about a point on Seq-MNIST at its full weight."""
-KEEP100_TERM_VARIANTS = {"dynamos_keep100_policy_only_detached": ("w_p", "alpha_p")}
+KEEP100_TERM_VARIANTS = {"dynamos_keep100_policy_only_detached": ("w_p", "alpha_p"),
+                         "dynamos_keep100_unmasked_detached": ("w_p", "alpha_p")}
 """``dynamos_keep100`` with terms off and the agents' inputs detached: the closest Dynamos gets to its ablation
-while its agents still learn (only the REINFORCE term, on the agents alone, and a few dropped channels)."""
+while its agents still learn (only the REINFORCE term, on the agents alone, and a few dropped channels).
+``dynamos_keep100_unmasked_detached`` also trains the backbone ungated (:func:`_unmasked_backbone_plugin`)."""
+UNMASKED_BACKBONE = ("dynamos_keep100_unmasked_detached",)
+"""Variants whose backbone trains with every channel kept, the agents on a second, gated pass."""
 ZEROED_TERMS = {**TERM_ABLATIONS, **KEEP90_TERM_VARIANTS, **KEEP100_TERM_VARIANTS}
 """The weights each variant sets to 0; its keep ratio follows from its name (``dynamos_keep90_*``: 0.9)."""
 METHODS = ("dynamos", "dynamos_detached", "dynamos_torch_logprob", "dynamos_flipped_reward", "dynamos_separate_passes",
@@ -238,6 +242,59 @@ def _torch_logprob_agent() -> type:
     return TorchLogProbAgent
 
 
+def _unmasked_backbone_plugin() -> type:
+    """A ``DynamosPlugin`` whose backbone trains with every channel kept; the agents learn on a second pass.
+
+    The step's pass (stream and buffer samples) runs ungated: the backbone's
+    gradient, the buffer's stored logits and the samples it accepts are those
+    of the ablation's objective. A second pass over the same samples, gated
+    with the agents' drawn actions, gives the agents' log-probabilities and
+    the correctness their reward reads; with the agents' inputs detached
+    (``_detached``) and ``w_p`` = ``alpha_p`` = 0 it reaches the agents only,
+    and it leaves the backbone's batch-norm running statistics as they were (momentum 0).
+    Whether training the backbone under the drawn masks is what keeps the
+    policy-only variant below the ablation. A diagnostic: joint pass only.
+    """
+    import torch
+
+    from avalanche_neuromod.training import DynamosPlugin
+
+    class UnmaskedBackbonePlugin(DynamosPlugin):
+        def before_forward(self, strategy: Any, **kwargs: Any) -> None:
+            if self.separate_replay_pass:
+                raise ValueError("the unmasked-backbone diagnostic runs with one joint pass only.")
+            super().before_forward(strategy, **kwargs)
+            strategy.model.gating = False
+
+        def after_forward(self, strategy: Any, **kwargs: Any) -> None:
+            model = strategy.model
+            model.gating = True
+            if self._step["warm"]:
+                return
+            inputs, n = strategy.mbatch[0], self._step["n"]
+            agent_modules = {id(m) for agent in model.agents for m in agent.modules()}
+            norms = [m for m in model.modules()
+                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in agent_modules]
+            momenta = [m.momentum for m in norms]
+            for m in norms:  # the running statistics stay the ungated pass's (restoring them in place would
+                m.momentum = 0.0  # break the ungated pass's backward, which saved them)
+            try:
+                gated_logits = model(inputs).detach()
+            finally:
+                for m, momentum in zip(norms, momenta):
+                    m.momentum = momentum
+            super().after_forward(strategy, **kwargs)  # splits the gated pass's gates (model.last_gates)
+            replay = self._step["replay"]
+            labels = self._step["y"] if replay is None else torch.cat([self._step["y"], replay["labels"]])
+            gated_correct = gated_logits.argmax(dim=1) == labels
+            self._gated_correct = {"stream": gated_correct[:n], "replay": gated_correct[n:]}
+
+        def _agent_terms(self, gates: Any, labels: Any, correct: Any, weight: float, tag: str) -> Dict[str, Any]:
+            return super()._agent_terms(gates, labels, self._gated_correct[tag], weight, tag)
+
+    return UnmaskedBackbonePlugin
+
+
 def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_channels: int,
                   mixed_precision: bool = False, device: str = "cpu") -> Any:
     import torch
@@ -266,7 +323,10 @@ def make_strategy(method: str, stream: str, buffer: int, n_classes: int, in_chan
                 overrides["keep_ratio"] = keep
         if method in PROTOTYPE_WEIGHT_VARIANTS:
             overrides["w_p"] = PROTOTYPE_WEIGHT_VARIANTS[method]
-        return Dynamos.preset(stream, buffer, model, **quiet, **overrides)
+        strategy = Dynamos.preset(stream, buffer, model, **quiet, **overrides)
+        if method in UNMASKED_BACKBONE:
+            strategy.replay_plugin.__class__ = _unmasked_backbone_plugin()
+        return strategy
     model = DynamosResNet18(n_classes, in_channels=in_channels, agents=False, mixed_precision=mixed_precision)
     if method.startswith("consistency"):
         return ConsistencyReplay.preset(stream, buffer, model, **quiet,

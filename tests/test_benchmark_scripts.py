@@ -491,6 +491,41 @@ def test_dynamos_diagnostics_change_only_what_they_name(fake_mnist_root):
         dynamos_benchmark.parse_args(root + ["--label", "a b"])
 
 
+def test_unmasked_backbone_diagnostic_keeps_the_agents_out_of_the_backbone(fake_mnist_root):
+    """Whatever the agents decide, the unmasked variant's backbone trains the same; the masked one's does not."""
+    import torch
+
+    import dynamos as dynamos_benchmark
+    from avalanche_neuromod.training import train_online
+
+    benchmark = dynamos_benchmark.build_stream("mnist360", fake_mnist_root)
+    experiences = dynamos_benchmark.training_experiences(benchmark, "mnist360", 24)  # 10 warm-up, 14 with replay
+
+    def train(method, scramble_agents):
+        torch.manual_seed(0)
+        strategy = dynamos_benchmark.make_strategy(method, "mnist360", 100, benchmark.n_classes, 1)
+        if scramble_agents:  # other agents: other masks and rewards, the same number of draws
+            generator = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                for p in strategy.model.agent_parameters():
+                    p.copy_(3 * torch.randn(p.shape, generator=generator))
+        agents_before = [p.detach().clone() for p in strategy.model.agent_parameters()]
+        torch.manual_seed(0)
+        train_online(strategy, experiences, chunk_size=100, progress=False)
+        assert len(strategy.buffer) > 0
+        backbone = {k: v.detach().clone() for k, v in strategy.model.state_dict().items()
+                    if not k.startswith("agent") and ".agent" not in k}
+        moved = any(not torch.equal(a, p) for a, p in zip(agents_before, strategy.model.agent_parameters()))
+        return backbone, moved
+
+    unmasked, unmasked_scrambled = (train("dynamos_keep100_unmasked_detached", s) for s in (False, True))
+    assert unmasked[1] and unmasked_scrambled[1], "the agents learn on the gated pass"
+    assert unmasked[0].keys() == unmasked_scrambled[0].keys() and len(unmasked[0]) > 0
+    assert all(torch.equal(unmasked[0][k], unmasked_scrambled[0][k]) for k in unmasked[0])
+    masked, masked_scrambled = (train("dynamos_keep100_policy_only_detached", s)[0] for s in (False, True))
+    assert not all(torch.equal(masked[k], masked_scrambled[k]) for k in masked)
+
+
 def test_machine_line_names_the_processor_family_and_vector_extensions():
     zen4 = {"cpu_family": 25, "model": 17, "avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": False}
     older = {"cpu_family": 23, "model": 49, "avx2": True, "avx512f": False, "avx512_bf16": False}
