@@ -40,7 +40,10 @@ the same stream and is evaluated on the test stream at the end:
   ``dynamos_keep100_policy_only_detached``, ``kr`` at 1.0 with the
   prototype term and attention consistency off and the agents' inputs
   detached: agents asked to keep every channel and a backbone trained by
-  the ablation's terms only;
+  the ablation's terms only; ``dynamos_keep100_unmasked_detached``, the
+  same with the backbone trained ungated (every channel kept) and the
+  agents learning on a second, gated pass of the same samples: whether
+  training under the agents' sampled masks is what the backbone loses;
   ``der_low_lr``, Avalanche's DER at lr 0.01 (``DER_LOW_LR``), for the runs
   where it diverges at 0.03;
 * ``consistency``: ``ConsistencyReplay.preset`` (the paper's ablation);
@@ -590,7 +593,9 @@ def markdown_section(result: Dict[str, Any]) -> str:
                      "detached), dynamos_no_prototype_detached (w_p = 0 and the agents' inputs detached), "
                      "dynamos_wp_0.1 and dynamos_wp_0.05 (w_p = 0.1 or 0.05 instead of Table 5's), "
                      "dynamos_policy_only_detached and dynamos_keep100_policy_only_detached (w_p = 0, "
-                     "alpha_p = 0, the agents' inputs detached; keep ratio 0.7 or 1.0); "
+                     "alpha_p = 0, the agents' inputs detached; keep ratio 0.7 or 1.0), "
+                     "dynamos_keep100_unmasked_detached (the same at keep ratio 1.0 with the backbone trained "
+                     "ungated, every channel kept, and the agents' REINFORCE term on a second, gated pass); "
                      f"der_low_lr (Avalanche's DER at lr {DER_LOW_LR}).")
     machines = collections.Counter(run_machine(r) for r in result["runs"])
     if len(machines) > 1:
