@@ -85,7 +85,10 @@ Results go to ``benchmarks/results/dynamos.json`` (``--out``) and to a
 delimited section of ``docs/results.md`` (skip it with ``--no-docs``;
 ``--label L`` writes ``dynamos_L.json`` and a section of its own, for a
 study at another scale);
-``--report`` rewrites the summary, targets and section from the JSON alone.
+``--report`` rewrites the summary, targets and section from the JSON alone;
+``--gap-figure`` draws ``docs/images/dynamos_ablation_gap.png`` (Dynamos at
+Table 5, the policy-only variant, the ablation and the paper's Dynamos on
+every stream and buffer) from the result files of ``GAP_SOURCES``.
 """
 
 from __future__ import annotations
@@ -103,10 +106,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_details, cpu_model,
-                     load_previous, markdown_table, publish, result_header, section_markers, section_opening, target,
+                     load_previous, markdown_table, portable_path, publish, result_header, section_markers, section_opening, target,
                      target_lines, write_json)
 
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
+GAP_FIGURE = REPO_ROOT / "docs" / "images" / "dynamos_ablation_gap.png"
+GAP_SOURCES = ("dynamos.json", "dynamos_term-ablation.json", "dynamos_term-ablation-seqmnist.json")
+"""The result files ``--gap-figure`` reads (next to ``--out``); a method's runs come from the first that has them."""
+GAP_METHODS = {"dynamos": "Dynamos (Table 5)",
+               "dynamos_keep100_policy_only_detached": "kr 1.0, w_p = alpha_p = 0, detached",
+               "consistency": "ablation (ConsistencyReplay)"}
 TERM_ABLATIONS = {
     "dynamos_no_policy": ("gamma",),
     "dynamos_no_prototype": ("w_p",),
@@ -196,6 +205,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/results.md.")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: recompute the summary and targets of --out and rewrite its section.")
+    parser.add_argument("--gap-figure", action="store_true",
+                        help=f"train nothing: draw {portable_path(GAP_FIGURE)} from the result files "
+                             f"{', '.join(GAP_SOURCES)} next to --out (with --out in another folder, the "
+                             f"figure goes to that folder).")
     parser.add_argument("--label", default=None,
                         help="a study of its own: writes dynamos_LABEL.json (unless --out is given) and its own "
                              "section of docs/results.md (default: dynamos.json and the 'dynamos' section).")
@@ -209,7 +222,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     check_label(parser, args.label)
     if args.label and args.out == DEFAULT_OUT:
         args.out = DEFAULT_OUT.with_name(f"dynamos_{args.label}.json")
-    if args.report:
+    if args.report or args.gap_figure:
         return args
     args.dataset_root = check_mnist_root(parser, args.dataset_root)
     if args.max_batches is not None and args.max_batches < 1:
@@ -673,10 +686,93 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def gap_points(results: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, tuple]]:
+    """Final accuracy (%) of each of ``GAP_METHODS`` and of the paper's Dynamos, per stream and buffer.
+
+    :param results: result files' contents, in order of precedence: a method's
+        runs for one stream and buffer come from the first that has any.
+    :returns: ``{(stream, buffer): {name: (mean, std or None, seeds)}}`` with
+        ``"paper"`` for the paper's Dynamos (seeds: None); only the settings
+        where the paper gives a Dynamos figure.
+    """
+    points: Dict[tuple, Dict[str, tuple]] = {}
+    for (stream, method), by_buffer in PAPER.items():
+        if method != "dynamos":
+            continue
+        for buffer, (mean, std) in by_buffer.items():
+            point = {"paper": (mean, std, None)}
+            for name in GAP_METHODS:
+                for result in results:
+                    runs = [r for r in result["runs"] if _run_key(r)[:3] == (stream, name, buffer)]
+                    if runs:
+                        accs = [100 * r["accuracy"] for r in runs]
+                        point[name] = (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else None,
+                                       sorted(r["seed"] for r in runs))
+                        break
+            points[(stream, buffer)] = point
+    return points
+
+
+def draw_gap_figure(points: Dict[tuple, Dict[str, tuple]], path: Path) -> str:
+    """Grouped bars (mean, std over seeds) per stream and buffer, the paper's Dynamos as a marker; returns the path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    streams = [s for s in STREAMS if any(k[0] == s for k in points)]
+    fig, axes = plt.subplots(1, len(streams), figsize=(5.5 * len(streams), 4.5), squeeze=False)
+    width = 0.8 / len(GAP_METHODS)
+    for ax, stream in zip(axes[0], streams):
+        buffers = sorted(b for s, b in points if s == stream)
+        for i, (name, label) in enumerate(GAP_METHODS.items()):
+            xs = [j + (i - (len(GAP_METHODS) - 1) / 2) * width for j, b in enumerate(buffers)
+                  if name in points[(stream, b)]]
+            values = [points[(stream, b)][name] for b in buffers if name in points[(stream, b)]]
+            ax.bar(xs, [v[0] for v in values], width, yerr=[v[1] or 0.0 for v in values], capsize=3, label=label)
+        paper = [points[(stream, b)]["paper"] for b in buffers]
+        ax.errorbar(range(len(buffers)), [p[0] for p in paper], yerr=[p[1] or 0.0 for p in paper], fmt="kD",
+                    capsize=4, label="paper's Dynamos")
+        ax.set_xticks(range(len(buffers)), [str(b) for b in buffers])
+        ax.set_xlabel("buffer size")
+        ax.set_ylabel("final accuracy (%)")
+        ax.set_title({"mnist360": "MNIST-360", "seq-mnist": "Seq-MNIST"}.get(stream, stream))
+        ax.set_ylim(40 if stream == "mnist360" else 90, 100)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    counts = sorted({len(v[2]) for point in points.values() for v in point.values() if v[2]})
+    fig.suptitle(f"Dynamos against its ablation: final accuracy, mean and std over "
+                 f"{'/'.join(map(str, counts))} seeds (full streams)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return portable_path(path)
+
+
+def gap_figure(args: argparse.Namespace) -> int:
+    """Draw :data:`GAP_FIGURE` from the result files of :data:`GAP_SOURCES` next to ``--out``."""
+    paths = [args.out.parent / name for name in GAP_SOURCES]
+    missing = [portable_path(p) for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"--gap-figure reads {', '.join(GAP_SOURCES)}; missing: {', '.join(missing)}. Run the "
+                         f"benchmark (or --label term-ablation / term-ablation-seqmnist) first.")
+    points = gap_points([json.loads(p.read_text()) for p in paths])
+    for (stream, buffer), point in sorted(points.items()):
+        print(f"{stream} buffer {buffer}: " + "; ".join(
+            f"{name} {mean:.2f}" + (f" +- {std:.2f}" if std is not None else "") + (f" (seeds {seeds})" if seeds else "")
+            for name, (mean, std, seeds) in point.items()))
+    print("Wrote", draw_gap_figure(points, GAP_FIGURE if args.out.parent == DEFAULT_OUT.parent
+                                   else args.out.parent / GAP_FIGURE.name))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.report:
         return report(args)
+    if args.gap_figure:
+        return gap_figure(args)
     import torch
 
     torch.set_num_threads(N_THREADS)

@@ -526,6 +526,41 @@ def test_unmasked_backbone_diagnostic_keeps_the_agents_out_of_the_backbone(fake_
     assert not all(torch.equal(masked[k], masked_scrambled[k]) for k in masked)
 
 
+def test_dynamos_gap_figure_takes_each_method_from_the_first_file_that_has_it(tmp_path, capsys):
+    import dynamos as dynamos_benchmark
+
+    def run(method, seed, accuracy, stream="mnist360", buffer=100):
+        return {"stream": stream, "method": method, "buffer": buffer, "seed": seed, "accuracy": accuracy}
+
+    main = {"runs": [run("dynamos", 0, 0.50), run("dynamos", 1, 0.54), run("consistency", 0, 0.60),
+                     run("dynamos", 0, 0.95, "seq-mnist", 500)]}
+    study = {"runs": [run("consistency", 0, 0.10), run("consistency", 1, 0.20),
+                      run("dynamos_keep100_policy_only_detached", 2, 0.58)]}
+    points = dynamos_benchmark.gap_points([main, study])
+    assert set(points) == {("mnist360", 100), ("mnist360", 200), ("mnist360", 500),
+                           ("seq-mnist", 500), ("seq-mnist", 1000), ("seq-mnist", 2000)}
+    point = points[("mnist360", 100)]
+    mean, std, seeds = point["dynamos"]
+    assert mean == pytest.approx(52.0) and std == pytest.approx(2 * 2 ** 0.5) and seeds == [0, 1]
+    assert point["consistency"] == (60.0, None, [0])  # the first file's run, not the study's
+    assert point["dynamos_keep100_policy_only_detached"] == (pytest.approx(58.0), None, [2])
+    assert point["paper"] == (64.42, 4.10, None)
+    assert points[("seq-mnist", 500)] == {"paper": (97.19, None, None), "dynamos": (95.0, None, [0])}
+    assert set(points[("mnist360", 200)]) == {"paper"}
+    figure = tmp_path / "gap.png"
+    dynamos_benchmark.draw_gap_figure(points, figure)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # From the command line: the files next to --out, the figure beside them; a missing file is named.
+    out = tmp_path / "dynamos.json"
+    with pytest.raises(SystemExit, match="dynamos_term-ablation.json"):
+        dynamos_benchmark.main(["--gap-figure", "--out", str(out)])
+    for name, result in zip(dynamos_benchmark.GAP_SOURCES, (main, study, {"runs": []})):
+        (tmp_path / name).write_text(json.dumps(result))
+    assert dynamos_benchmark.main(["--gap-figure", "--out", str(out)]) == 0
+    assert (tmp_path / dynamos_benchmark.GAP_FIGURE.name).exists()
+    assert "mnist360 buffer 100: paper 64.42 +- 4.10; dynamos 52.00 +- 2.83" in capsys.readouterr().out
+
+
 def test_machine_line_names_the_processor_family_and_vector_extensions():
     zen4 = {"cpu_family": 25, "model": 17, "avx2": True, "avx512f": True, "avx512_bf16": True, "amx_bf16": False}
     older = {"cpu_family": 23, "model": 49, "avx2": True, "avx512f": False, "avx512_bf16": False}
