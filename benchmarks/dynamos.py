@@ -112,7 +112,7 @@ from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mn
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "dynamos.json"
 GAP_FIGURE = REPO_ROOT / "docs" / "images" / "dynamos_ablation_gap.png"
 GAP_SOURCES = ("dynamos.json", "dynamos_term-ablation.json", "dynamos_term-ablation-seqmnist.json")
-"""The result files ``--gap-figure`` reads (next to ``--out``); a method's runs come from the first that has them."""
+"""The result files ``--gap-figure`` reads (next to ``--out``); a run found in several comes from the first."""
 GAP_METHODS = {"dynamos": "Dynamos (Table 5)",
                "dynamos_keep100_policy_only_detached": "kr 1.0, w_p = alpha_p = 0, detached",
                "consistency": "ablation (ConsistencyReplay)"}
@@ -689,12 +689,16 @@ def report(args: argparse.Namespace) -> int:
 def gap_points(results: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, tuple]]:
     """Final accuracy (%) of each of ``GAP_METHODS`` and of the paper's Dynamos, per stream and buffer.
 
-    :param results: result files' contents, in order of precedence: a method's
-        runs for one stream and buffer come from the first that has any.
+    :param results: result files' contents, in order of precedence: a run (stream,
+        method, buffer, seed) found in several comes from the first.
     :returns: ``{(stream, buffer): {name: (mean, std or None, seeds)}}`` with
         ``"paper"`` for the paper's Dynamos (seeds: None); only the settings
         where the paper gives a Dynamos figure.
     """
+    runs: Dict[tuple, Dict[str, Any]] = {}
+    for result in results:
+        for run in result["runs"]:
+            runs.setdefault(_run_key(run), run)
     points: Dict[tuple, Dict[str, tuple]] = {}
     for (stream, method), by_buffer in PAPER.items():
         if method != "dynamos":
@@ -702,13 +706,12 @@ def gap_points(results: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, tuple
         for buffer, (mean, std) in by_buffer.items():
             point = {"paper": (mean, std, None)}
             for name in GAP_METHODS:
-                for result in results:
-                    runs = [r for r in result["runs"] if _run_key(r)[:3] == (stream, name, buffer)]
-                    if runs:
-                        accs = [100 * r["accuracy"] for r in runs]
-                        point[name] = (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else None,
-                                       sorted(r["seed"] for r in runs))
-                        break
+                chosen = sorted(((key[3], run) for key, run in runs.items() if key[:3] == (stream, name, buffer)),
+                                key=lambda item: item[0])
+                if chosen:
+                    accs = [100 * run["accuracy"] for _, run in chosen]
+                    point[name] = (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else None,
+                                   [seed for seed, _ in chosen])
             points[(stream, buffer)] = point
     return points
 
