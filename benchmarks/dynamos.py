@@ -288,9 +288,7 @@ def _unmasked_backbone_plugin() -> type:
             if self._step["warm"]:
                 return
             inputs, n = strategy.mbatch[0], self._step["n"]
-            agent_modules = {id(m) for agent in model.agents for m in agent.modules()}
-            norms = [m for m in model.modules()
-                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in agent_modules]
+            norms = self._backbone_norms(model)
             momenta = [m.momentum for m in norms]
             for m in norms:  # the running statistics stay the ungated pass's (restoring them in place would
                 m.momentum = 0.0  # break the ungated pass's backward, which saved them)
@@ -307,6 +305,15 @@ def _unmasked_backbone_plugin() -> type:
 
         def _agent_terms(self, gates: Any, labels: Any, correct: Any, weight: float, tag: str) -> Dict[str, Any]:
             return super()._agent_terms(gates, labels, self._gated_correct[tag], weight, tag)
+
+        def _backbone_norms(self, model: Any) -> List[Any]:
+            """The backbone's batch norms (not the agents'), found once per model rather than every step."""
+            if getattr(self, "_norms_of", None) is not model:
+                agent_modules = {id(m) for agent in model.agents for m in agent.modules()}
+                self._norms = [m for m in model.modules()
+                               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in agent_modules]
+                self._norms_of = model
+            return self._norms
 
     return UnmaskedBackbonePlugin
 
@@ -706,12 +713,10 @@ def gap_points(results: Sequence[Dict[str, Any]]) -> Dict[tuple, Dict[str, tuple
         for buffer, (mean, std) in by_buffer.items():
             point = {"paper": (mean, std, None)}
             for name in GAP_METHODS:
-                chosen = sorted(((key[3], run) for key, run in runs.items() if key[:3] == (stream, name, buffer)),
-                                key=lambda item: item[0])
-                if chosen:
-                    accs = [100 * run["accuracy"] for _, run in chosen]
-                    point[name] = (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else None,
-                                   [seed for seed, _ in chosen])
+                seeds = sorted(key[3] for key in runs if key[:3] == (stream, name, buffer))
+                if seeds:
+                    accs = [100 * runs[(stream, name, buffer, seed)]["accuracy"] for seed in seeds]
+                    point[name] = (statistics.mean(accs), statistics.stdev(accs) if len(accs) > 1 else None, seeds)
             points[(stream, buffer)] = point
     return points
 
