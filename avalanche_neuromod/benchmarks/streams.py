@@ -170,6 +170,7 @@ class NeuromodExperience(DatasetExperience):
 
     @property
     def dataset(self):
+        """The experience's dataset; assignable (a plugin may replace it)."""
         return self._dataset
 
     @dataset.setter

@@ -69,6 +69,7 @@ class GridCell:
 
     @property
     def label(self) -> str:
+        """``"<method> on <stream>, seed <seed>"``, for progress bars and messages."""
         return f"{self.method} on {self.stream}, seed {self.seed}"
 
 
@@ -159,6 +160,7 @@ class StreamInfo:
 
     @property
     def input_size(self) -> int:
+        """The number of values in one image (the product of ``image_shape``), a flat network's input size."""
         return int(np.prod(self.image_shape))
 
 

@@ -65,11 +65,14 @@ class ParametersPerExperience(PluginMetric[int]):
         return self._value
 
     def before_training_exp(self, strategy) -> None:
+        """Snapshot the parameters before the experience trains."""
         self._snapshot = {
             n: p.detach().clone() for n, p in strategy.model.named_parameters()
         }
 
     def after_training_exp(self, strategy) -> List[MetricValue]:
+        """Count the experience's parameters (see the modes above), append the count to
+        ``history`` and emit it as a metric value."""
         declared = getattr(strategy.model, "params_per_task", None)
         if self.mode == "declared" and callable(declared):
             self._value = int(declared())
