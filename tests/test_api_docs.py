@@ -19,11 +19,9 @@ def _modules():
 def _documented(cls, name) -> bool:
     """True when ``cls.name`` or the same name on a base class has a docstring."""
     for klass in cls.__mro__:
-        if name not in vars(klass):
-            continue
-        member = vars(klass)[name]
+        member = vars(klass).get(name)
         member = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
-        if inspect.getdoc(member) and inspect.getdoc(member) != inspect.getdoc(type(member)):
+        if member is not None and inspect.getdoc(member):
             return True
     return False
 
@@ -38,19 +36,21 @@ def _undocumented_members(cls):
 
 
 def _undocumented():
-    missing = []
+    missing, seen = [], set()
     for module_name, _, module in _modules():
         if not inspect.getdoc(module):
             missing.append(module_name)
         for name in getattr(module, "__all__", ()):
             obj = getattr(module, name)
-            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
-                continue  # constants and type aliases are documented by a comment or string in the source
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)) or id(obj) in seen:
+                continue  # constants and type aliases are documented by a comment or string in the source;
+                # a name a package re-exports from its module is checked once
+            seen.add(id(obj))
             if not inspect.getdoc(obj):
                 missing.append(f"{module_name}.{name}")
             if inspect.isclass(obj):
                 missing += [f"{module_name}.{name}.{member}" for member in _undocumented_members(obj)]
-    return sorted(set(missing))
+    return sorted(missing)
 
 
 def test_every_public_name_has_a_docstring():
