@@ -31,7 +31,7 @@ from avalanche_neuromod.models import FlyNet, NeuroModNet
 from avalanche_neuromod.training import CRWN, train_tasks_parallel
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-root", default=None, help="MNIST folder (torchvision layout); default: bundled digits")
     parser.add_argument("--experiences", type=int, default=6)
@@ -46,7 +46,7 @@ def main() -> None:
                         help="train the tasks in this many parallel workers (train_tasks_parallel); the model is the "
                              "one trained task after task at one thread. 0: task after task, evaluating as it goes")
     parser.add_argument("--ray", action="store_true", help="with --workers: Ray tasks instead of local processes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     # Parallel workers run one thread each; the sequential run uses as many, so both give the same model.
     torch.set_num_threads(1 if args.workers else 2)

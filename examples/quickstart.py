@@ -85,7 +85,7 @@ def strategies(epochs: int, batch: int):
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits", choices=["digits", "mnist", "fashion_mnist"])
     parser.add_argument("--dataset-root", default=None, help="torchvision-layout data folder (mnist, fashion_mnist)")
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs/quickstart.png", help="where to save the figure")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(2)
     # Avalanche 0.6 warns about its own deprecated internals (Replay's buffer update).
