@@ -234,6 +234,13 @@ def test_checkpoint_and_resume_give_identical_results(rotated, tmp_path, one_thr
                       train_with_resume(make, rotated.train_stream, path, resume_after=0))
 
 
+def test_a_label_without_an_output_names_the_fix(rotated):
+    strategy = _strategy(NeuroModNet((16,), n_classes=9), iterations=3)
+    with pytest.raises(ValueError, match=r"CRWN: the batch holds class label 9, but the model has 9 outputs "
+                                         r"\(labels 0..8\). Fix: build the model with n_classes >= 10"):
+        strategy.train(rotated.train_stream[0])
+
+
 def test_context_similarity_and_plot():
     from avalanche_neuromod.analysis import context_similarity, plot_context_similarity
 
@@ -249,6 +256,9 @@ def test_context_similarity_and_plot():
     assert last.shape == (2, 2)
     with pytest.raises(ValueError, match="layer"):
         context_similarity(model, layer=5)
+    for bad in (3, -1):  # -1 used to wrap to the last task silently
+        with pytest.raises(ValueError, match=rf"task id\(s\) \[{bad}\] out of range: the model holds 3 task\(s\)"):
+            context_similarity(model, tasks=[0, bad])
     fig = plot_context_similarity(model, labels=["0", "10", "20"])
     assert fig.axes[0].get_title() == "context similarity between tasks"
 

@@ -459,6 +459,20 @@ def test_dynamos_trains_on_split_mnist():
     assert strategy.replay_plugin.iterations > 0
 
 
+@pytest.mark.parametrize("agents", [True, False])
+def test_a_label_without_an_output_names_the_fix(agents):
+    benchmark = SplitMNIST(n_experiences=5, dataset="digits", fixed_class_order=list(range(10)))
+    cls = Dynamos if agents else ConsistencyReplay
+    strategy = quiet(cls.preset, "seq-mnist", 500, DynamosResNet18(n_classes=3, agents=agents), train_mb_size=10)
+    strategy.train(benchmark.train_stream[0])  # classes 0 and 1
+    before = [p.detach().clone() for p in strategy.model.parameters()]
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: the batch holds class label 3, but the model has 3 "
+                                         rf"outputs .* n_classes >= 4"):
+        strategy.train(benchmark.train_stream[1])  # classes 2 and 3
+    # Refused before any step on the bad batch.
+    assert all(torch.equal(a, b) for a, b in zip(before, strategy.model.parameters()))
+
+
 def test_preset_is_table_5():
     model = DynamosResNet18(n_classes=9)
     strategy = quiet(Dynamos.preset, "mnist360", 200, model)

@@ -177,3 +177,14 @@ def test_digits_stream_needs_no_data():
     assert torch.equal(x, expected)
     with pytest.raises(ValueError, match="dataset_root"):
         MNIST360(dataset="digits", dataset_root="somewhere")
+
+
+def test_schedule_names_a_class_with_too_few_images():
+    labels = np.repeat(np.arange(9), 60)
+    assert len(mnist360_schedule(labels).labels) > 0
+    short = labels[(labels != 4) | (np.arange(len(labels)) % 60 < 5)]  # 5 images of digit 4 left
+    with pytest.raises(ValueError, match=r"class 4 has 5 training images, cut into 5 chunk\(s\); 3 round\(s\) take 6"):
+        mnist360_schedule(short)
+    assert len(mnist360_schedule(short, n_rounds=1).labels) > 0  # 1 round takes 2 chunks: it fits
+    with pytest.raises(ValueError, match="class 8 has 0 training images"):
+        mnist360_schedule(labels[labels != 8])

@@ -183,3 +183,33 @@ def test_helpers_pass_what_fits():
     labels = as_task_labels(torch.tensor([2]), x, owner="m")
     assert labels.dtype == torch.long and labels.tolist() == [2] * 5
     assert as_task_labels(3, x, owner="m").tolist() == [3] * 5
+
+
+def test_layers_refuse_a_task_id_they_do_not_hold():
+    linear = ModulatedLinear(784, 10)
+    linear.modulation.add_task()
+    linear.modulation.add_task()
+    x = torch.rand(3, 784)
+    assert linear(x, torch.tensor([0, 1, 1])).shape == (3, 10)
+    _raises(lambda: linear(x, torch.tensor([0, 2, 1])), "ModulatedLinear(in_features=784)", "task id 2",
+            "holds 2 task(s), ids 0..1", "add_task()")
+    # A negative id used to pick the last task silently.
+    _raises(lambda: linear(x, torch.tensor([-1])), "task id -1", "ids 0..1")
+    _raises(lambda: linear.forward_transposed(x.t(), torch.tensor([5])), "forward_transposed", "task id 5")
+    conv = ModulatedConv2d(3, 4, 3)
+    _raises(lambda: conv(torch.rand(2, 3, 8, 8), torch.tensor([0])), "ModulatedConv2d(in_channels=3)",
+            "holds 0 task(s), no task yet")
+    norm = TaskBatchNorm2d(4)
+    norm.add_task()
+    _raises(lambda: norm(torch.rand(2, 4, 6, 6), torch.tensor([0, 1])), "TaskBatchNorm2d(num_features=4)",
+            "task id 1", "ids 0..0")
+
+
+def test_class_targets_must_have_an_output():
+    from avalanche_neuromod.models._checks import check_class_targets
+
+    logits = torch.zeros(4, 5)
+    check_class_targets(logits, torch.tensor([0, 4, 2, 1]), owner="S")
+    _raises(lambda: check_class_targets(logits, torch.tensor([0, 5]), owner="S"), "S: the batch holds class label 5",
+            "5 outputs (labels 0..4)", "n_classes >= 6")
+    _raises(lambda: check_class_targets(logits, torch.tensor([-1, 2]), owner="S"), "class label -1", "relabel")

@@ -309,3 +309,11 @@ def test_single_reads_materialise_only_a_sample_wise_pass(digits, monkeypatch):
     assert torch.equal(ds[3][0], reference[3])
     with pytest.raises(IndexError):
         LazyImageData(x, y)[len(y)]
+
+
+@pytest.mark.parametrize("transform", [lambda x: rotate_images(x, 30.0), lambda x: permute_pixels(x, torch.arange(64))])
+def test_image_transforms_name_the_missing_axes(transform):
+    with pytest.raises(ValueError, match=r"expects a batch of images \(N, C, H, W\); got \(5, 8, 8\)") as info:
+        transform(torch.rand(5, 8, 8))
+    assert "images.unsqueeze(1)" in str(info.value)
+    assert transform(torch.rand(5, 1, 8, 8)).shape == (5, 1, 8, 8)

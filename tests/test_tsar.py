@@ -776,6 +776,27 @@ def test_wrong_inputs_get_clear_errors():
         TSARNet.build(5, bias="prune")
 
 
+def test_the_regulator_and_the_masks_are_checked_on_their_own():
+    net = TSARNet.build(5, **SMALL)
+    x = torch.rand(2, 3, 28, 28)
+    masks = net.regulator(x)
+    assert torch.equal(net.classifier(x, masks), net(x))
+    with pytest.raises(ValueError, match=r"Regulator\(in_channels=3\).*\(2, 1, 28, 28\)"):
+        net.regulator(torch.rand(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="Regulator was built for 28x28 images.*input_size=32"):
+        net.regulator(torch.rand(2, 3, 32, 32))
+    shapes = net.classifier.regulated_shapes
+    cut = shapes[1][1] - 1
+    with pytest.raises(ValueError, match=rf"mask 1 of RegulatedClassifier has shape \(2, {shapes[1][0]}, {cut}, "):
+        net.classifier(x, [masks[0], masks[1][:, :, :cut], *masks[2:]])
+    with pytest.raises(ValueError, match=r"mask 3 .*or \(2, .*\(one per image\)"):
+        net.classifier(x, [*masks[:3], masks[3][:1]])  # one image's masks for a batch of two
+    with pytest.raises(ValueError, match="takes 4 masks"):
+        net.classifier(x, masks[:3])
+    shared = [m[0] for m in masks]  # one mask for the whole batch is allowed
+    assert net.classifier(x, shared).shape == (2, 5)
+
+
 # ---------------------------------------------------------------------------
 # Meta-learning
 # ---------------------------------------------------------------------------

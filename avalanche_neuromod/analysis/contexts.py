@@ -32,6 +32,11 @@ def context_similarity(model, layer: Optional[int] = None, tasks: Optional[Seque
     tasks = list(tasks) if tasks is not None else model.trained_tasks
     if not tasks:
         raise ValueError("no trained task to compare: train the model first or pass tasks=[...].")
+    held = min(m.n_tasks for m in mods)
+    outside = [t for t in tasks if not 0 <= int(t) < held]
+    if outside:
+        raise ValueError(f"task id(s) {outside} out of range: the model holds {held} task(s), ids 0..{held - 1}. "
+                         f"Fix: pass ids of tasks it holds (trained: {model.trained_tasks}).")
     chosen = mods if layer is None else [mods[layer]]
     with torch.no_grad():
         vectors = torch.stack(

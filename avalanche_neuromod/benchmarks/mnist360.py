@@ -128,6 +128,13 @@ def mnist360_schedule(
     labels = np.asarray(labels)
     n_classes = MNIST360_CLASSES
     chunks = mnist360_chunks(labels, n_classes)
+    for j, pieces in enumerate(chunks):
+        if len(pieces) < 2 * n_rounds:
+            raise ValueError(
+                f"class {j} has {int((labels == j).sum())} training images, cut into {len(pieces)} chunk(s); "
+                f"{n_rounds} round(s) take {2 * n_rounds} chunks of every class 0..{n_classes - 1}. Fix: a source "
+                f"with enough images of every digit 0..{n_classes - 1} (a few dozen each), or fewer n_rounds."
+            )
     class_sizes = [int((labels == j).sum()) for j in range(n_classes)]
     drawn = [0] * n_classes
     rng = np.random.RandomState(seed)

@@ -92,6 +92,7 @@ def rotate_images(
         raise ValueError(
             f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}."
         )
+    _require_batch(images, "rotate_images")
     n, _, h, w = images.shape
     angles = torch.as_tensor(angles, dtype=torch.float64).reshape(-1)
     if angles.numel() == 1:
@@ -115,6 +116,13 @@ def rotate_images(
     )
 
 
+def _require_batch(images: torch.Tensor, owner: str) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{owner} expects a batch of images (N, C, H, W); got {shape}. Fix: add the missing "
+                         f"axes, e.g. images.unsqueeze(1) for (N, H, W) or images[None, None] for one (H, W) image.")
+
+
 def permute_pixels(images: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
     """Apply one pixel permutation to every image of a batch.
 
@@ -122,6 +130,7 @@ def permute_pixels(images: torch.Tensor, permutation: torch.Tensor) -> torch.Ten
         channel, on the flattened ``H * W`` grid.
     :param permutation: a permutation of ``range(H * W)``.
     """
+    _require_batch(images, "permute_pixels")
     n, c, h, w = images.shape
     if permutation.numel() != h * w:
         raise ValueError(

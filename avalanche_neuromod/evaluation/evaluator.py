@@ -11,6 +11,7 @@ from avalanche.evaluation.metrics import (
     bwt_metrics,
     forgetting_metrics,
     loss_metrics,
+    ram_usage_metrics,
     timing_metrics,
 )
 from avalanche.logging import BaseLogger, CSVLogger, InteractiveLogger, TextLogger
@@ -29,6 +30,7 @@ def make_evaluator(
     timing: bool = True,
     loss: bool = False,
     parameters: Union[bool, str] = False,
+    ram: Union[bool, float] = False,
     progress_bar: bool = True,
     text_log: bool = False,
     csv_dir: Optional[Union[str, os.PathLike]] = None,
@@ -53,6 +55,9 @@ def make_evaluator(
         (:class:`~avalanche_neuromod.evaluation.ParametersPerExperience`):
         True or ``"changed"`` counts what training changed, ``"declared"``
         asks the model (CRWN networks' ``params_per_task()``).
+    :param ram: the process's peak RAM (MB) per training epoch and per evaluated
+        experience (Avalanche's ``ram_usage_metrics``), sampled by a thread
+        every second, or every ``ram`` seconds when a number is given.
     :param progress_bar: log with Avalanche's interactive progress bar; when
         False and no other logger is given, metrics are only stored.
     :param text_log: also print every metric value as text.
@@ -73,6 +78,11 @@ def make_evaluator(
         metrics += bwt_metrics(experience=True, stream=True)
     if timing:
         metrics += timing_metrics(epoch=True, experience=True)
+    if ram is not False:
+        every = 1.0 if ram is True else float(ram)
+        if every <= 0:
+            raise ValueError(f"ram must be True or a sampling period in seconds > 0, got {ram!r}.")
+        metrics += ram_usage_metrics(every=every, epoch=True, experience=True)
     if parameters:
         metrics.append(ParametersPerExperience("changed" if parameters is True else parameters))
     metrics += list(extra_metrics)

@@ -333,6 +333,20 @@ def _avalanche(settings, info, seed, common):
     if kind == "der":
         return avl.DER(mem_size=mem, alpha=float(settings.get("alpha", 0.1)), beta=float(settings.get("beta", 0.5)),
                        plugins=budget, **base)
+    if kind == "cumulative":
+        return avl.Cumulative(plugins=budget, **base)
+    if kind == "gem":
+        return avl.GEM(patterns_per_exp=int(settings.get("patterns_per_exp", 256)),
+                       memory_strength=float(settings.get("memory_strength", 0.5)), plugins=budget, **base)
+    if kind == "agem":
+        return avl.AGEM(patterns_per_exp=int(settings.get("patterns_per_exp", 256)),
+                        sample_size=int(settings.get("sample_size", 256)), plugins=budget, **base)
+    if kind == "er_ace":
+        return avl.ER_ACE(mem_size=mem, batch_size_mem=int(settings.get("batch_size_mem", common["train_mb_size"])),
+                          plugins=budget, **base)
+    if kind == "gdumb":
+        # GDumb trains a fresh copy of the model on its class-balanced memory at every experience.
+        return avl.GDumb(mem_size=mem, plugins=budget, **base)
     if kind == "packnet":
         # PackNet prunes after a number of epochs, so it trains epochs, not a mini-batch budget.
         epochs = int(settings.get("epochs", 3))
@@ -366,7 +380,8 @@ MethodBuilder = Callable[[Dict[str, Any], StreamInfo, int, Dict[str, Any]], Any]
 
 METHOD_KINDS: Dict[str, MethodBuilder] = {
     "crwn": _crwn, "psp": _psp, "batche": _batche, "supsup": _supsup, "stl": _stl, "mtl": _mtl,
-    **{k: _avalanche for k in ("naive", "ewc", "si", "lwf", "replay", "der", "packnet")},
+    **{k: _avalanche for k in ("naive", "cumulative", "ewc", "si", "lwf", "gem", "agem", "replay", "der", "er_ace",
+                               "gdumb", "packnet")},
     "dynamos": _dynamos, "consistency_replay": _dynamos,
 }
 """Method kind -> ``builder(settings, stream_info, seed, common)`` returning an Avalanche strategy.
@@ -378,9 +393,12 @@ for ``crwn``), ``hidden`` (FC widths, default ``[256, 256]``), ``width``
 task-incremental kinds also read ``optimizer`` (a ``torch.optim`` name).
 Per kind: ``crwn``: ``expansion``, ``local_only``;
 ``psp``: ``context``; ``batche``: ``shared_lr``; ``supsup``: ``density``;
-Avalanche's: ``momentum``, ``mem_size``, ``ewc_lambda``, ``si_lambda``,
-``alpha``, ``beta``, ``temperature``, ``epochs``/``post_prune_epochs``/
-``prune_proportion`` (PackNet); ``dynamos`` and ``consistency_replay``
+Avalanche's: ``momentum``, ``mem_size`` (``replay``, ``der``, ``er_ace``,
+``gdumb``; default 500), ``ewc_lambda``, ``si_lambda``, ``alpha``,
+``beta``, ``temperature``, ``patterns_per_exp`` (``gem``, ``agem``; default
+256), ``memory_strength`` (``gem``), ``sample_size`` (``agem``),
+``batch_size_mem`` (``er_ace``; default the grid's batch size),
+``epochs``/``post_prune_epochs``/``prune_proportion`` (PackNet); ``dynamos`` and ``consistency_replay``
 (on :class:`~avalanche_neuromod.models.DynamosResNet18`, with and without
 agents): ``preset`` (a Table 5 stream, default ``"mnist360"``),
 ``buffer_size`` (one of that stream's buffers, default 500), ``batch_size``

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["STREAM_IMAGE_SHAPES", "check_features", "check_images", "check_dtype", "check_task_labels",
+__all__ = ["STREAM_IMAGE_SHAPES", "check_features", "check_images", "check_dtype", "check_task_labels", "check_class_targets",
            "as_task_labels"]
 
 STREAM_IMAGE_SHAPES: Dict[Tuple[int, ...], Tuple[str, ...]] = {
@@ -144,12 +144,14 @@ def check_dtype(x: torch.Tensor, dtype: torch.dtype, *, owner: str) -> None:
                      f"Fix: {fix}.")
 
 
-def check_task_labels(task_labels: torch.Tensor, batch_size: int, *, owner: str) -> None:
+def check_task_labels(task_labels: torch.Tensor, batch_size: int, *, owner: str,
+                      n_tasks: Optional[int] = None) -> None:
     """Check a task-label tensor: integers, one dimension, one label per sample or one for all.
 
     :param task_labels: the labels.
     :param batch_size: samples in the batch they label.
     :param owner: the model's name as the user built it.
+    :param n_tasks: tasks the layer holds; given, every label must be in ``0..n_tasks - 1``.
     :raises ValueError: naming the problem and the fix.
     """
     _require_tensor(task_labels, owner, "task labels")
@@ -176,6 +178,37 @@ def check_task_labels(task_labels: torch.Tensor, batch_size: int, *, owner: str)
         raise ValueError(
             f"{owner} got {n} task labels for a batch of {batch_size} inputs; expected {batch_size} (one per "
             f"sample) or 1 (one for all). Fix: pass the labels of the same mini-batch, or a single int."
+        )
+    if n_tasks is not None and n > 0:
+        low, high = int(task_labels.min()), int(task_labels.max())
+        if low < 0 or high >= n_tasks:
+            bad = low if low < 0 else high
+            held = f"ids 0..{n_tasks - 1}" if n_tasks else "no task yet"
+            raise ValueError(
+                f"{owner} got task id {bad}, out of range: the layer holds {n_tasks} task(s), {held}. "
+                f"Fix: add the task first (add_task(), which the strategies call for every new task label), "
+                f"or pass the id of a task the layer holds."
+            )
+
+
+def check_class_targets(logits: torch.Tensor, targets: torch.Tensor, *, owner: str) -> None:
+    """Check that every class label has an output: ``0 <= y < logits.shape[-1]``.
+
+    :param logits: the model's ``(B, n_classes)`` outputs for the batch.
+    :param targets: its ``(B,)`` class labels.
+    :param owner: the strategy's name.
+    :raises ValueError: naming the label, the outputs and the fix.
+    """
+    if targets.numel() == 0 or targets.is_floating_point():
+        return
+    n_outputs = logits.shape[-1]
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= n_outputs:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{owner}: the batch holds class label {bad}, but the model has {n_outputs} outputs (labels "
+            f"0..{n_outputs - 1}). Fix: build the model with n_classes >= {max(high + 1, n_outputs)} (every class "
+            f"of the whole stream, not only of this experience), or relabel the stream's classes to 0..{n_outputs - 1}."
         )
 
 

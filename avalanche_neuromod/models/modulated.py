@@ -199,7 +199,7 @@ class ModulatedLinear(_FixedWeightMixin, nn.Module):
         """
         owner = f"ModulatedLinear(in_features={self.in_features})"
         check_features(x, self.in_features, owner=owner, argument="in_features", flat=True)
-        check_task_labels(task_labels, x.shape[0], owner=owner)
+        check_task_labels(task_labels, x.shape[0], owner=owner, n_tasks=self.modulation.n_tasks)
         contexts, strengths = self.modulation.gather(task_labels)
         weight = self._task_weight(contexts)
         if weight is not None:
@@ -221,7 +221,7 @@ class ModulatedLinear(_FixedWeightMixin, nn.Module):
             raise ValueError(f"{owner} expects ({self.in_features}, B); got shape {tuple(x_t.shape)}. Fix: pass "
                              f"x.t() for a (B, {self.in_features}) batch, or build the layer with "
                              f"in_features={x_t.shape[0]}.")
-        check_task_labels(task_labels, x_t.shape[1], owner=owner)
+        check_task_labels(task_labels, x_t.shape[1], owner=owner, n_tasks=self.modulation.n_tasks)
         contexts, strengths = self.modulation.gather(task_labels)
         weight = self._task_weight(contexts)
         if weight is not None:
@@ -277,7 +277,7 @@ class ModulatedConv2d(_FixedWeightMixin, nn.Module):
         """
         owner = f"ModulatedConv2d(in_channels={self.in_channels})"
         check_images(x, self.in_channels, owner=owner)
-        check_task_labels(task_labels, x.shape[0], owner=owner)
+        check_task_labels(task_labels, x.shape[0], owner=owner, n_tasks=self.modulation.n_tasks)
         return run_per_task(x, task_labels, self._conv)
 
     def extra_repr(self) -> str:

@@ -179,7 +179,7 @@ class TaskBatchNorm2d(TaskState):
         """
         owner = f"TaskBatchNorm2d(num_features={self.num_features})"
         check_images(x, self.num_features, owner=owner, argument="num_features")
-        check_task_labels(task_labels, x.shape[0], owner=owner)
+        check_task_labels(task_labels, x.shape[0], owner=owner, n_tasks=len(self.norms))
         return run_per_task(x, task_labels, lambda part, t: self.norms[t](part))
 
 

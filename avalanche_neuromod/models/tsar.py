@@ -242,7 +242,26 @@ class RegulatedClassifier(nn.Module):
             dimension (one mask per image).
         """
         self.check_input(x)
+        if masks is not None:
+            self.check_masks(masks, x.shape[0])
         return self.run(x, masks)
+
+    def check_masks(self, masks: Sequence[torch.Tensor], batch_size: int) -> None:
+        """Raise a clear ``ValueError`` unless ``masks`` fit the regulated weights.
+
+        :param masks: four masks, each shaped like its weight or ``(batch_size, *weight.shape)``.
+        :param batch_size: images in the batch.
+        """
+        if len(masks) != 4:
+            raise ValueError(f"RegulatedClassifier takes 4 masks (3 convolutions, class prediction), got "
+                             f"{len(masks)}.")
+        for i, (mask, shape) in enumerate(zip(masks, self.regulated_shapes)):
+            if tuple(mask.shape) not in (tuple(shape), (batch_size, *shape)):
+                raise ValueError(
+                    f"mask {i} of RegulatedClassifier has shape {tuple(mask.shape)}; the weight it masks is "
+                    f"{tuple(shape)}, so the mask must be {tuple(shape)} (one for the batch) or "
+                    f"{(batch_size, *shape)} (one per image). Fix: masks from a Regulator built with "
+                    f"Regulator(classifier.regulated_shapes, ...), in the classifier's layer order.")
 
     def run(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """:meth:`forward` without the input check (for a caller that has checked ``x``).
@@ -1169,11 +1188,25 @@ class Regulator(nn.Module):
                 h = F.max_pool2d(h, 2)
         return h.flatten(1)
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a clear ``ValueError`` for a batch the regulator cannot take.
+
+        :param x: the batch.
+        """
+        channels, size = self.config["in_channels"], self.config["input_size"]
+        check_images(x, channels, owner=f"Regulator(in_channels={channels})")
+        if tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"Regulator was built for {size}x{size} images (input_size={size}); got shape {tuple(x.shape)}. "
+                f"Fix: build it with input_size={x.shape[-1]} (square images), or resize the images, e.g. "
+                f"DomainTransfer(size={size}).")
+
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """One mask per regulated weight, each ``(B, *shape)`` in [0, 1].
 
-        :param x: images.
+        :param x: images ``(B, in_channels, input_size, input_size)``.
         """
+        self.check_input(x)
         f = self.encode(x)
         return [head(f) for head in self.heads]
 
@@ -1184,7 +1217,7 @@ class TSARNet(nn.Module):
     ``forward(x)`` returns class scores: the regulator's masks for ``x``
     applied to the classifier, or the plain classifier when ``regulator`` is
     None (Scratch, No Regulation) or :attr:`regulation` is off.
-    :meth:`paper` builds the networks with every size as a parameter.
+    :meth:`build` builds the networks with every size as a parameter.
 
     :param classifier: the regulated classifier.
     :param regulator: its regulator, or None.

@@ -27,6 +27,7 @@ from torch import nn
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
+from ..models._checks import check_class_targets
 from ..models.modulated import derive_generator
 from ..models.task_incremental import TaskIncrementalModule
 from .checkpoint import CheckpointMixin
@@ -246,6 +247,13 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
             self._epochs_per_task if self.n_iterations is None
             else math.ceil(self.n_iterations / max(1, len(self.dataloader)))
         )
+
+    def forward(self) -> torch.Tensor:
+        """The model on the mini-batch; in training, every class label must have an output."""
+        out = super().forward()
+        if self.is_training:
+            check_class_targets(out, self.mb_y, owner=type(self).__name__)
+        return out
 
     def _before_eval_exp(self, **kwargs: Any) -> None:
         _require_task_labels(self.experience, self.method)  # else Avalanche would read class labels as task ids
