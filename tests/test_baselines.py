@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from avalanche.core import SupervisedPlugin
 from avalanche.training import Naive
 
 from avalanche_neuromod.benchmarks import PermutedMNIST
@@ -374,3 +375,45 @@ def test_checkpoint_and_resume_give_identical_results(permuted, tmp_path, model)
     path = tmp_path / "baseline.pt"
     assert_same_state(train_with_resume(make, permuted.train_stream, path),
                       train_with_resume(make, permuted.train_stream, path, resume_after=0))
+
+
+class _LearningRates(SupervisedPlugin):
+    """Plugin: the rate of every optimiser group as each mini-batch steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def before_update(self, strategy, **kwargs):
+        self.seen.append([g["lr"] for g in strategy.optimizer.param_groups])
+
+
+def test_cosine_schedule_decays_each_task_from_its_rate_to_zero(permuted):
+    rates = _LearningRates()
+    strategy = _strategy(BatchENet((16,)), iterations=8, lr_schedule="cosine", plugins=[rates])
+    for experience in permuted.train_stream[:2]:
+        strategy.train(experience)
+    # BatchE's first task has two groups (its rank-one factors at 0.01, the shared weights at 1e-4).
+    bases = [rates.seen[0], rates.seen[8]]
+    assert len(rates.seen) == 16 and bases[0] == [0.01, 1e-4]
+    for task, base in enumerate(bases):
+        for t in range(8):
+            expected = [b * (1 + math.cos(math.pi * t / 8)) / 2 for b in base]
+            assert rates.seen[8 * task + t] == pytest.approx(expected, rel=1e-9, abs=1e-15), (task, t)
+    assert [g["lr"] for g in strategy.optimizer.param_groups] == pytest.approx([0.0] * len(bases[1]), abs=1e-15)
+
+
+def test_a_schedule_can_be_any_torch_scheduler_and_a_wrong_one_is_refused(permuted):
+    rates = _LearningRates()
+    built = []
+
+    def halve_every_three(optimizer, steps):
+        built.append(steps)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+
+    strategy = _strategy(STLNet((16,)), iterations=7, lr_schedule=halve_every_three, plugins=[rates])
+    strategy.train(permuted.train_stream[0])
+    base = rates.seen[0][0]
+    assert built == [7] and [r[0] for r in rates.seen] == pytest.approx([base] * 3 + [base / 2] * 3 + [base / 4])
+    with pytest.raises(ValueError, match="lr_schedule must be None, 'cosine' or a callable"):
+        _strategy(STLNet((16,)), lr_schedule="linear")

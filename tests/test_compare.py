@@ -198,6 +198,8 @@ def test_a_method_can_run_the_first_tasks_only_and_keep_what_after_training_retu
     from avalanche_neuromod.evaluation.grid import StreamInfo, build_strategy
     info = StreamInfo((1, 28, 28), 10, 3)
     assert build_strategy({"kind": "crwn", "hidden": [8], "optimizer": "adam"}, info, 0).optimizer_cls is torch.optim.Adam
+    assert build_strategy({"kind": "stl", "hidden": [8], "lr_schedule": "cosine"}, info, 0).lr_schedule == "cosine"
+    assert build_strategy({"kind": "stl", "hidden": [8]}, info, 0).lr_schedule is None
     with pytest.raises(ValueError, match="unknown optimizer 'adamw2'"):
         build_strategy({"kind": "crwn", "hidden": [8], "optimizer": "adamw2"}, info, 0)
     # Cached cells keep what the function returned, and it is not called again.

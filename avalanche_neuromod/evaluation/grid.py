@@ -233,6 +233,8 @@ def _ours(strategy_cls: type, model: nn.Module, settings: Dict[str, Any], common
         kwargs["optimizer_cls"] = _optimizer_class(settings["optimizer"])
     if "shared_lr" in settings:
         kwargs["shared_lr"] = float(settings["shared_lr"])
+    if "lr_schedule" in settings:
+        kwargs["lr_schedule"] = settings["lr_schedule"]
     return strategy_cls(model=model, **kwargs)
 
 
@@ -390,7 +392,8 @@ Settings every kind reads: ``arch`` (``"fc"``, ``"resnet18"``; ``"flynet"``
 for ``crwn``), ``hidden`` (FC widths, default ``[256, 256]``), ``width``
 (ResNet), ``lr``, ``tasks`` (train and measure only the stream's first
 ``tasks`` tasks: a method too slow for the whole stream). The package's
-task-incremental kinds also read ``optimizer`` (a ``torch.optim`` name).
+task-incremental kinds also read ``optimizer`` (a ``torch.optim`` name)
+and ``lr_schedule`` (``"cosine"``: the rate decays to 0 over each task).
 Per kind: ``crwn``: ``expansion``, ``local_only``;
 ``psp``: ``context``; ``batche``: ``shared_lr``; ``supsup``: ``density``;
 Avalanche's: ``momentum``, ``mem_size`` (``replay``, ``der``, ``er_ace``,

@@ -19,7 +19,7 @@ label per training experience.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
@@ -155,6 +155,14 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
         task then trains the same whatever ran before it, which lets
         independent tasks train in parallel
         (:func:`~avalanche_neuromod.training.train_tasks_parallel`).
+    :param lr_schedule: how the learning rate moves within a task, after
+        every mini-batch, starting again from the optimiser's rate at every
+        task (its optimiser is new): None keeps it constant; ``"cosine"``
+        decays it to 0 along a cosine over the task's mini-batches
+        (``n_iterations``, or ``train_epochs`` epochs), the CRWN paper's
+        schedule for the baselines on Split CIFAR-100; or a callable
+        ``(optimizer, steps) -> scheduler`` building any torch scheduler
+        stepped once per mini-batch.
     """
 
     method: str = "task-incremental training"
@@ -183,9 +191,15 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
         evaluator: Any = default_evaluator,
         eval_every: int = -1,
         batch_seed: Optional[int] = None,
+        lr_schedule: Union[None, str, Callable[[torch.optim.Optimizer, int], Any]] = None,
         **base_kwargs: Any,
     ):
         _require_model(model, self.model_type, self.model_names, self.method)
+        if not (lr_schedule is None or lr_schedule == "cosine" or callable(lr_schedule)):
+            raise ValueError(f"lr_schedule must be None, 'cosine' or a callable (optimizer, steps) -> scheduler; "
+                             f"got {lr_schedule!r}.")
+        self.lr_schedule = lr_schedule
+        self.lr_scheduler: Any = None
         if n_iterations is not None and n_iterations < 1:
             raise ValueError(f"n_iterations must be positive or None, got {n_iterations}.")
         self.optimizer_cls = optimizer_cls or self.default_optimizer_cls
@@ -247,6 +261,13 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
             self._epochs_per_task if self.n_iterations is None
             else math.ceil(self.n_iterations / max(1, len(self.dataloader)))
         )
+        self.lr_scheduler = None
+        if self.lr_schedule is not None:
+            steps = self.n_iterations or self.train_epochs * len(self.dataloader)
+            if self.lr_schedule == "cosine":
+                self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, steps))
+            else:
+                self.lr_scheduler = self.lr_schedule(self.optimizer, steps)
 
     def forward(self) -> torch.Tensor:
         """The model on the mini-batch; in training, every class label must have an output."""
@@ -270,6 +291,8 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
 
     def _after_training_iteration(self, **kwargs: Any) -> None:
         self._iterations_in_task += 1
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         if self.n_iterations is not None and self._iterations_in_task >= self.n_iterations:
             self.stop_training()
         super()._after_training_iteration(**kwargs)
