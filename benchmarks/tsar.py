@@ -67,8 +67,10 @@ N_THREADS = 2
 SCALE_SETTINGS = ("meta_iterations", "second_order", "classifier_channels", "regulator_channels", "n_classes",
                   "omniglot_classes", "selection_seed", "transfer_optimizer")
 """The settings that runs merged by ``--append`` must share."""
-METHODS = ("grow", "sculpt", "no_regulation", "scratch", "reservoir")
-META_LEARNED = ("grow", "sculpt", "no_regulation")
+METHODS = ("grow", "sculpt", "no_regulation", "oml", "scratch", "reservoir")
+META_LEARNED = ("grow", "sculpt", "no_regulation", "oml")
+UNREGULATED = ("no_regulation", "oml", "scratch")
+"""Methods without a regulator: the head settings do not apply (their head is "-")."""
 REGULATED = ("grow", "sculpt", "reservoir")
 TRANSFERS = ("omniglot", "omniglot_heldout", "mnist", "fashion_mnist")
 LOW_MEMORY_HEADS = ("low_rank", "factored", "hashed", "sparse", "quantized", "projected")
@@ -171,6 +173,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "left it, and a finished one is reused (e.g. for transfers with other settings) "
                              "instead of meta-learning again.")
     parser.add_argument("--classifier-channels", type=int, default=32)
+    parser.add_argument("--oml-channels", type=int, default=64,
+                        help="channels of the OML baseline's five convolutions (OMLClassifier; OML's own: 256).")
+    parser.add_argument("--oml-hidden", type=int, default=256,
+                        help="outputs of the OML baseline's first linear layer (OML's own: 1024).")
     parser.add_argument("--regulator-channels", type=int, default=32)
     parser.add_argument("--n-classes", type=int, default=200, help="outputs of the class prediction layer.")
     parser.add_argument("--omniglot-classes", type=int, default=100,
@@ -262,10 +268,10 @@ def strategy_for(method: str, freeze_shared: bool = False, freeze_head_weights: 
     """The method's transfer strategy (``freeze_shared``: a meta-learned regulator's shared head maps fixed;
     ``freeze_head_weights``: every head's weights fixed, or those of the heads listed; ``class_head_lr_scale``:
     the class prediction layer's regulation head learning that many times faster)."""
-    from avalanche_neuromod.training import TSAR, TSARNoRegulation, TSARReservoir, TSARScratch
+    from avalanche_neuromod.training import TSAR, TSARNoRegulation, TSAROML, TSARReservoir, TSARScratch
 
-    strategy = {"grow": TSAR, "sculpt": TSAR, "no_regulation": TSARNoRegulation, "scratch": TSARScratch,
-                "reservoir": TSARReservoir}[method]
+    strategy = {"grow": TSAR, "sculpt": TSAR, "no_regulation": TSARNoRegulation, "oml": TSAROML,
+                "scratch": TSARScratch, "reservoir": TSARReservoir}[method]
     if strategy is not TSAR or not (freeze_shared or freeze_head_weights or class_head_lr_scale != 1):
         return strategy
     scale = {"class_head_lr_scale": class_head_lr_scale} if class_head_lr_scale != 1 else {}
@@ -277,6 +283,9 @@ def fresh_model(method: str, head: str, args: argparse.Namespace, seed: int):
 
     from avalanche_neuromod.models import TSARNet, proportional_pools
 
+    if method == "oml":
+        torch.manual_seed(seed)
+        return TSARNet.oml(args.n_classes, channels=args.oml_channels, hidden=args.oml_hidden)
     pool = args.pool
     if args.pool_total is not None:  # before the seed: the shapes come from a classifier built for them only
         shapes = TSARNet.build(args.n_classes, classifier_channels=args.classifier_channels, bias=None)
@@ -393,6 +402,9 @@ def checkpoint_file(args: argparse.Namespace, method: str, head: str, meta_seed:
     if args.checkpoint_dir is None:
         return None
     order = "second" if args.second_order else "first"
+    if method == "oml":
+        return args.checkpoint_dir / (f"oml_meta{meta_seed}_{order}-order_c{args.oml_channels}_h{args.oml_hidden}"
+                                      f"_n{args.n_classes}.pt")
     return args.checkpoint_dir / (f"{method}_{head}_meta{meta_seed}_{order}-order_c{args.classifier_channels}"
                                   f"_r{args.regulator_channels}_n{args.n_classes}.pt")
 
@@ -473,6 +485,9 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     strategy = strategies[args.class_head_lr_scale[0]]  # the curve's; the transfers use the scale chosen below
     run: Dict[str, Any] = {"method": method, "head": head, "meta_seed": meta_seed, "cpu_model": cpu_model(),
                            "regulator_bytes": regulator_bytes(model), "curve": []}
+    if method == "oml":
+        run["oml_network"] = {"channels": args.oml_channels, "hidden": args.oml_hidden,
+                              "parameters": sum(p.numel() for p in model.parameters())}
     selection = transfers[("selection", args.selection_seed)]
     first = transfers.get(("omniglot", args.transfer_seeds[0]))
     optimizer = args.transfer_optimizer
@@ -488,7 +503,7 @@ def run_method(method: str, head: str, meta_seed: int, args, images, labels, tra
     elif method in META_LEARNED:
         checkpoint = checkpoint_file(args, method, meta_head, meta_seed)
         learner = TSARMetaLearner(model, images, labels, seed=meta_seed, second_order=args.second_order,
-                                  inner_params="head" if method == "no_regulation" else "all",
+                                  inner_params="head" if method in ("no_regulation", "oml") else "all",
                                   checkpoint_path=checkpoint)
         if checkpoint is not None and checkpoint.exists():
             done = learner.load_checkpoint(checkpoint)
@@ -770,6 +785,16 @@ def position_table(summary: List[Dict[str, Any]], key: str, n_positions: int, ti
                     + " | ".join(f"{v:.0f}" for v in row[key]) + " |" for row in rows]
 
 
+def oml_line(runs: List[Dict[str, Any]]) -> List[str]:
+    """The OML baseline's network size, where the result has OML runs."""
+    sizes = sorted({(r["oml_network"]["channels"], r["oml_network"]["hidden"], r["oml_network"]["parameters"])
+                    for r in runs if r["method"] == "oml"})
+    return [f"- OML (`oml`): `TSARNet.oml` with {c} channels in its five convolutions and {h} hidden units "
+            f"({n:,} parameters; OML's own network: 256 / 1,024), meta-learned with its prediction network as the "
+            f"inner loop's fast part (`inner_params=\"head\"`), transferred with `TSAROML` (convolutions fixed, "
+            f"class prediction layer reset, both linear layers learning)." for c, h, n in sizes]
+
+
 def markdown_section(result: Dict[str, Any]) -> str:
     s = result["settings"]
     start, end = section_markers("tsar", s.get("label"))
@@ -788,6 +813,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
         + ("; for a head whose suffix lists several class head scales (-csA_B), the scale too, chosen with the "
            "rate (the lr column's xS)" if any("class_head_lr_scale" in r for r in result["runs"]) else "") + ".",
         *machines_line(result["runs"]),
+        *oml_line(result["runs"]),
         "",
     ]
 
@@ -831,7 +857,8 @@ def markdown_section(result: Dict[str, Any]) -> str:
             lines.append(f"| {r['method']} | {r['head']} | {r['meta_seed']} | "
                          + " | ".join(f"{100 * p['recall']:.1f}" for p in r["curve"]) + " |")
     lines += ["", "Paper, for reference (other data, full sizes, 25,000 meta-iterations on a GPU): ImageNet Grow "
-              "92.2, Sculpt 57.5, Scratch 0.97; Omniglot 600 classes recall Grow 95.2, Sculpt 15.1.", "",
+              "92.2, Sculpt 57.5, OML 13.87, Scratch 0.97; Omniglot 600 classes recall Grow 95.2, Sculpt 15.1, "
+              "OML 29.3.", "",
               *target_lines(result["targets"])]
     regulation = [r for r in result["runs"] if "regulation_c3" in r]
     if regulation:
@@ -913,13 +940,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     recorded: Dict[str, Any] = {}
 
     for meta_seed, method, head in itertools.product(args.meta_seeds, args.methods, args.heads):
-        if method in ("no_regulation", "scratch") and head != args.heads[0]:
+        if method in UNREGULATED and head != args.heads[0]:
             continue  # no regulator: the head setting does not apply
         if method not in META_LEARNED and meta_seed != args.meta_seeds[0]:
             continue  # nothing meta-learned: one set of transfers is enough
-        progress(f"{method}/{head if method not in ('no_regulation', 'scratch') else '-'} meta seed {meta_seed}")
+        progress(f"{method}/{head if method not in UNREGULATED else '-'} meta seed {meta_seed}")
         run = run_method(method, head, meta_seed, args, meta.images, meta.labels, transfers, progress, recorded)
-        if method in ("no_regulation", "scratch"):
+        if method in UNREGULATED:
             run["head"] = "-"
         result["runs"] = [r for r in result["runs"] if _run_key(r) != _run_key(run)] + [run]
         result["summary"] = summarise(result["runs"])

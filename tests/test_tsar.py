@@ -35,6 +35,7 @@ from avalanche_neuromod.models import (
     HashedHead,
     FullHead,
     LowRankHead,
+    OMLClassifier,
     ProjectedHead,
     QuantizedHead,
     RegulatedClassifier,
@@ -53,6 +54,7 @@ from avalanche_neuromod.training import (
     CheckpointError,
     TSARMetaLearner,
     TSARNoRegulation,
+    TSAROML,
     TSARReservoir,
     TSARScratch,
     load_tsar_model,
@@ -1124,6 +1126,69 @@ def test_transfer_baselines_train_what_they_should(tmp_path):
         TSAR(model=TSARNet.build(4, bias=None, **SMALL))
 
 
+# ---------------------------------------------------------------------------
+# OML baseline
+# ---------------------------------------------------------------------------
+
+def test_oml_network_is_five_convolutions_and_two_linear_layers():
+    net = TSARNet.oml(7, channels=4, hidden=9)
+    oml = net.classifier
+    assert isinstance(oml, OMLClassifier) and net.regulator is None
+    assert [c.stride for c in oml.convs] == [(1, 1), (2, 2), (1, 1), (2, 2), (1, 1)]
+    assert oml.features == 4 * 2 * 2  # 28 -> 26 -> 12 -> 10 -> 4 -> 2
+    x = torch.rand(3, 3, 28, 28)
+    h = x
+    for conv in oml.convs:
+        h = F.relu(F.conv2d(h, conv.weight, conv.bias, stride=conv.stride))
+    h = F.relu(h.flatten(1) @ oml.pln_weight.t() + oml.pln_bias)
+    assert torch.allclose(net(x), h @ oml.cp_weight.t() + oml.cp_bias, atol=1e-6)
+    assert net(x).shape == (3, 7) and oml.n_classes == 7
+    assert oml.head_parameter_names() == ["pln_weight", "pln_bias", "cp_weight", "cp_bias"]
+    with pytest.raises(ValueError, match="input_size=32"):
+        net(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="no regulation and takes no masks"):
+        oml(x, [torch.ones(1)] * 4)
+    with pytest.raises(ValueError, match="at least 17"):
+        OMLClassifier(5, input_size=16)
+    with pytest.raises(ValueError, match="takes no regulator"):
+        TSARNet(oml, Regulator(RegulatedClassifier(7, channels=4).regulated_shapes))
+
+
+def test_oml_meta_learning_adapts_the_prediction_network_in_the_inner_loop(tmp_path):
+    torch.manual_seed(0)
+    images, labels = _meta_data()
+    net = TSARNet.oml(8, channels=4, hidden=9)
+    learner = TSARMetaLearner(net, images, labels, n_inner=5, n_outer=6, seed=0, inner_params="head")
+    assert learner._inner_names == ["pln_weight", "pln_bias", "cp_weight", "cp_bias"]
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    learner.fit(3, progress=False)
+    # The outer step moves both parts (the representation only through it).
+    assert all(not torch.equal(before[n], p) for n, p in net.named_parameters() if n.endswith("weight")), \
+        [n for n, p in net.named_parameters() if torch.equal(before[n], p)]
+    path = tmp_path / "oml.pt"
+    learner.save_model(path)
+    loaded = load_tsar_model(path, expect={"n_classes": 8, "regulated": False})
+    assert isinstance(loaded.classifier, OMLClassifier) and loaded.config == net.config
+    x = torch.rand(2, 3, 28, 28)
+    assert torch.equal(loaded(x), net(x))
+
+
+def test_oml_transfer_keeps_the_representation_and_trains_the_prediction_network():
+    bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
+    torch.manual_seed(0)
+    strategy = TSAROML(model=TSARNet.oml(4, channels=4, hidden=9), seed=0,
+                       evaluator=make_evaluator(progress_bar=False))
+    oml = strategy.model.classifier
+    convs = [p.detach().clone() for p in oml.representation_parameters()]
+    pln = {n: getattr(oml, n).detach().clone() for n in oml.head_parameter_names()}
+    strategy.train(bench.train_stream[0])
+    assert all(torch.equal(a, b) for a, b in zip(convs, oml.representation_parameters()))
+    assert all(not torch.equal(v, getattr(oml, n)) for n, v in pln.items())
+    with pytest.raises(TypeError, match="TSAROML transfers OML's network; this model's classifier is a "
+                                        "RegulatedClassifier"):
+        TSAROML(model=TSARNet.build(4, bias=None, **SMALL))
+
+
 def test_transfer_bad_input_errors(tmp_path):
     path, _ = _meta_model_file(tmp_path, n_classes=8)
     with pytest.raises(ValueError, match="train_mb_size must be 1"):
@@ -1305,6 +1370,36 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
     assert tsar_benchmark.machines_line(mixed) == [
         "- Runs from more than one machine (AMD EPYC: 1 run(s), Intel Xeon: 2 run(s)); their seconds do not "
         "compare across machines."]
+
+
+def test_benchmark_runs_the_oml_baseline(tmp_path, fake_mnist_root):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tsar as tsar_benchmark
+    from conftest import make_fake_mnist
+
+    make_fake_mnist(fake_mnist_root, folder="FashionMNIST")
+    base = fake_mnist_root / "omniglot-py"
+    make_omniglot_zip(base, "images_background_small1", {"Greek": 3, "Korean": 2}, drawings=20)
+    make_omniglot_zip(base, "images_background_small2", {"Greek": 3, "Tagalog": 3}, drawings=20)
+    out = tmp_path / "tsar.json"
+    assert tsar_benchmark.main([
+        "--dataset-root", str(fake_mnist_root), "--meta-iterations", "2", "--curve-every", "0", "--meta-seeds", "0",
+        "--transfer-seeds", "0", "--lr-grid", "1e-3", "--n-classes", "12", "--omniglot-classes", "3",
+        "--transfers", "omniglot", "--methods", "oml", "--heads", "full", "hashed", "--oml-channels", "4",
+        "--oml-hidden", "8", "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(out),
+        "--figures", str(tmp_path / "images"), "--no-docs"]) == 0
+    import json
+
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]  # one run: the head settings do not apply to OML
+    assert (run["method"], run["head"]) == ("oml", "-") and "meta_seconds" in run
+    parameters = sum(p.numel() for p in TSARNet.oml(12, channels=4, hidden=8).parameters())
+    assert run["oml_network"] == {"channels": 4, "hidden": 8, "parameters": parameters}
+    assert run["regulator_bytes"] == {"parameters": 0, "with_adam": 0}
+    assert 0.0 <= run["transfers"]["omniglot/0"]["recall"] <= 1.0
+    assert (tmp_path / "ck" / "oml_meta0_first-order_c4_h8_n12.pt").exists()
+    section = tsar_benchmark.markdown_section(result)
+    assert "| oml | - | 0 |" in section and "`TSARNet.oml` with 4 channels" in section and "OML 13.87" in section
 
 
 def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mnist_root):

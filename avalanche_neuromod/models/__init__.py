@@ -4,7 +4,8 @@ TSAR's regulator and regulated classifier, and the task-incremental baselines (P
 from .batch_ensemble import BatchELayer, BatchENet, BatchEResNet18, RankOneFactors
 from .crwn import CRWNModule, FlyNet, NeuroModNet, NeuroModResNet18, SparseFlyEncoder
 from .dynamos import AgentDecision, agents_sampling, ChannelAgent, DynamosResNet18, GateRecord, require_agents
-from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, ProjectedHead, QuantizedHead,
+from .tsar import (REGULATION_BIAS, FactoredHead, FullHead, HashedHead, LowRankHead, OMLClassifier, ProjectedHead,
+                   QuantizedHead,
                    RegulatedClassifier, Regulator, SingleImageNorm, SparseHead, TSARNet, feature_directions,
                    proportional_pools, quantize_rows, regulated_conv2d, regulated_linear, regulation_bias)
 from .psp import PSP_CONTEXTS, PSPContexts, PSPLayer, PSPNet, PSPResNet18, random_orthogonal
@@ -39,6 +40,7 @@ __all__ = [
     "MTLResNet18",
     "NeuroModNet",
     "NeuroModResNet18",
+    "OMLClassifier",
     "ProjectedHead",
     "proportional_pools",
     "PSP_CONTEXTS",

@@ -53,6 +53,7 @@ __all__ = [
     "FullHead",
     "HashedHead",
     "LowRankHead",
+    "OMLClassifier",
     "ProjectedHead",
     "QuantizedHead",
     "RegulatedClassifier",
@@ -205,6 +206,10 @@ class RegulatedClassifier(nn.Module):
         """Shapes of the regulated weights, in order (three convolutions, then the class prediction layer)."""
         return [tuple(w.shape) for w in self.conv_weights] + [tuple(self.cp_weight.shape)]
 
+    def head_parameter_names(self) -> List[str]:
+        """The fast part of OML's split (``inner_params="head"``, No Regulation's transfer): the class prediction layer."""
+        return ["cp_weight", "cp_bias"]
+
     def reset_class_prediction(self, rows: Optional[Sequence[int]] = None,
                                generator: Optional[torch.Generator] = None) -> None:
         """Re-initialise class prediction weights (kaiming-normal) and biases (0).
@@ -280,6 +285,101 @@ class RegulatedClassifier(nn.Module):
             else:
                 h = F.max_pool2d(F.relu(self.norms[i](h)), 2)
         return regulated_linear(h.flatten(1), self.cp_weight, None if masks is None else masks[3], self.cp_bias)
+
+
+class OMLClassifier(nn.Module):
+    """OML's network (Javed & White, 2019), the TSAR paper's OML baseline: a representation and a prediction part.
+
+    The representation learning network (RLN) is five 3x3 convolutions with
+    ReLU, strides 1, 2, 1, 2, 1, no padding and no normalisation (28x28
+    images: 26, 12, 10, 4, 2 pixels a side); the prediction learning network
+    (PLN) is two linear layers, ``Linear(features, hidden)`` with ReLU, then
+    the class prediction layer ``Linear(hidden, n_classes)``. Meta-learning
+    (:class:`~avalanche_neuromod.training.TSARMetaLearner` with
+    ``inner_params="head"``) adapts the PLN in the inner loop and both parts
+    in the outer step; domain transfer
+    (:class:`~avalanche_neuromod.training.TSAROML`) keeps the RLN fixed,
+    resets the class prediction layer and trains the PLN. It has no
+    regulation. Weights kaiming-normal, biases zero.
+
+    :param n_classes: outputs of the class prediction layer.
+    :param in_channels: image channels.
+    :param channels: channels of every convolution (OML: 256).
+    :param hidden: outputs of the PLN's first layer (OML: 1024).
+    :param input_size: image side length (at least 17).
+    """
+
+    STRIDES = (1, 2, 1, 2, 1)
+    """Strides of the five convolutions."""
+
+    def __init__(self, n_classes: int = 1000, *, in_channels: int = 3, channels: int = 256, hidden: int = 1024,
+                 input_size: int = 28):
+        super().__init__()
+        side = input_size
+        for stride in self.STRIDES:
+            side = (side - 3) // stride + 1 if side >= 3 else 0
+        if side < 1:
+            raise ValueError(f"input_size={input_size} is too small for OML's five 3x3 convolutions (strides "
+                             f"{self.STRIDES}); use at least 17.")
+        self.config = {"kind": "oml", "n_classes": n_classes, "in_channels": in_channels, "channels": channels,
+                       "hidden": hidden, "input_size": input_size}
+        self.in_channels = in_channels
+        self.input_size = input_size
+        self.convs = nn.ModuleList(nn.Conv2d(in_channels if i == 0 else channels, channels, 3, stride=stride)
+                                   for i, stride in enumerate(self.STRIDES))
+        self.features = channels * side * side
+        self.pln_weight = nn.Parameter(torch.empty(hidden, self.features))
+        self.pln_bias = nn.Parameter(torch.zeros(hidden))
+        self.cp_weight = nn.Parameter(torch.empty(n_classes, hidden))
+        self.cp_bias = nn.Parameter(torch.zeros(n_classes))
+        for conv in self.convs:
+            nn.init.kaiming_normal_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        nn.init.kaiming_normal_(self.pln_weight)
+        nn.init.kaiming_normal_(self.cp_weight)
+
+    n_classes = RegulatedClassifier.n_classes
+    reset_class_prediction = RegulatedClassifier.reset_class_prediction
+
+    def head_parameter_names(self) -> List[str]:
+        """The PLN: what the inner loop adapts (``inner_params="head"``) and what domain transfer trains."""
+        return ["pln_weight", "pln_bias", "cp_weight", "cp_bias"]
+
+    def representation_parameters(self) -> List[nn.Parameter]:
+        """The RLN's parameters (the convolutions): learned in the outer step only, fixed in domain transfer."""
+        return list(self.convs.parameters())
+
+    def check_input(self, x: torch.Tensor, owner: str = "OMLClassifier") -> None:
+        """Raise a clear ``ValueError`` for a batch this network cannot take.
+
+        :param x: the batch.
+        :param owner: the name used in the message.
+        """
+        RegulatedClassifier.check_input(self, x, owner)
+
+    def forward(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Class scores of a batch.
+
+        :param x: images ``(B, in_channels, input_size, input_size)``.
+        :param masks: must be None: OML has no regulation.
+        """
+        self.check_input(x)
+        return self.run(x, masks)
+
+    def run(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """:meth:`forward` without the input check.
+
+        :param x: images.
+        :param masks: must be None.
+        """
+        if masks is not None:
+            raise ValueError("OMLClassifier has no regulation and takes no masks. Fix: call it with the images "
+                             "only, or use TSARNet.build(...) for a regulated classifier.")
+        h = x
+        for conv in self.convs:
+            h = F.relu(conv(h))
+        h = F.relu(F.linear(h.flatten(1), self.pln_weight, self.pln_bias))
+        return F.linear(h, self.cp_weight, self.cp_bias)
 
 
 class _RegulationHead(nn.Module):
@@ -1219,12 +1319,15 @@ class TSARNet(nn.Module):
     None (Scratch, No Regulation) or :attr:`regulation` is off.
     :meth:`build` builds the networks with every size as a parameter.
 
-    :param classifier: the regulated classifier.
+    :param classifier: the regulated classifier, or OML's network (:class:`OMLClassifier`, :meth:`oml`).
     :param regulator: its regulator, or None.
     """
 
-    def __init__(self, classifier: RegulatedClassifier, regulator: Optional[Regulator] = None):
+    def __init__(self, classifier: Union[RegulatedClassifier, OMLClassifier], regulator: Optional[Regulator] = None):
         super().__init__()
+        if regulator is not None and isinstance(classifier, OMLClassifier):
+            raise ValueError("OMLClassifier has no regulation: TSARNet(OMLClassifier(...)) takes no regulator. "
+                             "Fix: TSARNet(classifier) alone, or TSARNet.build(...) for a regulated classifier.")
         if regulator is not None:
             expected = [list(s) for s in classifier.regulated_shapes]
             if regulator.config["regulated_shapes"] != expected:
@@ -1277,6 +1380,20 @@ class TSARNet(nn.Module):
                                   bits=bits, directions=directions, project=project)
         return cls(classifier, regulator)
 
+    @classmethod
+    def oml(cls, n_classes: int = 1000, *, in_channels: int = 3, input_size: int = 28, channels: int = 256,
+            hidden: int = 1024) -> "TSARNet":
+        """OML's network alone (:class:`OMLClassifier`), for the OML baseline.
+
+        :param n_classes: class prediction outputs.
+        :param in_channels: image channels.
+        :param input_size: image side length.
+        :param channels: channels of the five convolutions.
+        :param hidden: outputs of the prediction network's first layer.
+        """
+        return cls(OMLClassifier(n_classes, in_channels=in_channels, channels=channels, hidden=hidden,
+                                 input_size=input_size))
+
     @property
     def config(self) -> Dict[str, Any]:
         """Constructor settings of both networks (saved in checkpoints)."""
@@ -1289,7 +1406,9 @@ class TSARNet(nn.Module):
 
         :param config: a dictionary from :attr:`config`.
         """
-        classifier = RegulatedClassifier(**config["classifier"])
+        settings = dict(config["classifier"])
+        kind = settings.pop("kind", "regulated")
+        classifier = OMLClassifier(**settings) if kind == "oml" else RegulatedClassifier(**settings)
         regulator = None
         if config.get("regulator") is not None:
             settings = dict(config["regulator"])

@@ -26,8 +26,8 @@ from .parallel import (BACKENDS, TaskResult, experience_accuracy, init_ray, merg
 from .reservoir import ReservoirBuffer
 from .synaptic_intelligence import SynapticIntelligence, SynapticIntelligencePlugin
 from .task_incremental import TaskIncrementalStrategy, TaskParametersPlugin, experience_task, task_optimizer_groups
-from .tsar import (TRANSFER_CP_BIAS, TRANSFER_OPTIMIZERS, TSAR, TSARMetaLearner, TSARNoRegulation, TSARReservoir,
-                   TSARScratch, load_tsar_model, prepare_transfer, save_tsar_model)
+from .tsar import (TRANSFER_CP_BIAS, TRANSFER_OPTIMIZERS, TSAR, TSARMetaLearner, TSARNoRegulation, TSAROML,
+                   TSARReservoir, TSARScratch, load_tsar_model, prepare_transfer, save_tsar_model)
 from .untrained import SkipUntrainedEvalMixin, SkipUntrainedEvalPlugin, UntrainedTaskWarning
 
 __all__ = [
@@ -82,6 +82,7 @@ __all__ = [
     "TSAR",
     "TSARMetaLearner",
     "TSARNoRegulation",
+    "TSAROML",
     "TSARReservoir",
     "TSARScratch",
     "UntrainedTaskWarning",

@@ -38,7 +38,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..benchmarks.omniglot import OmniglotMetaSampler
-from ..models.tsar import TSARNet, regulation_bias
+from ..models.tsar import OMLClassifier, TSARNet, regulation_bias
 from .checkpoint import CheckpointError, CheckpointMixin, _load_rng_state, _rng_state, read_checkpoint, \
     write_checkpoint
 
@@ -152,7 +152,10 @@ class TSARMetaLearner:
     :param n_outer: random images of the outer batch (64).
     :param repeat_first: the inner loop sees its first image twice (the authors' code).
     :param inner_params: ``"all"`` (TSAR: the whole classifier) or
-        ``"head"`` (only the class prediction layer: OML's split, used for No Regulation).
+        ``"head"`` (OML's split: only the fast part adapts in the inner loop, the
+        class prediction layer of a regulated classifier for No Regulation, the
+        prediction network of an :class:`~avalanche_neuromod.models.OMLClassifier`
+        for OML).
     :param second_order: differentiate through the inner loop.
     :param exclude_inner_class: outer random images from the other classes only (the paper's wording).
     :param classes: meta-train on these classes only (the "data scarce" setting).
@@ -199,7 +202,7 @@ class TSARMetaLearner:
         self.seconds = 0.0
         """Seconds spent in :meth:`step` so far, over every resumed part of the run (saved in checkpoints)."""
         names = [n for n, _ in model.classifier.named_parameters()]
-        self._inner_names = names if inner_params == "all" else ["cp_weight", "cp_bias"]
+        self._inner_names = names if inner_params == "all" else model.classifier.head_parameter_names()
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         images = torch.as_tensor(images)
@@ -364,7 +367,9 @@ def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP
       (kaiming-normal, every bias ``cp_bias``);
     - ``"classifier"`` (Scratch, Reservoir): the classifier; a regulator, if
       any, is frozen whole and keeps its weights;
-    - ``"head"`` (No Regulation): the class prediction layer only.
+    - ``"head"`` (No Regulation, OML): the classifier's fast part only
+      (``head_parameter_names()``: the class prediction layer of a regulated
+      classifier, OML's prediction network).
 
     :param model: the networks.
     :param cp_bias: regulation bias of the reset class-prediction head.
@@ -390,8 +395,9 @@ def prepare_transfer(model: TSARNet, *, cp_bias: Union[str, float] = TRANSFER_CP
     for p in model.parameters():
         p.requires_grad_(True)
     if train == "head":
+        fast = set(model.classifier.head_parameter_names())
         for name, p in model.classifier.named_parameters():
-            p.requires_grad_(name in ("cp_weight", "cp_bias"))
+            p.requires_grad_(name in fast)
     if model.regulator is not None:
         if train == "regulated":
             model.regulator.heads[-1].reset(regulation_bias(cp_bias), generator=generator)
@@ -566,6 +572,31 @@ class TSARNoRegulation(TSAR):
 
     _train = "head"
     _needs_regulator = False
+
+
+class TSAROML(TSAR):
+    """The OML baseline: OML's own network, meta-learned with the same protocol, its representation fixed in transfer.
+
+    Build the model with ``TSARNet.oml(n_classes, ...)``
+    (:class:`~avalanche_neuromod.models.OMLClassifier`: five convolutions,
+    then two linear layers) and meta-learn it with
+    ``TSARMetaLearner(model, ..., inner_params="head")``: the inner loop
+    adapts the prediction network, the outer step both parts. During
+    transfer the class prediction layer is reset and the prediction network
+    (both linear layers) learns; the convolutions stay fixed. Same protocol
+    as :class:`TSAR` otherwise (Adam, one image per step, in order).
+    """
+
+    _train = "head"
+    _needs_regulator = False
+
+    def __init__(self, *, model: TSARNet, **kwargs: Any):
+        if not isinstance(getattr(model, "classifier", None), OMLClassifier):
+            kind = type(getattr(model, "classifier", model)).__name__
+            raise TypeError(f"TSAROML transfers OML's network; this model's classifier is a {kind}. Fix: "
+                            f"TSARNet.oml(n_classes, ...), or TSARNoRegulation for a regulated classifier "
+                            f"meta-learned without its regulator.")
+        super().__init__(model=model, **kwargs)
 
 
 class TSARReservoir(TSAR):
