@@ -383,7 +383,7 @@ def load_previous(path: Path, settings: Dict[str, Any], defaults: Optional[Dict[
     :param defaults: the value of a setting in files written before it existed.
     """
     if not path.exists():
-        return {"runs": [], "commands": [], "machine": None, "figures": [], "how_run": []}
+        return {"runs": [], "commands": [], "machine": None, "figures": [], "how_run": [], "peak_rss_mb": None}
     previous = json.loads(path.read_text())
     for name, value in settings.items():
         theirs = previous["settings"].get(name, (defaults or {}).get(name))
@@ -394,7 +394,7 @@ def load_previous(path: Path, settings: Dict[str, Any], defaults: Optional[Dict[
                              f"together. Write to another --out.")
     return {"runs": previous["runs"], "commands": previous.get("commands", [previous["command"]]),
             "machine": previous.get("machine"), "figures": previous.get("figures", []),
-            "how_run": previous.get("how_run", [])}
+            "how_run": previous.get("how_run", []), "peak_rss_mb": previous.get("peak_rss_mb")}
 
 
 # Reporting -------------------------------------------------------------------------------------

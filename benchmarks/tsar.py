@@ -806,7 +806,9 @@ def markdown_section(result: Dict[str, Any]) -> str:
              "drawings, and to MNIST / Fashion-MNIST 10 classes x 30 images (10 more per class held out).")
     lines += [
         f"- Scale: {result['scale']}",
-        f"- Peak resident memory of the whole run: {result['peak_rss_mb']:.0f} MB.",
+        f"- Peak resident memory of the whole run"
+        + (" (the largest of its invocations)" if len(result.get("commands", [])) > 1 else "")
+        + f": {result['peak_rss_mb']:.0f} MB.",
         f"- Transfer with {'plain SGD' if s.get('transfer_optimizer') == 'sgd' else 'Adam'} at batch 1; "
         f"learning rate per method and meta seed chosen from {s['lr_grid']} on Omniglot sequence "
         f"{s['selection_seed']} (another class order and draw; never reported)"
@@ -923,6 +925,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     result["data_files"] += data_files(root, "omniglot-py/*") + data_files(root, "FashionMNIST/raw/*")
     earlier_figures: List[str] = []
+    earlier_peak = 0.0
     if args.append:
         previous = load_previous(args.out, {k: getattr(args, k) for k in SCALE_SETTINGS},
                                  defaults={"second_order": False, "transfer_optimizer": "adam"})
@@ -930,6 +933,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run.setdefault("cpu_model", (previous["machine"] or {}).get("cpu_model"))
         result["runs"], result["commands"] = previous["runs"], previous["commands"] + [result["command"]]
         earlier_figures = previous["figures"]
+        earlier_peak = previous["peak_rss_mb"] or 0.0
     meta = load_omniglot(root, ["images_background_small1"])
     transfers = build_transfers(root, args.transfer_seeds, args.selection_seed, args.transfers,
                                 args.omniglot_classes)
@@ -950,7 +954,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run["head"] = "-"
         result["runs"] = [r for r in result["runs"] if _run_key(r) != _run_key(run)] + [run]
         result["summary"] = summarise(result["runs"])
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # the largest of one invocation: an appended file keeps its earlier invocations' peak where higher
+        result["peak_rss_mb"] = max(earlier_peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         write_json(result, args.out)
     result["targets"] = targets(result["summary"], result["runs"], result["settings"])
     invocations = len(result.get("commands", []))  # more than one: appended to an earlier file

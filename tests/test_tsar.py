@@ -1351,8 +1351,13 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
               "--transfer-seeds", "0", "--lr-grid", "1e-3", "--classifier-channels", "4", "--regulator-channels",
               "4", "--n-classes", "12", "--omniglot-classes", "3", "--transfers", "omniglot", "--out", str(out),
               "--figures", str(tmp_path / "images"), "--no-docs", "--second-order", "--append"]
+    result["peak_rss_mb"] = 123456.0  # an earlier invocation's peak above anything this process reaches
+    out.write_text(json.dumps(result))
     assert tsar_benchmark.main(common + ["--meta-seeds", "1", "0", "--methods", "grow"]) == 0
     merged = json.loads(out.read_text())
+    assert merged["peak_rss_mb"] == 123456.0
+    assert "Peak resident memory of the whole run (the largest of its invocations): 123456 MB." in \
+        tsar_benchmark.markdown_section(merged)
     keys = sorted((r["method"], r["meta_seed"]) for r in merged["runs"])
     assert keys == [("grow", 0), ("grow", 1), ("scratch", 0), ("sculpt", 0)]
     rerun = next(r for r in merged["runs"] if (r["method"], r["meta_seed"]) == ("grow", 0))

@@ -31,6 +31,7 @@ __all__ = [
     "load_digits",
     "load_cifar100",
     "load_svhn",
+    "load_mini_imagenet",
 ]
 
 DATA_ROOT_ENV = "AVALANCHE_NEUROMOD_DATA"
@@ -46,21 +47,23 @@ class DatasetNotFoundError(FileNotFoundError):
     :param name: the dataset's name.
     :param tried: every path that was looked at.
     :param reason: why the download fallback failed, if it was attempted.
+    :param fix: the fix to print, for a dataset torchvision does not download
+        (default: point at a torchvision-layout copy or download once).
     """
 
-    def __init__(self, name: str, tried: Sequence[PathLike], reason: str = ""):
+    def __init__(self, name: str, tried: Sequence[PathLike], reason: str = "", fix: Optional[str] = None):
         self.name = name
         self.tried = [str(p) for p in tried]
         lines = [f"{name} was not found. Paths tried:"]
         lines += [f"  - {p}" for p in self.tried]
         if reason:
             lines.append(f"The download fallback failed: {reason}")
-        lines.append(
+        lines.append(fix or (
             f"Fix: pass dataset_root=<folder> pointing at a torchvision-layout "
             f"copy of {name} (e.g. <folder>/MNIST/raw/*.gz), set the "
             f"{DATA_ROOT_ENV} environment variable to that folder, or run once "
             f"on a machine with internet access so torchvision can download it."
-        )
+        ))
         super().__init__("\n".join(lines))
 
 
@@ -269,3 +272,87 @@ def load_svhn(
     labels = mat["y"].astype(np.int64).reshape(-1)
     labels[labels == 10] = 0
     return torch.from_numpy(np.ascontiguousarray(data)), torch.from_numpy(labels)
+
+
+MINI_IMAGENET_SPLITS = ("train.csv", "val.csv", "test.csv")
+"""Ravi & Larochelle's file lists (``filename,label``): 64 + 16 + 20 classes of 600 images."""
+
+
+def _mini_imagenet_folder(root: Path) -> Path:
+    for folder in (root / "mini-imagenet", root / "miniImageNet", root / "mini_imagenet", root):
+        if (folder / "images").is_dir() and all((folder / name).is_file() for name in MINI_IMAGENET_SPLITS):
+            return folder
+    tried = [root / sub / part for sub in ("mini-imagenet", "miniImageNet", "mini_imagenet", ".")
+             for part in ("images", *MINI_IMAGENET_SPLITS)]
+    raise DatasetNotFoundError("mini-ImageNet", tried, fix=MINI_IMAGENET_FIX)
+
+
+MINI_IMAGENET_FIX = (
+    f"Fix: mini-ImageNet has no download. Put Ravi & Larochelle's pre-generated folder (images/ with the 60,000 "
+    f"84x84 images, and train.csv, val.csv, test.csv) at <folder>/mini-imagenet and pass dataset_root=<folder> or "
+    f"set {DATA_ROOT_ENV}; from a full ImageNet folder, use Avalanche's own SplitMiniImageNet.")
+
+_MINI_IMAGENET_CACHE: dict = {}
+
+
+def load_mini_imagenet(
+    dataset_root: Optional[PathLike] = None, train: bool = True, size: int = 84, train_per_class: int = 500
+) -> Tensors:
+    """mini-ImageNet (100 classes x 600 images) as ``uint8`` images ``(N, 3, size, size)``.
+
+    Reads Ravi & Larochelle's pre-generated folder: ``images/*.jpg`` and the
+    file lists ``train.csv``, ``val.csv``, ``test.csv`` (``filename,label``),
+    under ``<root>/mini-imagenet`` (or ``miniImageNet``, ``mini_imagenet``, or
+    ``<root>`` itself). Continual learning pools the lists' 100 classes:
+    labels are the class names (``n01532829`` ...) in sorted order, 0..99;
+    each class's images, in list order, give its first ``train_per_class``
+    images to the training split and the rest (100 of 600) to the test
+    split. Images are resized to ``size`` (bilinear) where they differ. The
+    images are decoded once per process and kept for both splits (1.3 GB
+    at 84x84); nothing is written into the data root. mini-ImageNet cannot
+    be downloaded: without the folder, :class:`DatasetNotFoundError` names
+    the paths tried. (Avalanche's own ``SplitMiniImageNet`` builds it from
+    an ImageNet folder instead.)
+
+    :param dataset_root: folder holding the mini-ImageNet folder.
+    :param train: the training split, else the test split.
+    :param size: side length of the images.
+    :param train_per_class: images of each class in the training split.
+    """
+    import csv
+
+    from PIL import Image
+
+    folder = _mini_imagenet_folder(resolve_dataset_root(dataset_root, "mini_imagenet"))
+    key = (str(folder.resolve()), int(size), int(train_per_class))
+    if key not in _MINI_IMAGENET_CACHE:
+        files: dict = {}
+        for name in MINI_IMAGENET_SPLITS:
+            with open(folder / name, newline="") as f:
+                rows = list(csv.reader(f))
+            for row in rows[1:] if rows and rows[0][:2] == ["filename", "label"] else rows:
+                files.setdefault(row[1], []).append(row[0])
+        classes = sorted(files)
+        short = {c: len(v) for c, v in files.items() if len(v) <= train_per_class}
+        if short:
+            raise ValueError(f"mini-ImageNet classes with at most train_per_class={train_per_class} images leave no "
+                             f"test image: {dict(list(short.items())[:5])}. Fix: a smaller train_per_class.")
+        parts = {True: ([], []), False: ([], [])}
+        for label, c in enumerate(classes):
+            for i, filename in enumerate(files[c]):
+                path = folder / "images" / filename
+                if not path.is_file():
+                    raise DatasetNotFoundError("mini-ImageNet", [path], fix=f"Fix: {folder / 'images'} lacks an image "
+                                               f"that {folder}'s file lists name; copy the complete folder.")
+                with Image.open(path) as img:
+                    img = img.convert("RGB")
+                    if img.size != (size, size):
+                        img = img.resize((size, size), Image.BILINEAR)
+                    pixels = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+                images, labels = parts[i < train_per_class]
+                images.append(pixels)
+                labels.append(label)
+        _MINI_IMAGENET_CACHE.clear()  # one copy at a time: it is large
+        _MINI_IMAGENET_CACHE[key] = {split: (torch.from_numpy(np.stack(x)), torch.tensor(y, dtype=torch.long))
+                                     for split, (x, y) in parts.items()}
+    return _MINI_IMAGENET_CACHE[key][bool(train)]

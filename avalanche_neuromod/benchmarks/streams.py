@@ -20,7 +20,8 @@ import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, EagerCLStream
 
-from .sources import PathLike, load_cifar100, load_digits, load_fashion_mnist, load_mnist, load_svhn
+from .sources import (PathLike, load_cifar100, load_digits, load_fashion_mnist, load_mini_imagenet, load_mnist,
+                      load_svhn)
 from .tensor_data import LazyImageData, make_classification_dataset
 
 __all__ = [
@@ -37,6 +38,9 @@ __all__ = [
     "PermutedMNIST",
     "SplitMNIST",
     "SplitCIFAR100",
+    "SplitMiniImageNet",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "SeqSVHN",
 ]
 
@@ -48,6 +52,10 @@ CIFAR100_MEAN = (0.491, 0.482, 0.447)
 """Per-channel mean used by CRWN for Split CIFAR-100."""
 CIFAR100_STD = (0.247, 0.243, 0.262)
 """Per-channel standard deviation used by CRWN for Split CIFAR-100."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""Per-channel mean of ImageNet's training pixels (Split mini-ImageNet's normalisation)."""
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""Per-channel standard deviation of ImageNet's training pixels."""
 
 DATASETS = ("mnist", "fashion_mnist", "digits")
 """The grey-scale 28x28 sources the rotated, permuted and split streams accept."""
@@ -542,6 +550,59 @@ def SplitCIFAR100(
         "SplitCIFAR100", "cifar100", train, test, n_experiences, order,
         return_task_id, _relabel_mode(class_ids_from_zero_in_each_exp, False), {},
         train_transform or default_train, eval_transform or default_eval,
+    )
+
+
+def SplitMiniImageNet(
+    n_experiences: int = 20,
+    *,
+    return_task_id: bool = False,
+    seed: Optional[int] = 0,
+    fixed_class_order: Optional[Sequence[int]] = None,
+    class_ids_from_zero_in_each_exp: bool = False,
+    dataset_root: Optional[PathLike] = None,
+    size: int = 84,
+    train_per_class: int = 500,
+    augment: bool = False,
+    train_transform: Optional[Callable] = None,
+    eval_transform: Optional[Callable] = None,
+) -> NeuromodBenchmark:
+    """Split mini-ImageNet (CRWN): 20 experiences of 5 classes, 2,500 training and 500 test images each.
+
+    The 100 classes of mini-ImageNet (:func:`~avalanche_neuromod.benchmarks.load_mini_imagenet`:
+    Ravi & Larochelle's pre-generated folder, 600 images of 84x84 per class,
+    the first 500 of each class for training, the last 100 for testing) in
+    an order drawn from ``seed``, normalised with ImageNet's mean and
+    standard deviation. The CRWN paper states no augmentation for it; with
+    ``augment=True`` training images get RandomCrop(size, padding=size // 8)
+    and a horizontal flip, as Split CIFAR-100's. The full stream needs the
+    mini-ImageNet folder, which no library downloads.
+
+    :param n_experiences: number of experiences (divides the classes as evenly as possible).
+    :param return_task_id: experience ``i`` gets task label ``i``.
+    :param seed: seed of the class order (None: label order).
+    :param fixed_class_order: an explicit class order.
+    :param class_ids_from_zero_in_each_exp: relabel classes 0..k-1 per experience.
+    :param dataset_root: folder holding ``mini-imagenet/``.
+    :param size: image side length (84).
+    :param train_per_class: training images of each class (the rest are test images).
+    :param augment: crop and flip the training images.
+    :param train_transform: replaces the default train transform.
+    :param eval_transform: replaces the default eval transform.
+    """
+    from torchvision import transforms as T
+
+    train = load_mini_imagenet(dataset_root, True, size, train_per_class)
+    test = load_mini_imagenet(dataset_root, False, size, train_per_class)
+    n_classes = int(train[1].max()) + 1
+    _check_count("n_experiences", n_experiences, 1, n_classes)
+    normalise = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    crop = [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
+    order = _class_order(n_classes, fixed_class_order, seed is not None and fixed_class_order is None, seed)
+    return _split_benchmark(
+        "SplitMiniImageNet", "mini_imagenet", train, test, n_experiences, order,
+        return_task_id, _relabel_mode(class_ids_from_zero_in_each_exp, False), {},
+        train_transform or T.Compose(crop + [normalise]), eval_transform or normalise,
     )
 
 

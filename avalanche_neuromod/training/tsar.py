@@ -18,7 +18,7 @@ Domain transfer (:class:`TSAR`, an Avalanche ``SupervisedTemplate``): the
 class prediction weights and the regulator head that masks them are reset
 (kaiming-normal weights, class bias 0, regulation bias -2), the regulator's
 trunk is frozen, and Adam takes one step per image in the stream's order.
-:class:`TSARScratch`, :class:`TSARNoRegulation` and :class:`TSARReservoir`
+:class:`TSARScratch`, :class:`TSARNoRegulation`, :class:`TSAROML` and :class:`TSARReservoir`
 are the paper's baselines on the same streams.
 """
 
