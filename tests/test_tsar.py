@@ -1298,15 +1298,21 @@ def test_example_meta_learns_transfers_and_draws_the_figures(tmp_path, capsys):
     assert load_tsar_model(tmp_path / "grow.pt", expect={"regulated": True}).regulator is not None
 
 
-def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
+def _benchmark_on_fake_data(root: Path):
+    """``benchmarks/tsar.py`` as a module, with stand-in Fashion-MNIST and Omniglot subsets written under ``root``."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import tsar as tsar_benchmark
     from conftest import make_fake_mnist
 
-    make_fake_mnist(fake_mnist_root, folder="FashionMNIST")
-    base = fake_mnist_root / "omniglot-py"
+    make_fake_mnist(root, folder="FashionMNIST")
+    base = root / "omniglot-py"
     make_omniglot_zip(base, "images_background_small1", {"Greek": 3, "Korean": 2}, drawings=20)
     make_omniglot_zip(base, "images_background_small2", {"Greek": 3, "Tagalog": 3}, drawings=20)
+    return tsar_benchmark
+
+
+def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
+    tsar_benchmark = _benchmark_on_fake_data(fake_mnist_root)
     out = tmp_path / "tsar.json"
     code = tsar_benchmark.main([
         "--dataset-root", str(fake_mnist_root), "--meta-iterations", "2", "--curve-every", "1",
@@ -1378,14 +1384,7 @@ def test_benchmark_script_runs_and_reports(tmp_path, fake_mnist_root):
 
 
 def test_benchmark_runs_the_oml_baseline(tmp_path, fake_mnist_root):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import tsar as tsar_benchmark
-    from conftest import make_fake_mnist
-
-    make_fake_mnist(fake_mnist_root, folder="FashionMNIST")
-    base = fake_mnist_root / "omniglot-py"
-    make_omniglot_zip(base, "images_background_small1", {"Greek": 3, "Korean": 2}, drawings=20)
-    make_omniglot_zip(base, "images_background_small2", {"Greek": 3, "Tagalog": 3}, drawings=20)
+    tsar_benchmark = _benchmark_on_fake_data(fake_mnist_root)
     out = tmp_path / "tsar.json"
     assert tsar_benchmark.main([
         "--dataset-root", str(fake_mnist_root), "--meta-iterations", "2", "--curve-every", "0", "--meta-seeds", "0",

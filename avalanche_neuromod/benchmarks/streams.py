@@ -503,11 +503,12 @@ def SplitMNIST(
     )
 
 
-def _cifar_transforms(augment: bool):
+def _colour_transforms(mean: Sequence[float], std: Sequence[float], size: int, padding: int, augment: bool):
+    """Train and eval transforms of a colour stream: normalise; for training, crop and flip when ``augment``."""
     from torchvision import transforms as T
 
-    normalise = T.Normalize(CIFAR100_MEAN, CIFAR100_STD)
-    train = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+    normalise = T.Normalize(mean, std)
+    train = [T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()] if augment else []
     return T.Compose(train + [normalise]), normalise
 
 
@@ -542,7 +543,7 @@ def SplitCIFAR100(
     :param eval_transform: replaces the default eval transform.
     """
     _check_count("n_experiences", n_experiences, 1, 100)
-    default_train, default_eval = _cifar_transforms(augment)
+    default_train, default_eval = _colour_transforms(CIFAR100_MEAN, CIFAR100_STD, 32, 4, augment)
     train = load_cifar100(dataset_root, True)
     test = load_cifar100(dataset_root, False)
     order = _class_order(100, fixed_class_order, seed is not None and fixed_class_order is None, seed)
@@ -590,19 +591,16 @@ def SplitMiniImageNet(
     :param train_transform: replaces the default train transform.
     :param eval_transform: replaces the default eval transform.
     """
-    from torchvision import transforms as T
-
     train = load_mini_imagenet(dataset_root, True, size, train_per_class)
     test = load_mini_imagenet(dataset_root, False, size, train_per_class)
     n_classes = int(train[1].max()) + 1
     _check_count("n_experiences", n_experiences, 1, n_classes)
-    normalise = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    crop = [T.RandomCrop(size, padding=size // 8), T.RandomHorizontalFlip()] if augment else []
+    default_train, default_eval = _colour_transforms(IMAGENET_MEAN, IMAGENET_STD, size, size // 8, augment)
     order = _class_order(n_classes, fixed_class_order, seed is not None and fixed_class_order is None, seed)
     return _split_benchmark(
         "SplitMiniImageNet", "mini_imagenet", train, test, n_experiences, order,
         return_task_id, _relabel_mode(class_ids_from_zero_in_each_exp, False), {},
-        train_transform or T.Compose(crop + [normalise]), eval_transform or normalise,
+        train_transform or default_train, eval_transform or default_eval,
     )
 
 
