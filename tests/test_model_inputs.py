@@ -213,3 +213,17 @@ def test_class_targets_must_have_an_output():
     _raises(lambda: check_class_targets(logits, torch.tensor([0, 5]), owner="S"), "S: the batch holds class label 5",
             "5 outputs (labels 0..4)", "n_classes >= 6")
     _raises(lambda: check_class_targets(logits, torch.tensor([-1, 2]), owner="S"), "class label -1", "relabel")
+
+
+@pytest.mark.parametrize("layer_cls", ["PSPLayer", "BatchELayer", "SupSupLayer"])
+def test_baseline_layers_refuse_a_task_id_they_do_not_hold(layer_cls):
+    import avalanche_neuromod.models as models
+    from avalanche_neuromod.models.task_incremental import TaskState
+
+    layer = getattr(models, layer_cls)(8, 4)
+    for state in (m for m in layer.children() if isinstance(m, TaskState)):
+        state.add_task()
+    x = torch.rand(2, 8)
+    assert layer(x, torch.tensor([0, 0])).shape == (2, 4)
+    for bad in (1, -1):  # used to end in a bare IndexError / AttributeError
+        _raises(lambda: layer(x, torch.tensor([0, bad])), f"{layer_cls}(8, 4) got task id {bad}", "ids 0..0")

@@ -592,7 +592,9 @@ class TaskWeightLayer(nn.Module):
             check_features(x, self.in_features, owner=self._owner(), argument="in_features", flat=True)
         else:
             check_images(x, self.in_features, owner=self._owner(), argument="in_features")
-        check_task_labels(task_labels, x.shape[0], owner=self._owner())
+        states = [m for m in self.children() if isinstance(m, TaskState)]
+        held = min(m.n_tasks for m in states) if states else None
+        check_task_labels(task_labels, x.shape[0], owner=self._owner(), n_tasks=held)
         return run_per_task(x, task_labels, self.apply_task)
 
     def extra_repr(self) -> str:
