@@ -1173,6 +1173,25 @@ def test_oml_meta_learning_adapts_the_prediction_network_in_the_inner_loop(tmp_p
     assert torch.equal(loaded(x), net(x))
 
 
+def test_oml_meta_learning_resumes_to_the_same_weights(tmp_path):
+    def learner(path=None):
+        torch.manual_seed(0)
+        return TSARMetaLearner(TSARNet.oml(8, channels=4, hidden=9), *_meta_data(), n_inner=5, n_outer=6, seed=0,
+                               inner_params="head", checkpoint_path=path, checkpoint_every=3)
+
+    full = learner()
+    full.fit(6, progress=False)
+    learner(tmp_path / "oml.pt").fit(3, progress=False)
+    resumed = learner(tmp_path / "oml.pt")
+    resumed.fit(6, progress=False)
+    assert resumed.iteration == 6 and resumed.history == full.history
+    for (k, v), w in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(v, w), k
+    with pytest.raises(CheckpointError):  # a regulated classifier cannot resume an OML file
+        TSARMetaLearner(TSARNet.build(8, **SMALL), *_meta_data(), n_inner=5, n_outer=6, inner_params="head",
+                        checkpoint_path=tmp_path / "oml.pt").fit(7, progress=False)
+
+
 def test_oml_transfer_keeps_the_representation_and_trains_the_prediction_network():
     bench = DomainTransfer("digits", n_classes=2, n_images=3, seed=1)
     torch.manual_seed(0)
