@@ -6,10 +6,10 @@ fixed random weights, 1,299 learned parameters per task) and our Dynamos
 per experience in batches of 32, task ids not used, as in general continual
 learning) on Permuted digits (scikit-learn's bundled handwritten digits
 upsampled to 28x28, 5 permutations, task ids given; no download) with one
-evaluator, then prints the result table and saves a figure. About 70
-seconds on 2 CPU cores (Dynamos takes most of them).
+evaluator, then prints the result table and saves a figure. About a minute
+on 2 CPU cores (Dynamos takes most of it).
 
-Dynamos trails here (about 25%): its convolutional network sees permuted
+Dynamos trails here (about 20%): its convolutional network sees permuted
 pixels, once, without task ids, and its agents cost accuracy on small
 streams in our measurements (docs/dynamos.rst compares it with its
 agent-free ablation and the paper on MNIST-360).
