@@ -142,7 +142,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "layer; default 0 1 2, any other set adds '-p0.1.2.3' to the head's name).")
     parser.add_argument("--calibrate", action="store_true",
                         help="quantized heads: correct each entry's bias for its row's mean quantisation error "
-                             "over the meta-training images (Regulator.quantized's calibration; suffix '-cal').")
+                             "over the meta-training images (Regulator.quantized's calibration); sparse heads with "
+                             "--prune-full: fold the pruned weights' mean contribution over those images into each "
+                             "bias (Regulator.sparsified's calibration); suffix '-cal'.")
     parser.add_argument("--dequantize", action="store_true",
                         help="quantized heads decoded back into full float heads before the transfer "
                              "(Regulator.dequantized; suffix '-dq'): rows kept in --bits bits, every weight "
@@ -303,7 +305,7 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
     (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
     entry), ``sparse-s16-g18`` for sparse heads of 16 inputs and gain 18 (``-pruned`` added for
-    ``--prune-full``), ``quantized-b3`` for quantized heads of 3 bits (``quantized-b3.3.3.2`` for bits per layer;
+    ``--prune-full``, ``-pruned-cal`` with ``--calibrate``), ``quantized-b3`` for quantized heads of 3 bits (``quantized-b3.3.3.2`` for bits per layer;
     ``-cal`` added for ``--calibrate``, ``-dq`` for ``--dequantize``), ``projected-k24`` for the convolutions'
     heads projected onto 24 feature directions (``-p0.1.2.3`` added when ``--project-heads`` names other heads);
     ``-fs`` for a low-memory head transferred
@@ -313,7 +315,7 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     False)."""
     if head == "sparse":
         name = f"sparse-s{args.inputs}" + (f"-g{args.gain:g}" if args.gain != 1.0 else "")
-        name += "-pruned" if args.prune_full else ""
+        name += ("-pruned" + ("-cal" if args.calibrate else "")) if args.prune_full else ""
     elif head == "hashed":
         name = f"hashed-p{args.pool}" if args.pool_total is None else f"hashed-t{args.pool_total}"
         name += f"-k{args.hashes}" if args.hashes != 1 else ""
@@ -378,9 +380,11 @@ def head_name(head: str, settings: Dict[str, Any]) -> str:
     if head == "low_rank":
         return f"low-rank heads (rank {settings['rank']}{suffix})"
     if head.startswith("sparse"):
+        head, calibrated = head.removesuffix("-cal"), head.endswith("-cal")
         pruned = head.endswith("-pruned")
         inputs, _, gain = head.removesuffix("-pruned").partition("-s")[2].partition("-g")
-        suffix = (", pruned from the meta-learned full heads" if pruned else "") + suffix
+        suffix = (", pruned from the meta-learned full heads" if pruned else "") \
+            + (", the pruned weights' mean folded into the biases" if calibrated else "") + suffix
         return f"sparse heads ({inputs} inputs per entry" + (f", gain {gain}" if gain else "") + f"{suffix})"
     if head.startswith("hashed"):
         head, _, hashes = head.partition("-k")
@@ -459,7 +463,7 @@ def converted_model(method: str, head: str, args: argparse.Namespace, meta_seed:
     elif head == "projected":
         regulator = full.regulator.projected(learner.images, args.directions, args.project_heads)
     else:
-        regulator = full.regulator.sparsified(args.inputs, args.gain)
+        regulator = full.regulator.sparsified(args.inputs, args.gain, learner.images if args.calibrate else None)
     return TSARNet(full.classifier, regulator), checkpoint
 
 
@@ -806,7 +810,7 @@ def markdown_section(result: Dict[str, Any]) -> str:
              "drawings, and to MNIST / Fashion-MNIST 10 classes x 30 images (10 more per class held out).")
     lines += [
         f"- Scale: {result['scale']}",
-        f"- Peak resident memory of the whole run"
+        "- Peak resident memory of the whole run"
         + (" (the largest of its invocations)" if len(result.get("commands", [])) > 1 else "")
         + f": {result['peak_rss_mb']:.0f} MB.",
         f"- Transfer with {'plain SGD' if s.get('transfer_optimizer') == 'sgd' else 'Adam'} at batch 1; "

@@ -542,6 +542,27 @@ def test_regulator_sparsified_prunes_every_head_and_round_trips():
         pruned.regulator.sparsified(4)
 
 
+def test_pruning_with_calibration_folds_the_pruned_weights_mean_into_the_biases():
+    torch.manual_seed(0)
+    full = FullHead(10, (4, 3), bias=-2.0)
+    f = torch.relu(torch.randn(50, 10))
+    mean = f.mean(0)
+    folded = SparseHead.from_full(full, inputs=3, mean_features=mean)
+    plain = SparseHead.from_full(full, inputs=3)
+    weight = full.linear.weight.detach()
+    pruned_part = weight.scatter(1, plain.index.long(), 0.0)  # the weights pruning drops
+    torch.testing.assert_close(folded.bias, plain.bias + pruned_part @ mean)
+    # Over the calibration features the folded head's logits keep the full head's mean; the plain head's do not.
+    torch.testing.assert_close(folded.logits(f).mean(0), full.logits(f).mean(0))
+    assert not torch.allclose(plain.logits(f).mean(0), full.logits(f).mean(0), atol=1e-3)
+    net = TSARNet.build(7, **SMALL)
+    images = torch.rand(6, 3, 28, 28)
+    calibrated = net.regulator.sparsified(4, calibration=images)
+    features = net.regulator.encode(images)
+    for full_head, head in zip(net.regulator.heads, calibrated.heads):
+        torch.testing.assert_close(head.logits(features).mean(0), full_head.logits(features).mean(0))
+
+
 def test_quantize_rows_picks_each_rows_least_error_step_on_symmetric_levels():
     weight = torch.tensor([[0.0, 1.0, -1.0, 0.5], [2.0, -2.0, 2.0, -2.0]])
     codes, step = quantize_rows(weight, bits=1)  # levels +-step / 2
@@ -1460,6 +1481,10 @@ def test_benchmark_keeps_meta_learners_and_transfers_with_sgd(tmp_path, fake_mni
     pruned = json.loads((tmp_path / "p.json").read_text())["runs"][0]
     assert pruned["head"] == "sparse-s2-pruned" and pruned["meta_resumed_at"] == 3
     assert pruned["converted_from"] == "grow_full_meta0_first-order_c4_r4_n12.pt"
+    assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--heads", "sparse", "--prune-full", "--inputs",
+                                "2", "--calibrate", "--out", str(tmp_path / "pc.json")]) == 0
+    folded = json.loads((tmp_path / "pc.json").read_text())["runs"][0]
+    assert folded["head"] == "sparse-s2-pruned-cal" and folded["converted_from"] == pruned["converted_from"]
     # Quantized heads from the same checkpoint (calibrated, head weights frozen in transfer); a full head whose
     # weights are frozen in transfer reuses the full head's meta-learner.
     assert tsar_benchmark.main([*common, "--meta-iterations", "3", "--heads", "quantized", "--bits", "3", "3", "3",
@@ -1630,6 +1655,11 @@ def test_benchmark_head_labels_and_labelled_result_files():
     assert tsar_benchmark.head_label("sparse", pruned) == "sparse-s16-pruned"
     assert tsar_benchmark.head_name("sparse-s16-pruned", {}) == (
         "sparse heads (16 inputs per entry, pruned from the meta-learned full heads)")
+    folded = tsar_benchmark.parse_args(["--heads", "sparse", "--prune-full", "--calibrate"])
+    assert tsar_benchmark.head_label("sparse", folded) == "sparse-s16-pruned-cal"
+    assert tsar_benchmark.head_name("sparse-s16-pruned-cal", {}) == (
+        "sparse heads (16 inputs per entry, pruned from the meta-learned full heads, the pruned weights' mean "
+        "folded into the biases)")
     projected = tsar_benchmark.parse_args(["--heads", "projected", "--directions", "8"])
     assert tsar_benchmark.head_label("projected", projected) == "projected-k8"
     every = tsar_benchmark.parse_args(["--heads", "projected", "--project-heads", "3", "0", "1", "2"])

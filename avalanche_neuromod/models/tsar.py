@@ -725,7 +725,8 @@ class SparseHead(_RegulationHead):
         return self.bias
 
     @classmethod
-    def from_full(cls, full: FullHead, inputs: int = 16, gain: float = 1.0) -> "SparseHead":
+    def from_full(cls, full: FullHead, inputs: int = 16, gain: float = 1.0,
+                  mean_features: Optional[torch.Tensor] = None) -> "SparseHead":
         """A sparse head that keeps each row's ``inputs`` largest weights of a full head (magnitude pruning).
 
         The bias and the kept weights are the full head's (the weights stored
@@ -737,6 +738,10 @@ class SparseHead(_RegulationHead):
         :param full: the full head.
         :param inputs: weights kept per mask entry.
         :param gain: the new head's gain.
+        :param mean_features: the regulator's mean features over some images
+            (e.g. the meta-training set); when given, each bias also takes
+            the pruned weights' mean contribution, ``w_pruned . mean_features``,
+            so the logits keep their mean over those images.
         """
         weight = full.linear.weight.detach()
         head = cls(weight.shape[1], full.shape, 0.0, inputs, gain)
@@ -745,6 +750,8 @@ class SparseHead(_RegulationHead):
             head.index.copy_(kept)
             head.weight.copy_(weight.gather(1, kept) / head.gain)
             head.bias.copy_(full.linear.bias)
+            if mean_features is not None:
+                head.bias.add_(weight.scatter(1, kept, 0.0) @ mean_features)
         return head
 
     def reset(self, bias: float, generator: Optional[torch.Generator] = None) -> None:
@@ -1180,16 +1187,27 @@ class Regulator(nn.Module):
                                            if i in projected else FullHead(self.features, s, value))}[head]
         self.heads = nn.ModuleList([make(s, i) for i, s in enumerate(regulated_shapes)])
 
-    def sparsified(self, inputs: int = 16, gain: float = 1.0) -> "Regulator":
+    def sparsified(self, inputs: int = 16, gain: float = 1.0, calibration: Optional[torch.Tensor] = None
+                   ) -> "Regulator":
         """A copy whose full heads are pruned to their ``inputs`` largest weights per entry.
 
         Each head becomes :meth:`SparseHead.from_full` of it; the trunk is copied.
 
         :param inputs: weights kept per mask entry.
         :param gain: the sparse heads' gain.
+        :param calibration: images whose mean features fold the pruned
+            weights' mean contribution into each entry's bias (e.g. the
+            meta-training images); None: the biases are kept as they are.
         """
+        mean = self._mean_features(calibration)
         return self._converted("sparse", {"inputs": inputs, "gain": gain},
-                               lambda h: SparseHead.from_full(h, inputs, gain))
+                               lambda h: SparseHead.from_full(h, inputs, gain, mean))
+
+    def _mean_features(self, images: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if images is None:
+            return None
+        with torch.no_grad():
+            return torch.cat([self.encode(chunk) for chunk in images.split(256)]).mean(0)
 
     def quantized(self, bits: Union[int, Sequence[int]] = 3, calibration: Optional[torch.Tensor] = None
                   ) -> "Regulator":
@@ -1202,10 +1220,7 @@ class Regulator(nn.Module):
             bias for the mean error of its quantised row (e.g. the
             meta-training images); None: the biases are kept as they are.
         """
-        mean = None
-        if calibration is not None:
-            with torch.no_grad():
-                mean = torch.cat([self.encode(chunk) for chunk in calibration.split(256)]).mean(0)
+        mean = self._mean_features(calibration)
         layer_bits = iter(_per_weight(bits, len(self.heads), "bits"))
         return self._converted("quantized", {"bits": bits},
                                lambda h: QuantizedHead.from_full(h, next(layer_bits), mean))
