@@ -305,7 +305,8 @@ def head_label(head: str, args: argparse.Namespace, transfer: bool = True) -> st
     """The name a run's head gets in the results: ``factored-g8`` for factored heads of gain 8, ``hashed-p512``
     (``hashed-t2048`` for 2,048 read-outs split in proportion to the layers; ``-k2`` added for 2 read-outs per
     entry), ``sparse-s16-g18`` for sparse heads of 16 inputs and gain 18 (``-pruned`` added for
-    ``--prune-full``, ``-pruned-cal`` with ``--calibrate``), ``quantized-b3`` for quantized heads of 3 bits (``quantized-b3.3.3.2`` for bits per layer;
+    ``--prune-full``, ``-pruned-cal`` with ``--calibrate``), ``quantized-b3`` for quantized heads of 3 bits
+    (``quantized-b3.3.3.2`` for bits per layer;
     ``-cal`` added for ``--calibrate``, ``-dq`` for ``--dequantize``), ``projected-k24`` for the convolutions'
     heads projected onto 24 feature directions (``-p0.1.2.3`` added when ``--project-heads`` names other heads);
     ``-fs`` for a low-memory head transferred

@@ -18,8 +18,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-__all__ = ["STREAM_IMAGE_SHAPES", "check_features", "check_images", "check_dtype", "check_task_labels", "check_class_targets",
-           "as_task_labels"]
+__all__ = ["STREAM_IMAGE_SHAPES", "check_features", "check_images", "check_dtype", "check_task_labels",
+           "check_class_targets", "as_task_labels"]
 
 STREAM_IMAGE_SHAPES: Dict[Tuple[int, ...], Tuple[str, ...]] = {
     (1, 28, 28): ("RotatedMNIST", "PermutedMNIST", "MNIST360", "SplitMNIST(channels=1)"),

@@ -207,7 +207,7 @@ class RegulatedClassifier(nn.Module):
         return [tuple(w.shape) for w in self.conv_weights] + [tuple(self.cp_weight.shape)]
 
     def head_parameter_names(self) -> List[str]:
-        """The fast part of OML's split (``inner_params="head"``, No Regulation's transfer): the class prediction layer."""
+        """OML's fast part (``inner_params="head"``, No Regulation's transfer): the class prediction layer."""
         return ["cp_weight", "cp_bias"]
 
     def reset_class_prediction(self, rows: Optional[Sequence[int]] = None,
