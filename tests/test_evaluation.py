@@ -121,15 +121,17 @@ def test_evaluator_records_peak_ram_when_asked():
     import psutil
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
-    strategy = _strategy(model, make_evaluator(progress_bar=False, ram=0.05))
+    strategy = _strategy(model, make_evaluator(progress_bar=False, ram=0.005))
     bm = PermutedMNIST(n_experiences=1, dataset="digits")
     strategy.train(bm.train_stream[0])
     strategy.eval(bm.test_stream)
     ram = {k: v for k, (_, v) in strategy.evaluator.get_all_metrics().items() if k.startswith("MaxRAMUsage")}
     assert {k.split("/")[0] for k in ram} == {"MaxRAMUsage_Epoch", "MaxRAMUsage_Experience"}, ram
     resident = psutil.Process().memory_info().rss / 2**20
-    for values in ram.values():  # MB of this process: above zero, not above what it holds now with margin
-        assert all(0 < v < 2 * resident for v in values), (values, resident)
+    # MB of this process, not above what it holds now with margin; a phase that ends before the sampling
+    # thread's first sample records 0 (Avalanche's metric), so only the largest value must be above 0.
+    values = [v for vs in ram.values() for v in vs]
+    assert all(0 <= v < 2 * resident for v in values) and max(values) > 0, (ram, resident)
     assert not [m for m in make_evaluator(progress_bar=False).metrics if "RAM" in type(m).__name__]  # off by default
     with pytest.raises(ValueError, match="sampling period"):
         make_evaluator(ram=0)

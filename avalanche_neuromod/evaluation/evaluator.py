@@ -57,7 +57,8 @@ def make_evaluator(
         asks the model (CRWN networks' ``params_per_task()``).
     :param ram: the process's peak RAM (MB) per training epoch and per evaluated
         experience (Avalanche's ``ram_usage_metrics``), sampled by a thread
-        every second, or every ``ram`` seconds when a number is given.
+        every second, or every ``ram`` seconds when a number is given (a
+        phase shorter than that records 0: no sample was taken).
     :param progress_bar: log with Avalanche's interactive progress bar; when
         False and no other logger is given, metrics are only stored.
     :param text_log: also print every metric value as text.
