@@ -795,6 +795,9 @@ def test_wrong_inputs_get_clear_errors():
         net(torch.rand(2, 1, 28, 28))
     with pytest.raises(ValueError, match="regulated_shapes"):
         TSARNet(RegulatedClassifier(5, channels=6), Regulator([(1, 2, 3, 3)]))
+    classifier = RegulatedClassifier(5, channels=6)
+    with pytest.raises(ValueError, match="images of 3 channels and side 32, the classifier of 3 and 28"):
+        TSARNet(classifier, Regulator(classifier.regulated_shapes, channels=5, input_size=32))
     with pytest.raises(ValueError, match="preset"):
         TSARNet.build(5, bias="prune")
 

@@ -180,7 +180,7 @@ def check_task_labels(task_labels: torch.Tensor, batch_size: int, *, owner: str,
             f"sample) or 1 (one for all). Fix: pass the labels of the same mini-batch, or a single int."
         )
     if n_tasks is not None and n > 0:
-        low, high = int(task_labels.min()), int(task_labels.max())
+        low, high = (int(v) for v in torch.aminmax(task_labels))
         if low < 0 or high >= n_tasks:
             bad = low if low < 0 else high
             held = f"ids 0..{n_tasks - 1}" if n_tasks else "no task yet"
@@ -202,7 +202,7 @@ def check_class_targets(logits: torch.Tensor, targets: torch.Tensor, *, owner: s
     if targets.numel() == 0 or targets.is_floating_point():
         return
     n_outputs = logits.shape[-1]
-    low, high = int(targets.min()), int(targets.max())
+    low, high = (int(v) for v in torch.aminmax(targets))
     if low < 0 or high >= n_outputs:
         bad = low if low < 0 else high
         raise ValueError(

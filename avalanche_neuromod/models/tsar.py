@@ -157,7 +157,55 @@ def _conv_out(size: int, layers: int, pools: int) -> int:
     return size
 
 
-class RegulatedClassifier(nn.Module):
+def _check_square_images(x: torch.Tensor, channels: int, size: int, owner: str) -> None:
+    """A batch ``(B, channels, size, size)``, or a clear ``ValueError`` naming the fix."""
+    check_images(x, channels, owner=f"{owner}(in_channels={channels})")
+    if tuple(x.shape[-2:]) != (size, size):
+        raise ValueError(
+            f"{owner} was built for {size}x{size} images (input_size={size}); got shape {tuple(x.shape)}. Fix: "
+            f"build it with input_size={x.shape[-1]} (square images), or resize the images, e.g. "
+            f"DomainTransfer(size={size}).")
+
+
+class _ClassPredictionNet(nn.Module):
+    """What TSAR's classifiers share: square images in, a class prediction layer ``cp_weight`` / ``cp_bias`` out."""
+
+    in_channels: int
+    input_size: int
+    cp_weight: nn.Parameter
+    cp_bias: nn.Parameter
+
+    @property
+    def n_classes(self) -> int:
+        """Outputs of the class prediction layer."""
+        return self.cp_weight.shape[0]
+
+    def reset_class_prediction(self, rows: Optional[Sequence[int]] = None,
+                               generator: Optional[torch.Generator] = None) -> None:
+        """Re-initialise class prediction weights (kaiming-normal) and biases (0).
+
+        :param rows: the classes to reset (None: all).
+        :param generator: random source of the new weights.
+        """
+        with torch.no_grad():
+            fresh = torch.empty_like(self.cp_weight)
+            nn.init.kaiming_normal_(fresh, generator=generator)
+            index = slice(None) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
+            self.cp_weight[index] = fresh[index]
+            self.cp_bias[index] = 0.0
+
+    def check_input(self, x: torch.Tensor, owner: Optional[str] = None) -> None:
+        """Raise a clear ``ValueError`` for a batch this network cannot take.
+
+        :param x: the batch.
+        :param owner: the name used in the message (default: the class's).
+        """
+        owner = owner or type(self).__name__
+        _check_square_images(x, self.in_channels, self.input_size, owner)
+        check_dtype(x, self.cp_weight.dtype, owner=owner)
+
+
+class RegulatedClassifier(_ClassPredictionNet):
     """TSAR's classifier: three regulated 3x3 convolutions and a class prediction layer.
 
     Each block is ``conv(W * mask) -> norm -> ReLU -> maxpool2`` (the code's
@@ -197,11 +245,6 @@ class RegulatedClassifier(nn.Module):
         nn.init.kaiming_normal_(self.cp_weight)
 
     @property
-    def n_classes(self) -> int:
-        """Outputs of the class prediction layer."""
-        return self.cp_weight.shape[0]
-
-    @property
     def regulated_shapes(self) -> List[Tuple[int, ...]]:
         """Shapes of the regulated weights, in order (three convolutions, then the class prediction layer)."""
         return [tuple(w.shape) for w in self.conv_weights] + [tuple(self.cp_weight.shape)]
@@ -209,34 +252,6 @@ class RegulatedClassifier(nn.Module):
     def head_parameter_names(self) -> List[str]:
         """OML's fast part (``inner_params="head"``, No Regulation's transfer): the class prediction layer."""
         return ["cp_weight", "cp_bias"]
-
-    def reset_class_prediction(self, rows: Optional[Sequence[int]] = None,
-                               generator: Optional[torch.Generator] = None) -> None:
-        """Re-initialise class prediction weights (kaiming-normal) and biases (0).
-
-        :param rows: the classes to reset (None: all).
-        :param generator: random source of the new weights.
-        """
-        with torch.no_grad():
-            fresh = torch.empty_like(self.cp_weight)
-            nn.init.kaiming_normal_(fresh, generator=generator)
-            index = slice(None) if rows is None else torch.as_tensor(list(rows), dtype=torch.long)
-            self.cp_weight[index] = fresh[index]
-            self.cp_bias[index] = 0.0
-
-    def check_input(self, x: torch.Tensor, owner: str = "RegulatedClassifier") -> None:
-        """Raise a clear ``ValueError`` for a batch this network cannot take.
-
-        :param x: the batch.
-        :param owner: the name used in the message.
-        """
-        check_images(x, self.in_channels, owner=f"{owner}(in_channels={self.in_channels})")
-        if tuple(x.shape[-2:]) != (self.input_size, self.input_size):
-            raise ValueError(
-                f"{owner} was built for {self.input_size}x{self.input_size} images (input_size="
-                f"{self.input_size}); got shape {tuple(x.shape)}. Fix: build it with input_size={x.shape[-1]} "
-                f"(square images), or resize the images, e.g. DomainTransfer(size={self.input_size}).")
-        check_dtype(x, self.cp_weight.dtype, owner=owner)
 
     def forward(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """Class scores of a batch.
@@ -287,7 +302,7 @@ class RegulatedClassifier(nn.Module):
         return regulated_linear(h.flatten(1), self.cp_weight, None if masks is None else masks[3], self.cp_bias)
 
 
-class OMLClassifier(nn.Module):
+class OMLClassifier(_ClassPredictionNet):
     """OML's network (Javed & White, 2019), the TSAR paper's OML baseline: a representation and a prediction part.
 
     The representation learning network (RLN) is five 3x3 convolutions with
@@ -338,9 +353,6 @@ class OMLClassifier(nn.Module):
         nn.init.kaiming_normal_(self.pln_weight)
         nn.init.kaiming_normal_(self.cp_weight)
 
-    n_classes = RegulatedClassifier.n_classes
-    reset_class_prediction = RegulatedClassifier.reset_class_prediction
-
     def head_parameter_names(self) -> List[str]:
         """The PLN: what the inner loop adapts (``inner_params="head"``) and what domain transfer trains."""
         return ["pln_weight", "pln_bias", "cp_weight", "cp_bias"]
@@ -348,14 +360,6 @@ class OMLClassifier(nn.Module):
     def representation_parameters(self) -> List[nn.Parameter]:
         """The RLN's parameters (the convolutions): learned in the outer step only, fixed in domain transfer."""
         return list(self.convs.parameters())
-
-    def check_input(self, x: torch.Tensor, owner: str = "OMLClassifier") -> None:
-        """Raise a clear ``ValueError`` for a batch this network cannot take.
-
-        :param x: the batch.
-        :param owner: the name used in the message.
-        """
-        RegulatedClassifier.check_input(self, x, owner)
 
     def forward(self, x: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
         """Class scores of a batch.
@@ -1308,13 +1312,7 @@ class Regulator(nn.Module):
 
         :param x: the batch.
         """
-        channels, size = self.config["in_channels"], self.config["input_size"]
-        check_images(x, channels, owner=f"Regulator(in_channels={channels})")
-        if tuple(x.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"Regulator was built for {size}x{size} images (input_size={size}); got shape {tuple(x.shape)}. "
-                f"Fix: build it with input_size={x.shape[-1]} (square images), or resize the images, e.g. "
-                f"DomainTransfer(size={size}).")
+        _check_square_images(x, self.config["in_channels"], self.config["input_size"], "Regulator")
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """One mask per regulated weight, each ``(B, *shape)`` in [0, 1].
@@ -1322,6 +1320,13 @@ class Regulator(nn.Module):
         :param x: images ``(B, in_channels, input_size, input_size)``.
         """
         self.check_input(x)
+        return self.run(x)
+
+    def run(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """:meth:`forward` without the input check (for a caller that has checked ``x``).
+
+        :param x: images.
+        """
         f = self.encode(x)
         return [head(f) for head in self.heads]
 
@@ -1344,6 +1349,11 @@ class TSARNet(nn.Module):
             raise ValueError("OMLClassifier has no regulation: TSARNet(OMLClassifier(...)) takes no regulator. "
                              "Fix: TSARNet(classifier) alone, or TSARNet.build(...) for a regulated classifier.")
         if regulator is not None:
+            images = (regulator.config["in_channels"], regulator.config["input_size"])
+            if images != (classifier.in_channels, classifier.input_size):
+                raise ValueError(f"the regulator takes images of {images[0]} channels and side {images[1]}, the "
+                                 f"classifier of {classifier.in_channels} and {classifier.input_size}. Fix: build "
+                                 f"both with the same in_channels and input_size (TSARNet.build does).")
             expected = [list(s) for s in classifier.regulated_shapes]
             if regulator.config["regulated_shapes"] != expected:
                 raise ValueError(f"the regulator masks weights of shapes {regulator.config['regulated_shapes']}, "
@@ -1441,7 +1451,7 @@ class TSARNet(nn.Module):
     def _masks(self, x: torch.Tensor) -> Optional[List[torch.Tensor]]:
         if self.regulator is None or not self.regulation:
             return None
-        return self.regulator(x)
+        return self.regulator.run(x)  # x was checked against the classifier, whose images the regulator shares
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.classifier.check_input(x, owner="TSARNet")

@@ -37,8 +37,8 @@ from avalanche.models.utils import avalanche_forward
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
-from ..models._checks import check_class_targets
 from ..models.dynamos import require_agents
+from ._targets import CheckedTargetsMixin
 from .checkpoint import CheckpointMixin
 from .dynamos_losses import consistency_loss, keep_ratio_reward, prototype_loss, reinforce_loss
 from .reservoir import ReservoirBuffer
@@ -310,7 +310,7 @@ class ConsistencyReplayPlugin(DynamosPlugin):
                          separate_replay_pass=separate_replay_pass)
 
 
-class _ReplayStrategy(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
+class _ReplayStrategy(CheckedTargetsMixin, SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
     """A ``SupervisedTemplate`` with plain SGD and one replay plugin of this module.
 
     The template's arguments, shared by :class:`Dynamos` and
@@ -344,13 +344,6 @@ class _ReplayStrategy(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplat
             eval_every=eval_every,
             **base_kwargs,
         )
-
-    def forward(self) -> torch.Tensor:
-        """The model on the mini-batch (stream and replayed samples); in training, every label must have an output."""
-        out = super().forward()
-        if self.is_training:
-            check_class_targets(out, self.mb_y, owner=type(self).__name__)
-        return out
 
     def make_optimizer(self, reset_optimizer_state: bool = False, **kwargs: Any) -> None:
         """Avalanche's optimiser update, skipped while the optimiser and the model's parameters are unchanged.

@@ -27,9 +27,9 @@ from torch import nn
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 
-from ..models._checks import check_class_targets
 from ..models.modulated import derive_generator
 from ..models.task_incremental import TaskIncrementalModule
+from ._targets import CheckedTargetsMixin
 from .checkpoint import CheckpointMixin
 from .loaders import whole_batch_loader
 from .untrained import SkipUntrainedEvalMixin, SkipUntrainedEvalPlugin
@@ -127,7 +127,7 @@ class TaskParametersPlugin(SkipUntrainedEvalPlugin):
         strategy.optimizer.state.clear()
 
 
-class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
+class TaskIncrementalStrategy(CheckedTargetsMixin, SkipUntrainedEvalMixin, CheckpointMixin, SupervisedTemplate):
     """Train a task-incremental network one task at a time, with a fresh optimiser per task.
 
     Works with Avalanche's evaluators, loggers and plugins like any
@@ -268,13 +268,6 @@ class TaskIncrementalStrategy(SkipUntrainedEvalMixin, CheckpointMixin, Supervise
                 self.lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, steps))
             else:
                 self.lr_scheduler = self.lr_schedule(self.optimizer, steps)
-
-    def forward(self) -> torch.Tensor:
-        """The model on the mini-batch; in training, every class label must have an output."""
-        out = super().forward()
-        if self.is_training:
-            check_class_targets(out, self.mb_y, owner=type(self).__name__)
-        return out
 
     def _before_eval_exp(self, **kwargs: Any) -> None:
         _require_task_labels(self.experience, self.method)  # else Avalanche would read class labels as task ids

@@ -217,7 +217,7 @@ class TSARMetaLearner:
         if self.model.regulator is None or not self.model.regulation:
             return None
         with torch.set_grad_enabled(grad):
-            return self.model.regulator(x)
+            return self.model.regulator.run(x)  # the images were checked when the learner was built
 
     def step(self) -> Dict[str, float]:
         """One meta-iteration; returns its outer loss and accuracy."""
