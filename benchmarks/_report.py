@@ -470,7 +470,9 @@ def target(name: str, met: bool, measured: str, **where: Any) -> Dict[str, Any]:
 
 
 def target_lines(targets: Sequence[Dict[str, Any]], *, markdown: bool = True) -> List[str]:
-    """Targets as a markdown table (target, measured, met) or as terminal lines."""
+    """Targets as a markdown table (target, measured, met) or as terminal lines; none: no lines (no empty table)."""
+    if not targets:
+        return []
     def name(t: Dict[str, Any]) -> str:
         where = ", ".join(str(v) for k, v in t.items() if k not in ("target", "measured", "met"))
         return f"{where}: {t['target']}" if where else t["target"]

@@ -103,7 +103,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from _report import (REPO_ROOT, add_dataset_root_argument, check_label, check_mnist_root, cpu_details, cpu_model,
                      load_previous, markdown_table, portable_path, publish, result_header, section_markers, section_opening, target,
@@ -166,6 +166,53 @@ DER_LR = 0.03
 at lr 0.07 with Table 5's alpha and beta; at 0.03 it trains."""
 DER_LOW_LR = 0.01
 """``der_low_lr``: Avalanche's DER at a third of ``DER_LR`` (0.03 still diverges for some seeds on MNIST-360)."""
+_SEPARATE_PASS = ("the buffer batch in a forward pass of its own, `separate_replay_pass=True`, as the authors' code: "
+                  "batch-norm statistics per batch")
+DIAGNOSTIC_NOTES = {
+    "dynamos_detached": "`detach_agent_inputs=True`: the agents' terms train the agents only",
+    "dynamos_torch_logprob": "log pi from torch's `Bernoulli(probs=p)`, as the authors' code: p clamped to "
+                             "[eps, 1 - eps], no policy gradient for saturated channels",
+    "dynamos_flipped_reward": "wrong predictions rewarded +lambda (kr - k)^2 instead of -lambda (kr - k)^2",
+    "dynamos_separate_passes": _SEPARATE_PASS,
+    "consistency_separate_passes": _SEPARATE_PASS,
+    "dynamos_no_policy": "gamma = 0",
+    "dynamos_no_prototype": "w_p = 0",
+    "dynamos_no_attention": "alpha_p = 0",
+    "dynamos_gates_only": "gamma = w_p = alpha_p = 0: untrained agents gate, under the ablation's objective",
+    "dynamos_keep90": "target keep ratio 0.9 instead of 0.7",
+    "dynamos_keep100": "target keep ratio 1.0 instead of 0.7",
+    "dynamos_keep90_no_prototype": "keep ratio 0.9 and w_p = 0",
+    "dynamos_keep90_no_attention": "keep ratio 0.9 and alpha_p = 0",
+    "dynamos_keep90_detached": "keep ratio 0.9 and the agents' inputs detached",
+    "dynamos_no_prototype_detached": "w_p = 0 and the agents' inputs detached",
+    "dynamos_wp_0.1": "w_p = 0.1 instead of Table 5's",
+    "dynamos_wp_0.05": "w_p = 0.05 instead of Table 5's",
+    "dynamos_policy_only_detached": "w_p = alpha_p = 0, the agents' inputs detached",
+    "dynamos_keep100_policy_only_detached": "keep ratio 1.0, w_p = alpha_p = 0, the agents' inputs detached",
+    "dynamos_keep100_unmasked_detached": "the same as dynamos_keep100_policy_only_detached with the backbone trained "
+                                         "ungated, every channel kept, and the agents' REINFORCE term on a second, "
+                                         "gated pass",
+    "der_low_lr": f"Avalanche's DER at lr {DER_LOW_LR}",
+}
+"""What each diagnostic of :data:`DIAGNOSTICS` changes (the rest of Table 5's row unchanged), for the note of a
+results section."""
+
+
+def diagnostics_note(methods: Iterable[str]) -> str:
+    """The note on the diagnostics among ``methods`` (only those), each with what it changes; methods that change
+    the same thing share one description.
+
+    :param methods: the methods of a result file's runs.
+    :returns: ``"a and b (what they change); c (...)"``, or ``""`` when no diagnostic ran.
+    """
+    present = set(methods)
+    groups: Dict[str, List[str]] = {}
+    for name, description in DIAGNOSTIC_NOTES.items():
+        if name in present:
+            groups.setdefault(description, []).append(name)
+    return "; ".join(" and ".join(names) + f" ({description})" for description, names in groups.items())
+
+
 NO_MEMORY = 0
 """The buffer recorded for the memory-free ``sgd``."""
 TRAIN_CHUNK = 100
@@ -597,26 +644,9 @@ def markdown_section(result: Dict[str, Any]) -> str:
         lines.append(f"- Avalanche's DER, ER-ACE and Replay use the backbone without agents, plain SGD lr {LR} (DER: "
                      f"{DER_LR}; at {LR} its weights become NaN on MNIST-360), the memory size and memory batch of "
                      "the Dynamos row (DER: its alpha and beta); not tuned for them.")
-    if methods & set(DIAGNOSTICS):
-        lines.append("- Diagnostics of the gap to the paper, not the paper's method: dynamos_detached "
-                     "(`detach_agent_inputs=True`: the agents' terms train the agents only), dynamos_torch_logprob "
-                     "(log pi from torch's `Bernoulli(probs=p)`, as the authors' code: p clamped to [eps, 1 - eps], "
-                     "no policy gradient for saturated channels), dynamos_flipped_reward (wrong predictions rewarded "
-                     "+lambda (kr - k)^2 instead of -lambda (kr - k)^2), dynamos_separate_passes and "
-                     "consistency_separate_passes (the buffer batch in a forward pass of its own, "
-                     "`separate_replay_pass=True`, as the authors' code: batch-norm statistics per batch); "
-                     "dynamos_no_policy, dynamos_no_prototype, dynamos_no_attention (Dynamos with gamma, w_p or "
-                     "alpha_p set to 0) and dynamos_gates_only (all three 0: untrained agents gate, under the "
-                     "ablation's objective), dynamos_keep90 and dynamos_keep100 (target keep ratio 0.9 or 1.0 "
-                     "instead of 0.7), dynamos_keep90_no_prototype, dynamos_keep90_no_attention and "
-                     "dynamos_keep90_detached (keep ratio 0.9 and w_p = 0, alpha_p = 0 or the agents' inputs "
-                     "detached), dynamos_no_prototype_detached (w_p = 0 and the agents' inputs detached), "
-                     "dynamos_wp_0.1 and dynamos_wp_0.05 (w_p = 0.1 or 0.05 instead of Table 5's), "
-                     "dynamos_policy_only_detached and dynamos_keep100_policy_only_detached (w_p = 0, "
-                     "alpha_p = 0, the agents' inputs detached; keep ratio 0.7 or 1.0), "
-                     "dynamos_keep100_unmasked_detached (the same at keep ratio 1.0 with the backbone trained "
-                     "ungated, every channel kept, and the agents' REINFORCE term on a second, gated pass); "
-                     f"der_low_lr (Avalanche's DER at lr {DER_LOW_LR}).")
+    diagnostics = diagnostics_note(methods)
+    if diagnostics:
+        lines.append(f"- Diagnostics of the gap to the paper, not the paper's method: {diagnostics}.")
     machines = collections.Counter(run_machine(r) for r in result["runs"])
     if len(machines) > 1:
         lines.append("- Runs from more than one machine (" + ", ".join(

@@ -865,8 +865,9 @@ def markdown_section(result: Dict[str, Any]) -> str:
                          + " | ".join(f"{100 * p['recall']:.1f}" for p in r["curve"]) + " |")
     lines += ["", "Paper, for reference (other data, full sizes, 25,000 meta-iterations on a GPU): ImageNet Grow "
               "92.2, Sculpt 57.5, OML 13.87, Scratch 0.97; Omniglot 600 classes recall Grow 95.2, Sculpt 15.1, "
-              "OML 29.3.", "",
-              *target_lines(result["targets"])]
+              "OML 29.3."]
+    if result["targets"]:
+        lines += ["", *target_lines(result["targets"])]
     regulation = [r for r in result["runs"] if "regulation_c3" in r]
     if regulation:
         first = regulation[0]["regulation_c3"]

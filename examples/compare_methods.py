@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from avalanche_neuromod.analysis import plot_accuracy_vs_parameters, plot_task_accuracies
+from avalanche_neuromod.analysis import plot_accuracy_vs_parameters, plot_task_accuracies, save_figure
 from avalanche_neuromod.evaluation import Grid, run_grid, summarize, summary_table
 
 METHODS = {
@@ -58,11 +58,8 @@ def main(argv=None) -> None:
     cells = run_grid(grid, dataset_root=args.dataset_root, cache_dir=out / "cells")
     rows = summarize(cells)
     print(summary_table(rows))
-    out.mkdir(parents=True, exist_ok=True)
     for name, draw in (("tasks", plot_task_accuracies), ("params", plot_accuracy_vs_parameters)):
-        path = out / f"{args.stream}_{name}.png"
-        draw(rows).savefig(path, dpi=110)
-        print(f"saved {path}")
+        print(f"saved {save_figure(draw(rows), out / f'{args.stream}_{name}.png')}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avalanche_neuromod.analysis import plot_accuracy_matrix, plot_context_similarity
+from avalanche_neuromod.analysis import plot_accuracy_matrix, plot_context_similarity, save_figure
 from avalanche_neuromod.benchmarks import RotatedMNIST
 from avalanche_neuromod.evaluation import ContinualResults, accuracy_matrix, make_evaluator
 from avalanche_neuromod.models import FlyNet, NeuroModNet
@@ -93,11 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmean final accuracy {results.average_accuracy:.4f}, forgetting {results.average_forgetting:.6f}")
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_accuracy_matrix(results).savefig(out / "accuracy_matrix.png", dpi=110)
+    save_figure(plot_accuracy_matrix(results), out / "accuracy_matrix.png")
     labels = [f"{a:.0f}" for a in benchmark.details["rotations"]]
-    plot_context_similarity(model, labels=labels, title=f"{name}: context similarity (angle, degrees)").savefig(
-        out / "context_similarity.png", dpi=110)
+    save_figure(plot_context_similarity(model, labels=labels, title=f"{name}: context similarity (angle, degrees)"),
+                out / "context_similarity.png")
     print(f"Figures saved to {out}/")
 
 

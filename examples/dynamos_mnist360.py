@@ -28,7 +28,7 @@ import torch
 
 from avalanche_neuromod.analysis import (activation_rates, collect_gates, js_divergence_matrix, keep_ratios,
                                          plot_activation_rates, plot_attention_tsne, plot_js_divergence,
-                                         plot_trial_variability, trial_variability)
+                                         plot_trial_variability, save_figure, trial_variability)
 from avalanche_neuromod.benchmarks import MNIST360
 from avalanche_neuromod.evaluation import stream_accuracy
 from avalanche_neuromod.models import DynamosResNet18
@@ -85,14 +85,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
           + ", ".join(f"{k:.2f}" for k in keep_ratios(stats)) + f" (target {strategy.replay_plugin.keep_ratio})")
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_activation_rates(activation_rates(stats, by="class"), by="class").savefig(
-        out / "activation_rates.png", dpi=110)
-    plot_js_divergence(js_divergence_matrix(stats)).savefig(out / "js_divergence.png", dpi=110)
-    plot_attention_tsne(stats, max_points=1000, seed=args.seed).savefig(out / "attention_tsne.png", dpi=110)
+    save_figure(plot_activation_rates(activation_rates(stats, by="class"), by="class"), out / "activation_rates.png")
+    save_figure(plot_js_divergence(js_divergence_matrix(stats)), out / "js_divergence.png")
+    save_figure(plot_attention_tsne(stats, max_points=1000, seed=args.seed), out / "attention_tsne.png")
     probe = torch.stack([test_set[i][0] for i in range(4)])
-    plot_trial_variability(trial_variability(model, probe, n_trials=20, seed=args.seed)).savefig(
-        out / "trial_variability.png", dpi=110)
+    save_figure(plot_trial_variability(trial_variability(model, probe, n_trials=20, seed=args.seed)),
+                out / "trial_variability.png")
     strategy.save_checkpoint(out / "dynamos.pt")
     print(f"Figures and the checkpoint (model, agents, optimiser, reservoir) saved to {out}/")
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from avalanche.training import EWC, GEM, Naive, Replay
 
-from avalanche_neuromod.analysis import plot_accuracy_curves, plot_accuracy_matrix
+from avalanche_neuromod.analysis import plot_accuracy_curves, plot_accuracy_matrix, save_figure
 from avalanche_neuromod.benchmarks import PermutedMNIST
 from avalanche_neuromod.evaluation import ContinualResults, make_evaluator, results_table
 from avalanche_neuromod.models import DynamosResNet18, NeuroModNet
@@ -138,10 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     plot_accuracy_curves(results, ax=axes[-1])
     fig.suptitle(f"{benchmark.name} on {args.dataset}: accuracy after each experience")
     fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    print(f"\nFigure saved to {out}")
+    print(f"\nFigure saved to {save_figure(fig, Path(args.out))}")
 
 
 if __name__ == "__main__":

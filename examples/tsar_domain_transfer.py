@@ -34,7 +34,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 from avalanche_neuromod.analysis import (RegulationRecorder, plot_regulation_ccdf, plot_task_activity,
-                                         plot_total_regulation)
+                                         plot_total_regulation, save_figure)
 from avalanche_neuromod.benchmarks import DomainTransfer, load_digits, load_omniglot
 from avalanche_neuromod.evaluation import ImmediateAccuracyPlugin, make_evaluator
 from avalanche_neuromod.models import TSARNet
@@ -145,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "total_regulation_grow.png": plot_total_regulation(stats["grow"]),
     }
     for filename, figure in figures.items():
-        figure.savefig(out / filename, dpi=120, bbox_inches="tight")
+        save_figure(figure, out / filename, dpi=120, bbox_inches="tight")
     print(f"\nSaved the models and {len(figures)} figures in {out}")
     return results
 

@@ -259,6 +259,18 @@ def test_dynamos_benchmark_records_every_run(fake_mnist_root, tmp_path):
     assert not [t for t in result["targets"] if "paper std" in t["target"]]
 
 
+def test_dynamos_diagnostics_note_names_only_the_diagnostics_that_ran():
+    import dynamos as dynamos_benchmark
+
+    assert set(dynamos_benchmark.DIAGNOSTIC_NOTES) == set(dynamos_benchmark.DIAGNOSTICS)
+    assert dynamos_benchmark.diagnostics_note(["dynamos", "consistency", "der"]) == ""
+    note = dynamos_benchmark.diagnostics_note(["dynamos", "der_low_lr", "consistency_separate_passes",
+                                               "dynamos_keep90", "dynamos_separate_passes"])
+    assert note == ("dynamos_separate_passes and consistency_separate_passes (the buffer batch in a forward pass of "
+                    "its own, `separate_replay_pass=True`, as the authors' code: batch-norm statistics per batch); "
+                    "dynamos_keep90 (target keep ratio 0.9 instead of 0.7); der_low_lr (Avalanche's DER at lr 0.01)")
+
+
 def test_dynamos_class_accuracy_table_averages_the_runs_that_recorded_it():
     import dynamos as dynamos_benchmark
 

@@ -148,6 +148,21 @@ def test_plots_return_figures():
     assert len(fig.axes[0].lines) == 1
 
 
+def test_save_figure_writes_the_file_in_a_new_folder_and_closes_the_figure(tmp_path):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from avalanche_neuromod.analysis import save_figure
+
+    fig = plot_accuracy_matrix(ContinualResults.from_eval(_evals(), "a"))
+    assert fig.number in plt.get_fignums()
+    path = save_figure(fig, tmp_path / "new" / "matrix.png", dpi=50)
+    assert path == tmp_path / "new" / "matrix.png" and fig.number not in plt.get_fignums()
+    with Image.open(path) as image:
+        width, height = image.size  # the dpi passed on: inches x 50, to the pixel
+        assert abs(width - fig.get_figwidth() * 50) <= 1 and abs(height - fig.get_figheight() * 50) <= 1
+
+
 def test_evaluator_optional_loggers(tmp_path):
     from avalanche.logging import InteractiveLogger, TensorboardLogger, TextLogger
 

@@ -23,7 +23,7 @@ from .regulation import (
     regulation_statistics,
 )
 from .plots import (plot_accuracy_curves, plot_accuracy_matrix, plot_accuracy_vs_parameters, plot_final_accuracy,
-                    plot_task_accuracies)
+                    plot_task_accuracies, save_figure)
 
 __all__ = [
     "activation_rates",
@@ -49,5 +49,6 @@ __all__ = [
     "regulation_statistics",
     "RegulationRecorder",
     "RegulationStatistics",
+    "save_figure",
     "trial_variability",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from ..evaluation.results import ContinualResults
 
 __all__ = ["plot_accuracy_matrix", "plot_final_accuracy", "plot_accuracy_curves", "plot_task_accuracies",
-           "plot_accuracy_vs_parameters"]
+           "plot_accuracy_vs_parameters", "save_figure"]
 
 ResultsLike = Union[ContinualResults, np.ndarray]
 
@@ -28,6 +29,27 @@ def _figure(ax, figsize):
 
     fig, ax = plt.subplots(figsize=figsize)
     return fig, ax
+
+
+def save_figure(fig, path: Union[str, Path], dpi: int = 110, **savefig_kwargs) -> Path:
+    """Save a figure, creating its folder, and close it.
+
+    The ``plot_*`` functions return figures that pyplot keeps until they are closed; a loop or a notebook that
+    draws many should save them with this (or close them) so they do not pile up in memory.
+
+    :param fig: a matplotlib figure (what the ``plot_*`` functions return).
+    :param path: the file; its extension picks the format (``.png``, ``.pdf``, ``.svg``).
+    :param dpi: resolution of raster formats.
+    :param savefig_kwargs: passed to :meth:`matplotlib.figure.Figure.savefig` (e.g. ``bbox_inches="tight"``).
+    :returns: the path written.
+    """
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, **savefig_kwargs)
+    plt.close(fig)
+    return path
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend_loc: str = "best"):
