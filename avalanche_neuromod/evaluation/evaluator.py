@@ -17,6 +17,7 @@ from avalanche.evaluation.metrics import (
 from avalanche.logging import BaseLogger, CSVLogger, InteractiveLogger, TextLogger
 from avalanche.training.plugins import EvaluationPlugin
 
+from .method_metrics import keep_ratio_metrics, regulation_metrics
 from .params import ParametersPerExperience
 
 __all__ = ["make_evaluator"]
@@ -31,6 +32,8 @@ def make_evaluator(
     loss: bool = False,
     parameters: Union[bool, str] = False,
     ram: Union[bool, float] = False,
+    keep_ratio: bool = False,
+    regulation: Union[bool, float] = False,
     progress_bar: bool = True,
     text_log: bool = False,
     csv_dir: Optional[Union[str, os.PathLike]] = None,
@@ -59,6 +62,14 @@ def make_evaluator(
         experience (Avalanche's ``ram_usage_metrics``), sampled by a thread
         every second, or every ``ram`` seconds when a number is given (a
         phase shorter than that records 0: no sample was taken).
+    :param keep_ratio: Dynamos' keep ratio per gated layer, per evaluated
+        experience and stream
+        (:class:`~avalanche_neuromod.evaluation.KeepRatio`; no extra pass).
+    :param regulation: TSAR's open synapses per image and regulated layer,
+        per evaluated experience and stream
+        (:class:`~avalanche_neuromod.evaluation.RegulationActivity`; one
+        more regulator pass per evaluated mini-batch); a number sets the
+        threshold (default 0.5).
     :param progress_bar: log with Avalanche's interactive progress bar; when
         False and no other logger is given, metrics are only stored.
     :param text_log: also print every metric value as text.
@@ -84,6 +95,11 @@ def make_evaluator(
         if every <= 0:
             raise ValueError(f"ram must be True or a sampling period in seconds > 0, got {ram!r}.")
         metrics += ram_usage_metrics(every=every, epoch=True, experience=True)
+    if keep_ratio:
+        metrics += keep_ratio_metrics(experience=True, stream=True)
+    if regulation is not False:
+        metrics += regulation_metrics(experience=True, stream=True,
+                                      threshold=0.5 if regulation is True else float(regulation))
     if parameters:
         metrics.append(ParametersPerExperience("changed" if parameters is True else parameters))
     metrics += list(extra_metrics)
