@@ -361,6 +361,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
         for proc in (full, killed):
             if proc.poll() is None:
                 proc.kill()
+        killed.stdout.close()
     a = torch.load(tmp_path / "full.pt", weights_only=True)
     b = torch.load(tmp_path / "resume.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys()

@@ -100,12 +100,12 @@ def test_mini_imagenet_reads_the_lists_and_splits_each_class(mini_root):
                                                                                            for _ in range(3)]
     first = sorted(WNIDS)[0]  # label 0: the smallest class name
     with Image.open(mini_root / "mini-imagenet" / "images" / f"{first}00000002.jpg") as img:
-        assert torch.equal(x[1], torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1))
+        assert torch.equal(x[1], torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
     with Image.open(mini_root / "mini-imagenet" / "images" / f"{first}00000012.jpg") as img:  # the last: test
-        assert torch.equal(x_test[2], torch.from_numpy(np.asarray(img.convert("RGB"))).permute(2, 0, 1))
+        assert torch.equal(x_test[2], torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
     with Image.open(mini_root / "mini-imagenet" / "images" / f"{first}00000001.jpg") as img:  # 100x100, resized
         resized = img.convert("RGB").resize((84, 84), Image.BILINEAR)
-        assert torch.equal(x[0], torch.from_numpy(np.asarray(resized)).permute(2, 0, 1))
+        assert torch.equal(x[0], torch.from_numpy(np.array(resized)).permute(2, 0, 1))
     with pytest.raises(ValueError, match="leave no test image"):
         load_mini_imagenet(mini_root, train_per_class=12)
 

@@ -115,6 +115,8 @@ def test_evaluator_writes_csv_and_records_metrics(tmp_path):
     np.testing.assert_allclose(m, r.matrix)
     keys = evals[-1].keys()
     assert any(k.startswith("StreamBWT") for k in keys) and any(k.startswith("Time_Exp") for k in keys)
+    (csv_logger,) = strategy.evaluator.loggers  # Avalanche's CSVLogger keeps its files open until closed
+    csv_logger.close()
 
 
 def test_evaluator_records_peak_ram_when_asked():

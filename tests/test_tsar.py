@@ -312,9 +312,10 @@ def test_factored_head_formula_parameter_count_and_initial_spread():
     assert sum(p.numel() for p in head.parameters()) == 4 * (10 + 108) + 108
     # At initialisation the logits spread as a full head's do (the variance of the product, not of one map).
     features = torch.relu(torch.randn(64, 300))
-    full_std = torch.stack([FullHead(300, (2000,), 0.0).logits(features).std() for _ in range(5)]).mean()
-    factored_std = torch.stack([FactoredHead(300, (2000,), 0.0, code=32).logits(features).std()
-                                for _ in range(5)]).mean()
+    with torch.no_grad():
+        full_std = torch.stack([FullHead(300, (2000,), 0.0).logits(features).std() for _ in range(5)]).mean()
+        factored_std = torch.stack([FactoredHead(300, (2000,), 0.0, code=32).logits(features).std()
+                                    for _ in range(5)]).mean()
     assert 0.85 < float(factored_std / full_std) < 1.15
     head.reset(-2.0)
     assert torch.all(head.decode.bias == -2.0)
@@ -968,6 +969,7 @@ def test_meta_learning_killed_with_sigkill_resumes_exactly(tmp_path):
     finally:
         if killed.poll() is None:
             killed.kill()
+        killed.stdout.close()
     a = torch.load(tmp_path / "full.pt", weights_only=True)
     b = torch.load(tmp_path / "resume.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
