@@ -7,9 +7,12 @@ accuracy on every task and its mean, forgetting, BWT, learnable parameters
 per task, seconds per task, peak memory. Methods (``PAPER_METHODS``):
 FlyNet-10d / 40d, NeuroModNet FC256 / FC1024 / FC4096 (CRWN); PSP with binary and
 rotational contexts, BatchE, SupSup (FC256 and FC1024), STL and MTL on the
-FC256 net; Avalanche's Naive, EWC, SI, LwF, Replay, DER and PackNet on a
-784-256-256-10 ReLU MLP (SGD lr 0.01, momentum 0.9; PackNet trains 3 epochs,
-pruning half of the free weights before the last). Dynamos and its ablation
+FC256 net; Avalanche's Naive, EWC, SI, LwF, Replay, DER, PackNet, Cumulative,
+GEM, A-GEM, ER-ACE and GDumb on a 784-256-256-10 ReLU MLP (SGD lr 0.01,
+momentum 0.9; PackNet trains 3 epochs, pruning half of the free weights
+before the last; Replay, DER, ER-ACE and GDumb keep 500 samples, GEM and
+A-GEM 25 per experience; GDumb trains a fresh network on its memory for the
+task's budget). Dynamos and its ablation
 ConsistencyReplay (buffer 500) train their paper's reduced ResNet-18 with
 Table 5's MNIST-360 row, on mini-batches of 16 (+16 replayed): the same
 number of steps, an eighth of the images.
@@ -82,6 +85,12 @@ PAPER_METHODS: Dict[str, Dict[str, Any]] = {
     "Replay": {"kind": "replay", "hidden": FC256, "mem_size": 500},
     "DER": {"kind": "der", "hidden": FC256, "mem_size": 500, "alpha": 0.1, "beta": 0.5},
     "PackNet": {"kind": "packnet", "hidden": FC256, "epochs": 3, "post_prune_epochs": 1, "prune_proportion": 0.5},
+    "Cumulative": {"kind": "cumulative", "hidden": FC256},
+    # GEM and A-GEM keep 25 patterns per experience: Replay's 500 over the 20 permuted tasks.
+    "GEM": {"kind": "gem", "hidden": FC256, "patterns_per_exp": 25, "memory_strength": 0.5},
+    "AGEM": {"kind": "agem", "hidden": FC256, "patterns_per_exp": 25, "sample_size": 128},
+    "ER-ACE": {"kind": "er_ace", "hidden": FC256, "mem_size": 500},
+    "GDumb": {"kind": "gdumb", "hidden": FC256, "mem_size": 500},
     # Dynamos and its ablation on their paper's network, Table 5's MNIST-360 row and mini-batch of 16 (+16 replayed):
     # at 128 + 128 a step of the ResNet with agents costs ~8x, some 3.5 hours for the permuted stream on 2 cores.
     "Dynamos-B500": {"kind": "dynamos", "buffer_size": 500, "batch_size": 16},
@@ -257,10 +266,12 @@ def render_section(result: Dict[str, Any], label: Optional[str] = None) -> str:
                                                  f"`MNIST/raw/*.gz`), all 60,000 training and 10,000 test images "
                                                  f"per task")
     lines = section_opening(start, title, result, data=f"{data}.")
-    lines += [f"- Scale: {result['scale']}.", "", result["table"], "", "Targets (the CRWN paper's orderings):", "",
-              *target_lines(result["targets"]), ""]
+    lines += [f"- Scale: {result['scale']}.", "", result["table"], ""]
+    if result["targets"]:
+        lines += ["Targets (the CRWN paper's orderings):", "", *target_lines(result["targets"]), ""]
     lines += figure_lines(result["figures"])
-    lines += ["", *result.get("notes", []), end]
+    # notes as list items: given with --note they are plain sentences, which markdown would run together
+    lines += ["", *(n if n.startswith("- ") else f"- {n}" for n in result.get("notes", [])), end]
     return "\n".join(lines)
 
 
