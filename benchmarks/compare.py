@@ -242,19 +242,14 @@ def check_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def draw_figures(rows: List[Dict[str, Any]], folder: Path, prefix: str) -> List[str]:
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from avalanche_neuromod.analysis import plot_accuracy_vs_parameters, plot_task_accuracies
+    from avalanche_neuromod.analysis import plot_accuracy_vs_parameters, plot_task_accuracies, save_figure
 
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for stream in sorted({r["stream"] for r in rows}):
         for suffix, draw in (("tasks", plot_task_accuracies), ("params", plot_accuracy_vs_parameters)):
             path = folder / f"{prefix}{stream}_{suffix}.png"
-            fig = draw(rows, stream=stream)
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(portable_path(path))
+            written.append(portable_path(save_figure(draw(rows, stream=stream), path)))
     return written
 
 

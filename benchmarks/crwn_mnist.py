@@ -227,9 +227,8 @@ def context_plotter(folder: Optional[Path]):
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        from avalanche_neuromod.analysis import plot_context_similarity
+        from avalanche_neuromod.analysis import plot_context_similarity, save_figure
 
         model = strategy.model
         details = benchmark.details
@@ -242,10 +241,7 @@ def context_plotter(folder: Optional[Path]):
         row = cell.method.replace("NeuroModNet-", "").replace(" local-only", "")
         mode = "local-only" if cell.method.endswith(" local-only") else "local_global"
         path = folder / f"crwn_context_similarity_{cell.stream}_{row}_{mode}.png".lower()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return {"context_plot": portable_path(path)}
+        return {"context_plot": portable_path(save_figure(fig, path))}
 
     return plot
 
@@ -404,6 +400,8 @@ def plot_curves(curves: Dict[str, List[float]], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from avalanche_neuromod.analysis import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, style in zip(CURVE_LABELS, ("o-", "s-", "^-")):
         if name in curves:
@@ -416,9 +414,7 @@ def plot_curves(curves: Dict[str, List[float]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def scale_lines(result: Dict[str, Any]) -> List[str]:

@@ -757,6 +757,8 @@ def draw_gap_figure(points: Dict[tuple, Dict[str, tuple]], path: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from avalanche_neuromod.analysis import save_figure
+
     streams = [s for s in STREAMS if any(k[0] == s for k in points)]
     fig, axes = plt.subplots(1, len(streams), figsize=(5.5 * len(streams), 4.5), squeeze=False)
     width = 0.8 / len(GAP_METHODS)
@@ -782,10 +784,7 @@ def draw_gap_figure(points: Dict[tuple, Dict[str, tuple]], path: Path) -> str:
     fig.suptitle(f"Dynamos against its ablation: final accuracy, mean and std over "
                  f"{'/'.join(map(str, counts))} seeds (full streams)", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return portable_path(path)
+    return portable_path(save_figure(fig, path))
 
 
 def gap_figure(args: argparse.Namespace) -> int:

@@ -595,9 +595,8 @@ def draw_regulation(recorded: Dict[str, Any], folder: Path, label: str, part: Op
     """
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from avalanche_neuromod.analysis import plot_regulation_ccdf, plot_task_activity, plot_total_regulation
+    from avalanche_neuromod.analysis import plot_regulation_ccdf, plot_task_activity, plot_total_regulation, save_figure
 
     if not recorded:
         return []
@@ -611,10 +610,7 @@ def draw_regulation(recorded: Dict[str, Any], folder: Path, label: str, part: Op
     figures["total_regulation"].axes[0].set_title(f"{first_grow}: per-image total regulation, C3", fontsize=9)
     written = []
     for name, fig in figures.items():
-        path = folder / f"{prefix}_{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(portable_path(path))
+        written.append(portable_path(save_figure(fig, folder / f"{prefix}_{name}.png", bbox_inches="tight")))
     return written
 
 
@@ -642,6 +638,8 @@ def draw_memory_recall(summary: List[Dict[str, Any]], folder: Path, label: str) 
 
     from matplotlib.ticker import ScalarFormatter
 
+    from avalanche_neuromod.analysis import save_figure
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     placed: List[tuple] = []
     for p in points:
@@ -663,11 +661,7 @@ def draw_memory_recall(summary: List[Dict[str, Any]], folder: Path, label: str) 
     ax.set_xlabel("regulator parameters (MB, log)")
     ax.set_ylabel("Omniglot recall, 100 classes (%)")
     ax.set_title("Grow: regulator memory vs transfer recall", fontsize=9)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{figure_prefix(label)}_memory_recall.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return portable_path(path)
+    return portable_path(save_figure(fig, folder / f"{figure_prefix(label)}_memory_recall.png", bbox_inches="tight"))
 
 
 def with_memory_recall(figures: List[str], summary: List[Dict[str, Any]], folder: Path, label: str) -> List[str]:

@@ -10,6 +10,7 @@ temporary folder; the rest read datasets or continue an earlier snippet.
 
 import ast
 import builtins
+import functools
 import importlib
 import inspect
 import re
@@ -51,6 +52,7 @@ def _snippets(path: Path):
 SNIPPETS = [(path, line, code) for path in PAGES for line, code in _snippets(path)]
 
 
+@functools.lru_cache(maxsize=None)
 def _public_names() -> dict:
     """Every public name of the package's subpackages (snippets that continue an earlier one use them unimported)."""
     names = {}

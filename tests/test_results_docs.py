@@ -6,6 +6,7 @@ hand before the scripts rendered them hold their files' accuracies. A section ed
 without its section, or a renderer changed without re-rendering fails here; ``--report`` re-renders.
 """
 
+import functools
 import importlib
 import json
 import re
@@ -53,6 +54,7 @@ def _render(result: dict) -> str:
     return _report._replace_roots(section)  # as update_results_md writes it
 
 
+@functools.lru_cache(maxsize=None)
 def _sections() -> dict:
     """docs/results.md's sections by key (``dynamos:term-ablation``), markers included."""
     text = RESULTS_MD.read_text()
