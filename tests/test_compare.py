@@ -287,3 +287,15 @@ def test_compare_batche_target_says_on_which_tasks_each_method_wins():
     assert checked["measured"].endswith("; NeuroModNet-FC256 above on 3 of 6 tasks (BatchE-FC256 on tasks 0-1, 5)")
     assert compare._ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
     assert compare.task_wins(dict(ours, final_accuracies=[0.9]), dict(batche, final_accuracies=[0.8])) == ""
+
+
+def test_serial_grid_shows_each_cells_tasks_only_when_asked(capsys):
+    grid = Grid(methods={"Naive": METHODS["Naive"]}, streams={"digits": DIGITS}, n_iterations=2, batch_size=32)
+    quiet = run_grid(grid, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = run_grid(grid, progress=True)
+    err = capsys.readouterr().err
+    # the grid's bar over cells, and the cell's own bar over its 2 tasks (cleared when the cell ends)
+    assert "grid:" in err and "1/1" in err
+    assert "Naive, seed 0:   0%|          | 0/2" in err
+    assert shown[0]["accuracy_matrix"] == quiet[0]["accuracy_matrix"]

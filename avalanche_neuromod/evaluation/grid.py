@@ -522,7 +522,7 @@ AfterTraining = Callable[[GridCell, Any, Any], Optional[Mapping[str, Any]]]
 def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = None, device: Any = "cpu",
              benchmark: Any = None, after_training: Optional[AfterTraining] = None, threads: Optional[int] = None,
              task_backend: Optional[str] = None, task_workers: Optional[int] = None,
-             ray_address: Optional[str] = None) -> Dict[str, Any]:
+             ray_address: Optional[str] = None, progress: bool = False) -> Dict[str, Any]:
     """Train and measure one cell; return its result (JSON-able).
 
     :param grid: the grid.
@@ -543,6 +543,9 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
         after each one, so trains them in order).
     :param task_workers: parallel workers of ``task_backend``.
     :param ray_address: the Ray cluster of ``task_backend="ray"``.
+    :param progress: show a bar over the cell's tasks as they are trained
+        in order (a cell of a memory strategy on 36 tasks runs for half an
+        hour); it closes when the cell ends.
     """
     stream_spec = grid.streams[cell.stream]
     method_spec = grid.methods[cell.method]
@@ -567,7 +570,8 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
                 timing = _train_parallel(strategy, train, test, n, task_backend, task_workers, ray_address,
                                          threads or previous_threads)
             else:
-                timing = _train_in_order(grid, method_spec, strategy, train, test, n)
+                timing = _train_in_order(grid, method_spec, strategy, train, test, n,
+                                         progress=f"{cell.method}, seed {cell.seed}" if progress else None)
             matrix = timing.pop("matrix")
             matrix[n - 1] = _eval_row(strategy, test, n)
         extra = after_training(cell, strategy, benchmark) if after_training is not None else None
@@ -603,8 +607,11 @@ def run_cell(grid: Grid, cell: GridCell, *, dataset_root: Optional[PathLike] = N
 
 
 def _train_in_order(grid: Grid, method_spec: Mapping[str, Any], strategy: Any, train: List[Any], test: List[Any],
-                    n: int) -> Dict[str, Any]:
-    """Train task after task (or once on all, for joint kinds), measuring as the protocol says."""
+                    n: int, progress: Optional[str] = None) -> Dict[str, Any]:
+    """Train task after task (or once on all, for joint kinds), measuring as the protocol says;
+    ``progress`` names a bar over the tasks (None: no bar)."""
+    from tqdm.auto import tqdm
+
     matrix = np.full((n, n), np.nan)
     seconds: List[float] = []
     cpu_seconds: List[float] = []
@@ -612,15 +619,17 @@ def _train_in_order(grid: Grid, method_spec: Mapping[str, Any], strategy: Any, t
     # task, tell a busy machine apart from a slow method.
     load: List[Optional[float]] = []
     joint = method_spec["kind"] in JOINT_KINDS
-    for i, experience in enumerate([train] if joint else train):
-        load.append(_load_average())
-        start, start_cpu = time.perf_counter(), time.process_time()
-        strategy.train(experience)
-        seconds.append(time.perf_counter() - start)
-        cpu_seconds.append(time.process_time() - start_cpu)
-        if not joint:
-            seen = test[: i + 1] if grid.eval_protocol == "seen" else [test[i]]
-            matrix[i] = _eval_row(strategy, seen, n)
+    with tqdm([train] if joint else train, desc=progress, unit="run" if joint else "task", leave=False,
+              disable=progress is None) as tasks:
+        for i, experience in enumerate(tasks):
+            load.append(_load_average())
+            start, start_cpu = time.perf_counter(), time.process_time()
+            strategy.train(experience)
+            seconds.append(time.perf_counter() - start)
+            cpu_seconds.append(time.process_time() - start_cpu)
+            if not joint:
+                seen = test[: i + 1] if grid.eval_protocol == "seen" else [test[i]]
+                matrix[i] = _eval_row(strategy, seen, n)
     if joint:
         seconds, cpu_seconds, load = [seconds[0] / n] * n, [cpu_seconds[0] / n] * n, load * n
     return {"matrix": matrix, "seconds": seconds, "cpu_seconds": cpu_seconds, "load": load}
@@ -705,7 +714,7 @@ def run_grid(grid: Grid, *, dataset_root: Optional[PathLike] = None, cache_dir: 
         cluster: a path every node has).
     :param cache_dir: folder of finished cells (one JSON each); None keeps nothing.
     :param device: torch device.
-    :param progress: show a progress bar over cells.
+    :param progress: show a progress bar over cells and, run serially, one over each cell's tasks.
     :param on_cell: called after each cell with ``(cell, result, was_cached)``
         (in the order cells finish).
     :param after_training: passed to :func:`run_cell` (not called for cached
@@ -756,7 +765,8 @@ def run_grid(grid: Grid, *, dataset_root: Optional[PathLike] = None, cache_dir: 
             bar.set_postfix_str(cell.label)
             if cell.stream not in streams:
                 streams[cell.stream] = build_stream(grid.streams[cell.stream], dataset_root)
-            finish(cell, run_cell(grid, cell, benchmark=streams[cell.stream], threads=threads, **options))
+            finish(cell, run_cell(grid, cell, benchmark=streams[cell.stream], threads=threads, progress=progress,
+                                  **options))
     elif todo:
         _run_on_ray(grid, todo, finish, options, 1 if threads is None else int(threads), max_retries, ray_address)
     bar.close()
