@@ -45,6 +45,12 @@ def _script(result: dict):
     return importlib.import_module(Path(script).stem), label
 
 
+@functools.lru_cache(maxsize=None)
+def _rendered(path: Path) -> str:
+    """The section the script of a result file renders from it (two tests need each: rendered once)."""
+    return _render(_load(path))
+
+
 def _render(result: dict) -> str:
     module, label = _script(result)
     if hasattr(module, "render_section"):  # compare.py: the label is not part of its file
@@ -77,7 +83,7 @@ def test_the_checks_cover_every_result_file_and_the_renderers_of_each_script():
 
 @pytest.mark.parametrize("path", SCRIPTED, ids=[p.stem for p in SCRIPTED])
 def test_each_section_is_what_its_script_renders_from_its_file(path):
-    rendered = _render(_load(path))
+    rendered = _rendered(path)
     key = _key(rendered)
     sections = _sections()
     assert key in sections, f"docs/results.md has no section {key} for {path.name}"
@@ -106,7 +112,7 @@ def test_stored_summary_and_targets_follow_from_the_runs(path):
 
 
 def test_every_section_belongs_to_a_result_file():
-    owned = {_key(_render(_load(p))) for p in SCRIPTED} | set(HAND_WRITTEN.values())
+    owned = {_key(_rendered(p)) for p in SCRIPTED} | set(HAND_WRITTEN.values())
     assert set(_sections()) == owned
 
 

@@ -202,6 +202,11 @@ class RegulationActivity(_PerLayerMean):
         return f"{self.prefix}{suffix}_{GRANULARITIES[self.granularity]}"
 
 
+def _chosen(epoch: bool, experience: bool, stream: bool) -> List[str]:
+    """The granularities switched on, in :data:`GRANULARITIES`' order."""
+    return [g for g, on in zip(GRANULARITIES, (epoch, experience, stream)) if on]
+
+
 def keep_ratio_metrics(*, epoch: bool = False, experience: bool = True, stream: bool = False) -> List[PluginMetric]:
     """:class:`KeepRatio` at the chosen granularities, in the style of Avalanche's ``*_metrics`` helpers.
 
@@ -209,8 +214,7 @@ def keep_ratio_metrics(*, epoch: bool = False, experience: bool = True, stream: 
     :param experience: per evaluated experience.
     :param stream: per evaluated stream.
     """
-    chosen = [g for g, on in (("epoch", epoch), ("experience", experience), ("stream", stream)) if on]
-    return [KeepRatio(g) for g in chosen]
+    return [KeepRatio(g) for g in _chosen(epoch, experience, stream)]
 
 
 def regulation_metrics(*, epoch: bool = False, experience: bool = True, stream: bool = False,
@@ -222,5 +226,4 @@ def regulation_metrics(*, epoch: bool = False, experience: bool = True, stream: 
     :param stream: per evaluated stream.
     :param threshold: the mask value above which a synapse counts as open.
     """
-    chosen = [g for g, on in (("epoch", epoch), ("experience", experience), ("stream", stream)) if on]
-    return [RegulationActivity(g, threshold) for g in chosen]
+    return [RegulationActivity(g, threshold) for g in _chosen(epoch, experience, stream)]
